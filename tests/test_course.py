@@ -1,0 +1,89 @@
+"""dte_lib.course: papermill runs in order, stops at the failing cell, resumes, refuses secrets, reports."""
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+
+from dte_lib import course, runlog
+
+
+def _nb(path, *sources, params='PRESET = ""\nRUN_DIR = ""\nEPOCHS = 1'):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {path.stem} title")]
+    cell = nbformat.v4.new_code_cell(params)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells.append(cell)
+    nb.cells += [nbformat.v4.new_code_cell(s) for s in sources]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+RECORD = ("from dte_lib import runlog\n"
+          "runlog.record(RUN_DIR, '{name}', {{'preset': PRESET, 'epochs': EPOCHS}})")
+
+
+@pytest.fixture
+def nbdir(tmp_path):
+    d = tmp_path / "nbs"
+    d.mkdir()
+    _nb(d / "00_first.ipynb", RECORD.format(name="00_first"))
+    _nb(d / "01_second.ipynb", "x = 1", "raise ValueError('the seed corpus is missing')")
+    _nb(d / "02_third.ipynb", RECORD.format(name="02_third"))
+    return d
+
+
+def test_runs_in_order_stops_at_failing_cell_and_resumes(nbdir, tmp_path):
+    run_dir = tmp_path / "run"
+    with pytest.raises(course.CourseError) as err:
+        course.run("ci", run_dir=run_dir, notebook_dir=nbdir, params={"EPOCHS": 3}, progress=False)
+    msg = str(err.value)
+    assert "01_second.ipynb failed at In [4] (cell 5 of the executed notebook, starting \"raise" in msg and "ValueError: the seed corpus is missing" in msg
+    state = course.load_state(run_dir)["notebooks"]
+    assert state["00_first"]["status"] == "ok" and state["01_second"]["status"] == "failed"
+    assert "02_third" not in state
+    # the executed copy is the error log
+    failed = nbformat.read(run_dir / "notebooks" / "01_second.ipynb", as_version=4)
+    assert any(o.get("ename") == "ValueError" for c in failed.cells for o in c.get("outputs", []))
+    # parameters reach the notebook; metrics recorded
+    assert runlog.load(run_dir)["00_first"]["epochs"] == 3
+    assert runlog.load(run_dir)["00_first"]["preset"] == "ci"
+    report = (run_dir / "report.md").read_text()
+    assert "**Failed** at In [4] (cell 5)" in report and "| epochs | 3 |" in report
+
+    # resuming past a failed notebook is refused loudly
+    with pytest.raises(course.CourseError, match="have not succeeded: 01_second"):
+        course.run("ci", run_dir=run_dir, notebook_dir=nbdir, start="02", progress=False)
+    # ... unless forced; then only 02 runs
+    course.run("ci", run_dir=run_dir, notebook_dir=nbdir, start="02", force=True, progress=False)
+    assert course.load_state(run_dir)["notebooks"]["02_third"]["status"] == "ok"
+    assert "02_third" in runlog.load(run_dir)
+
+
+def test_secrets_are_never_papermill_parameters(nbdir, tmp_path):
+    with pytest.raises(course.CourseError, match="refusing to pass OPENAI_API_KEY"):
+        course.run("ci", run_dir=tmp_path / "r", notebook_dir=nbdir, params={"OPENAI_API_KEY": "sk-x"},
+                   progress=False)
+
+
+def test_only_and_unknown_selection(nbdir, tmp_path):
+    rd = course.run("ci", run_dir=tmp_path / "r", notebook_dir=nbdir, only=["02"], progress=False)
+    assert list(course.load_state(rd)["notebooks"]) == ["02_third"]
+    with pytest.raises(course.CourseError, match="no notebook matches 07"):
+        course.run("ci", run_dir=tmp_path / "r", notebook_dir=nbdir, only=["07"], progress=False)
+
+
+def test_run_dir_of_another_preset_is_refused(nbdir, tmp_path):
+    rd = tmp_path / "r"
+    course.run("ci", run_dir=rd, notebook_dir=nbdir, only=["00"], progress=False)
+    with pytest.raises(course.CourseError, match="holds a 'ci' run"):
+        course.run("demo", run_dir=rd, notebook_dir=nbdir, only=["00"], progress=False)
+
+
+def test_metrics_are_json_safe_and_merged(tmp_path):
+    import numpy as np
+    runlog.record(tmp_path, "nb", {"loss": np.float32(1.5), "nan": float("nan"), "path": tmp_path})
+    runlog.record(tmp_path, "nb", {"more": 1})
+    m = json.loads((tmp_path / "metrics.json").read_text())["nb"]
+    assert m["loss"] == 1.5 and m["nan"] is None and m["more"] == 1 and m["path"] == str(tmp_path)
