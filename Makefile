@@ -28,9 +28,11 @@ course: $(STAMP)
 	$(BIN)/dte course run --preset $(PRESET)
 
 # Unit tests and the ci-preset course (papermill, built once and shared), then every notebook again under nbval.
+# nbval runs the notebooks one after another, in roadmap order, because each reads what the earlier ones wrote
+# into the same run directory (two at once could read a checkpoint while another rewrites it).
 test: $(STAMP)
 	DTE_CI_RUN=$(CI_RUN) $(BIN)/python -m pytest -n $(JOBS) --dist loadfile tests
-	DTE_PRESET=ci DTE_RUN_DIR=$(CI_RUN) $(BIN)/python -m pytest -n $(JOBS) --dist loadfile --nbval-lax notebooks
+	DTE_PRESET=ci DTE_RUN_DIR=$(CI_RUN) $(BIN)/python -m pytest --nbval-lax notebooks
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks
