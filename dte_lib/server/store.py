@@ -287,14 +287,17 @@ class Jobs:
 
         def on_event(e: dict[str, Any]) -> None:
             metrics.append(e)
+            # OpenAI's metric event names (valid_loss, not val_loss), so one client loop reads both
+            data = {"step": e["step"], "total_steps": e["total_steps"], "train_loss": e["train_loss"],
+                    "valid_loss": e["val_loss"], "tokens": e["tokens"], "elapsed_s": e["elapsed_s"]}
             if e["step"] == 0:
                 self.event(jid, f"Base model validation loss: {e['val_loss']:.4f}" if e["val_loss"] is not None
-                           else "No validation file: no validation loss", data={**e}, type_="metrics")
+                           else "No validation file: no validation loss", data=data, type_="metrics")
                 return
-            msg = f"Step {e['step']}/{settings.max_steps or '?'}: training loss={e['train_loss']:.4f}"
+            msg = f"Step {e['step']}/{e['total_steps']}: training loss={e['train_loss']:.4f}"
             if e["val_loss"] is not None:
                 msg += f", validation loss={e['val_loss']:.4f}"
-            self.event(jid, msg, data={**e}, type_="metrics")
+            self.event(jid, msg, data=data, type_="metrics")
 
         def ckpt_dir(epoch: int) -> Path:
             return self.root / "models" / f"{jid}-epoch{epoch}"
