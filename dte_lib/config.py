@@ -93,7 +93,7 @@ class TeacherCfg:
 
 TEACHER = {
     "ci": TeacherCfg(max_steps=4, max_length=128, eval_every=0, val_limit=8, n_eval_prompts=2, answer_tokens=24),
-    "demo": TeacherCfg(),
+    "demo": TeacherCfg(max_steps=12, eval_every=6, n_eval_prompts=3, answer_tokens=64),
     "full": TeacherCfg(epochs=3, max_steps=0, batch_size=8, max_length=1024, eval_every=50, val_limit=0,
                        n_eval_prompts=8, answer_tokens=300),
 }
