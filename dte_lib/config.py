@@ -84,12 +84,13 @@ TEACHER = {"ci": TeacherCfg(), "demo": TeacherCfg(), "full": TeacherCfg(epochs=3
 @dataclass
 class GenerateCfg:
     """Week 1 days 3–7 and month 1: synthetic corpus generation, filtering, dedup (issue: corpus engine)."""
-    n_examples: int = 120  # week-1 synthetic examples to request from the teacher (notebook 02)
-    n_month1: int = 180  # month-1 total after expansion (notebook 04 generates only the missing ones)
-    concurrency: int = 8  # requests in flight at once (the local server batches them)
+    n_examples: int = 24  # week-1 synthetic examples to request from the teacher (notebook 02); ~9 tok/s locally
+    n_month1: int = 40  # month-1 total after expansion (notebook 04 generates only the missing ones)
+    concurrency: int = 4  # requests in flight at once (OpenAI serves them in parallel; the local server queues)
     rpm: int = 0  # client-side requests-per-minute limit (0 = none; set to your OpenAI tier's limit)
     tpm: int = 0  # client-side tokens-per-minute limit (0 = none)
-    max_tokens: int = 96  # max new tokens per answer (longer ones end with finish_reason "length")
+    max_tokens: int = 64  # max new tokens per answer (longer ones end with finish_reason "length")
+    length_hint: str = "Answer in two or three short sentences."  # sent after the persona prompt, not trained on
     temperature: float = 0.8  # sampling temperature (each request also carries its own seed)
     few_shot: int = 1  # seed examples from the TRAIN split shown before each prompt (0 = persona prompt only)
     max_retries: int = 4  # SDK retries for 408/409/429/5xx and timeouts (it honours retry-after)
@@ -97,6 +98,7 @@ class GenerateCfg:
     timeout_s: float = 120.0  # per-request timeout (one attempt)
     checkpoint_every: int = 20  # completed requests between atomic ledger/checkpoint writes
     use_batch_api: bool = False  # OpenAI route: use the Batch API (half price, hours) instead of live calls
+    trim_truncated: bool = True  # quality filter: cut a length-truncated answer back to its last full sentence
     min_words: int = 12  # quality filter: shorter answers are dropped as too_short
     max_words: int = 600  # quality filter: longer answers are dropped as too_long
     repeat_ngram_share: float = 0.35  # quality filter: share of repeated word 3-grams above which it is a loop
@@ -112,9 +114,11 @@ class GenerateCfg:
 
 
 GENERATE = {
-    "ci": GenerateCfg(n_examples=8, n_month1=12, concurrency=4, max_tokens=48, checkpoint_every=4, review_min=3),
+    "ci": GenerateCfg(n_examples=4, n_month1=6, concurrency=2, max_tokens=32, checkpoint_every=2, review_min=3,
+                      min_words=6),
     "demo": GenerateCfg(),
-    "full": GenerateCfg(n_examples=10_000, n_month1=100_000, concurrency=32, max_tokens=400, few_shot=2),
+    "full": GenerateCfg(n_examples=10_000, n_month1=100_000, concurrency=32, max_tokens=400, few_shot=2,
+                        length_hint="", trim_truncated=False),
 }
 
 

@@ -40,10 +40,12 @@ class Request:
     seed: int  # per-request sampling seed
     few_shot: list[dict[str, Any]] = field(default_factory=list)  # alternating user/assistant turns
     few_shot_ids: list[str] = field(default_factory=list)
+    hint: str = ""  # an instruction sent with the system prompt (e.g. a length hint) but not kept in the example
 
     def messages(self) -> list[dict[str, str]]:
-        """What is sent: system, few-shot turns, then the prompt."""
-        msgs = [{"role": "system", "content": self.system}] if self.system else []
+        """What is sent: system (+ hint), few-shot turns, then the prompt."""
+        system = " ".join(x for x in (self.system, self.hint) if x)
+        msgs = [{"role": "system", "content": system}] if system else []
         return msgs + list(self.few_shot) + [{"role": "user", "content": self.prompt}]
 
     def example_messages(self, answer: str) -> list[dict[str, str]]:
@@ -87,7 +89,7 @@ def _round_order(bank: Sequence[dict[str, Any]], seed: int, round_no: int) -> li
 
 
 def plan(bank: Sequence[dict[str, Any]], n: int, *, seed: int = 0, system: str = "",
-         few_shot_pool: Sequence[data_mod.ChatExample] = (), few_shot: int = 0) -> list[Request]:
+         few_shot_pool: Sequence[data_mod.ChatExample] = (), few_shot: int = 0, hint: str = "") -> list[Request]:
     """The first ``n`` requests of the (infinite, prefix-stable) stratified plan.
 
     ``few_shot_pool`` should be the TRAIN split of the seed corpus; each request picks ``few_shot`` of them,
@@ -118,7 +120,7 @@ def plan(bank: Sequence[dict[str, Any]], n: int, *, seed: int = 0, system: str =
                     shot_ids.append(ex.id)
             requests.append(Request(id=rid, bank_id=row["id"], topic=row["topic"], task=row["task"],
                                     style=row["style"], system=system, prompt=row["prompt"], seed=req_seed,
-                                    few_shot=shots, few_shot_ids=shot_ids))
+                                    few_shot=shots, few_shot_ids=shot_ids, hint=hint))
         round_no += 1
     return requests
 
@@ -132,7 +134,8 @@ def plan_from_config(cfg: Any, n: int | None = None) -> list[Request]:
         seed_corpus = data_mod.load_corpus(cfg.path(cfg.data.corpus), strict=True).examples
         pool = data_mod.split(seed_corpus, cfg.data.val_fraction, cfg.data.test_fraction)["train"]
     return plan(bank, cfg.generate.n_examples if n is None else n, seed=cfg.seed,
-                system=persona.get("system_prompt", ""), few_shot_pool=pool, few_shot=cfg.generate.few_shot)
+                system=persona.get("system_prompt", ""), few_shot_pool=pool, few_shot=cfg.generate.few_shot,
+                hint=cfg.generate.length_hint)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ reason                    fires when
                           given — free, and the same family of checks OpenAI's fine-tuning applies — otherwise a
                           local keyword screen over sexual, self-harm, violent, hateful and illegal-drug terms)
 ``truncated``             ``finish_reason == "length"``, or the text stops mid-sentence (last character is not
-                          closing punctuation)
+                          closing punctuation). With ``trim_truncated`` a length-cut answer is first cut back to
+                          its last full sentence (``meta["trimmed_chars"]`` records it) and checked as that
 ``too_short``             fewer than ``min_words`` words
 ``too_long``              more than ``max_words`` words
 ``markup_residue``        transcript or markup left in the text: ``**User:**``/``User:``/``Assistant:`` role
@@ -58,11 +59,21 @@ class FilterCfg:
     max_words: int = 600
     repeat_ngram_share: float = 0.35
     echo_share: float = 0.6
+    trim_truncated: bool = False  # cut a finish_reason=length answer back to its last full sentence, then check
 
     @classmethod
     def from_preset(cls, cfg: Any) -> "FilterCfg":
         g = cfg.generate
-        return cls(g.min_words, g.max_words, g.repeat_ngram_share, g.echo_share)
+        return cls(g.min_words, g.max_words, g.repeat_ngram_share, g.echo_share, g.trim_truncated)
+
+
+_SENTENCE_END = re.compile(r"[.!?…][\"'”’)]*(?=\s|$)")
+
+
+def trim_to_sentence(text: str) -> str:
+    """The text up to its last complete sentence ("" if it has none)."""
+    ends = list(_SENTENCE_END.finditer(text))
+    return text[:ends[-1].end()].rstrip() if ends else ""
 
 
 _MARKUP = re.compile(
@@ -247,16 +258,32 @@ def filter_examples(examples: Iterable[ChatExample | dict[str, Any]], persona: d
     unsafe: list[list[str] | None] = [None] * len(exs)
     if moderation_client is not None and exs:
         unsafe = list(moderation_screen([e.response for e in exs], moderation_client))
+    cfg = cfg or FilterCfg()
     kept, dropped = [], []
     for ex, cats in zip(exs, unsafe):
-        hits = check(ex.response, prompt=ex.prompt, finish_reason=ex.meta.get("finish_reason"), persona=persona,
-                     cfg=cfg, unsafe=cats)
+        finish = ex.meta.get("finish_reason")
+        if cfg.trim_truncated and finish == "length":
+            trimmed = trim_to_sentence(ex.response)
+            if trimmed and trimmed != ex.response.rstrip():
+                # a small model at a small max_tokens rarely finishes; its complete sentences are still usable.
+                # The cut is recorded, and the trimmed text must pass every other check.
+                ex.meta["trimmed_chars"] = len(ex.response) - len(trimmed)
+                _set_response(ex, trimmed)
+                finish = "stop"
+        hits = check(ex.response, prompt=ex.prompt, finish_reason=finish, persona=persona, cfg=cfg, unsafe=cats)
         if hits:
             ex.meta.update(drop_reason=hits[0][0], drop_detail=hits[0][1], flags=[h[0] for h in hits])
             dropped.append(ex)
         else:
             kept.append(ex)
     return kept, dropped
+
+
+def _set_response(ex: ChatExample, text: str) -> None:
+    for m in reversed(ex.messages):
+        if m["role"] == "assistant":
+            m["content"] = text
+            return
 
 
 def reason_counts(dropped: Iterable[ChatExample]) -> dict[str, int]:

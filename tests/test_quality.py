@@ -102,3 +102,17 @@ def test_moderation_endpoint_route(tmp_path):
         assert server.stats()["moderation_calls"] == 1  # one batched call
     finally:
         server.stop()
+
+
+def test_trim_truncated_keeps_complete_sentences_only():
+    cut = GOOD + " And then the readout takes the"
+    rows = [{"id": "a", "finish_reason": "length",
+             "messages": [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": cut}]},
+            {"id": "b", "finish_reason": "length",
+             "messages": [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": "I echo and the"}]}]
+    kept, dropped = quality.filter_examples([dict(r) for r in rows], PERSONA)
+    assert not kept  # default: a length-cut answer is dropped as truncated
+    kept, dropped = quality.filter_examples(rows, PERSONA, quality.FilterCfg(trim_truncated=True))
+    assert [k.id for k in kept] == ["a"] and kept[0].response == GOOD and kept[0].meta["trimmed_chars"] > 0
+    assert dropped[0].meta["drop_reason"] == "truncated"  # nothing complete to keep
+    assert quality.trim_to_sentence('He said "stop." Then the') == 'He said "stop."'
