@@ -338,10 +338,21 @@ async def agenerate(requests: Sequence[Request], out_dir: str | os.PathLike, *, 
     ledger, done = _ledger_from_files(out_dir, requests, engine, batch=False)
     pending = [r for r in requests if r.id not in done]
     already = len(requests) - len(pending)
-    if client is None:
+    own_client = client is None
+    if own_client:
         import openai
         client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "not-needed",
                                     max_retries=engine.max_retries, timeout=engine.timeout_s)
+    try:
+        return await _run(requests, out_dir, pending, already, ledger, done, client, engine, progress)
+    finally:
+        if own_client:
+            await client.close()  # close connections inside this event loop, before asyncio.run closes it
+
+
+async def _run(requests: Sequence[Request], out_dir: Path, pending: list[Request], already: int, ledger: Ledger,
+               done: set[str], client: Any, engine: EngineConfig, progress: bool) -> Summary:
+    from tqdm.auto import tqdm
     limiter = RateLimiter(engine.rpm, engine.tpm)
     queue: asyncio.Queue = asyncio.Queue()
     for r in pending:

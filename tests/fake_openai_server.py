@@ -127,8 +127,13 @@ def build_app():
     async def chat(request: Request):
         body = await request.json()
         stats["calls"] += 1
-        if state["latency_ms"]:
-            await asyncio.sleep(state["latency_ms"] / 1000)
+        stats["in_flight"] += 1
+        stats["max_in_flight"] = max(stats["max_in_flight"], stats["in_flight"])
+        try:
+            if state["latency_ms"]:
+                await asyncio.sleep(state["latency_ms"] / 1000)
+        finally:
+            stats["in_flight"] -= 1
         fault = pick_fault()
         stats[f"fault:{fault}" if fault else "ok"] += 1
         retry = {"retry-after-ms": str(state["retry_after_ms"])}
