@@ -42,7 +42,8 @@ def outputs_dir() -> Path:
 
 
 def run_dir_for(preset: str, run_dir: str | os.PathLike | None = None) -> Path:
-    """The run directory: explicit argument, else ``$DTE_RUN_DIR``, else ``outputs/runs/<preset>``.
+    """The run directory: explicit argument, else ``$DTE_RUN_DIR`` (relative = from the repo root), else
+    ``outputs/runs/<preset>``.
 
     Every artifact a notebook writes goes under this one directory, so re-running a phase with papermill finds the
     outputs of the phases before it.
@@ -50,7 +51,10 @@ def run_dir_for(preset: str, run_dir: str | os.PathLike | None = None) -> Path:
     chosen = run_dir or os.environ.get("DTE_RUN_DIR") or outputs_dir() / "runs" / preset
     path = Path(chosen).expanduser()
     if not path.is_absolute():
-        path = (Path.cwd() / path).resolve()
+        # A relative $DTE_RUN_DIR is anchored at the repository root: Jupyter and nbval start kernels in
+        # notebooks/, so `DTE_RUN_DIR=outputs/runs/ci-test` would otherwise land in notebooks/outputs/...
+        anchor = REPO_ROOT if not run_dir and os.environ.get("DTE_RUN_DIR") else Path.cwd()
+        path = (anchor / path).resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
