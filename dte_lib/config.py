@@ -118,7 +118,7 @@ class GenerateCfg:
 
 
 GENERATE = {
-    "ci": GenerateCfg(n_examples=4, n_month1=6, concurrency=2, max_tokens=32, checkpoint_every=2, review_min=3,
+    "ci": GenerateCfg(n_examples=4, n_month1=4, concurrency=2, max_tokens=32, checkpoint_every=2, review_min=3,
                       min_words=6),
     "demo": GenerateCfg(),
     "full": GenerateCfg(n_examples=10_000, n_month1=100_000, concurrency=32, max_tokens=400, few_shot=2,

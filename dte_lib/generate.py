@@ -329,7 +329,6 @@ async def agenerate(requests: Sequence[Request], out_dir: str | os.PathLike, *, 
                     api_key: str | None, engine: EngineConfig, progress: bool = True,
                     client: Any = None) -> Summary:
     """Send every request not yet in ``out_dir/raw.jsonl``; append answers as they land. See the module docstring."""
-    from tqdm.auto import tqdm
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ids = [r.id for r in requests]
@@ -396,6 +395,7 @@ async def _run(requests: Sequence[Request], out_dir: Path, pending: list[Request
                 if (new_ok + len(failures)) % max(1, engine.checkpoint_every) == 0:
                     checkpoint()
 
+        workers: list[asyncio.Task] = []
         try:
             workers = [asyncio.create_task(worker()) for _ in range(max(1, engine.concurrency))]
             await asyncio.gather(*workers)

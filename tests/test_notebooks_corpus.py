@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from dte_lib import data, quality
+from dte_lib import config, data, quality
 
 pytestmark = pytest.mark.course
 
@@ -36,8 +36,10 @@ def test_03_decision_is_computed_from_recorded_figures(ci_run, ci_metrics):
 
 def test_04_expanded_by_resume_and_wrote_the_clean_corpus(ci_run, ci_metrics):
     m = ci_metrics["04_month1_expand"]
-    assert m["reused_from_week1"] == ci_metrics["02_week1_generate"]["generated"]
+    cfg = config.load("ci")
+    assert m["reused_from_week1"] == ci_metrics["02_week1_generate"]["generated"]  # nothing asked twice
     assert m["raw"] == m["reused_from_week1"] + m["new_generated"]
+    assert m["new_generated"] + m["failed"] == cfg.generate.n_month1 - m["reused_from_week1"]
     assert m["clean"] == m["kept"] - m["duplicates_removed"]
     d = ci_run / "corpus"
     clean = data.load_corpus(d / "clean.jsonl", strict=True).examples if m["clean"] else []
