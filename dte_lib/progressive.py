@@ -187,7 +187,7 @@ class ProgressiveTrainer:
         gnorm = torch.nn.utils.clip_grad_norm_(params, self.tc.grad_clip)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        return {"loss": float(lm), "grad_norm": float(gnorm), **{k: float(v) for k, v in aux.items()}}
+        return {"loss": float(lm.detach()), "grad_norm": float(gnorm), **{k: float(v.detach()) for k, v in aux.items()}}
 
     @torch.no_grad()
     def val_loss(self) -> float:
