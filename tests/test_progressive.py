@@ -81,7 +81,7 @@ def test_trainer_runs_stages_hooks_and_exports(parts, tmp_path):
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
 
 
-@pytest.mark.parametrize("stop_at", [3, 6, 11])  # mid-stage (after a checkpoint), a stage boundary, mid-final
+@pytest.mark.parametrize("stop_at", [3, 6])  # mid-stage (a step after a checkpoint), a stage boundary
 def test_interrupted_run_resumes_to_identical_weights(parts, tmp_path, stop_at):
     tok, train_ds, val_ds = parts
     tc = tiny_cfg(operator="stack", policy="all_lower_lr")
@@ -121,3 +121,17 @@ def test_resume_refuses_another_schedule(parts, tmp_path):
     from dte_lib.checkpoint import CheckpointError
     with pytest.raises(CheckpointError, match="saved for stages"):
         other.run()
+
+
+def test_changed_settings_restart_only_when_asked(parts, tmp_path):
+    tok, train_ds, val_ds = parts
+    progressive.ProgressiveTrainer(tiny_cfg(final_tokens=0), tok, train_ds, val_ds, tmp_path, progress=False,
+                                   tensorboard=False).run()
+    from dte_lib.checkpoint import CheckpointError
+    changed = tiny_cfg(final_tokens=0, lr=1e-3)
+    with pytest.raises(CheckpointError, match="other settings"):
+        progressive.ProgressiveTrainer(changed, tok, train_ds, val_ds, tmp_path, progress=False,
+                                       tensorboard=False).run()
+    hist = progressive.ProgressiveTrainer(changed, tok, train_ds, val_ds, tmp_path, progress=False,
+                                          tensorboard=False, on_mismatch="restart").run()
+    assert hist[0]["step"] == 1 and sum(r.get("event") == "growth" for r in hist) == 1
