@@ -45,9 +45,9 @@ def training_examples(cfg, run_dir: str | Path) -> dict[str, list]:
     train = list(parts["train"])
     clean = Path(run_dir) / "corpus" / "clean.jsonl"
     extra = 0
-    if clean.exists():
-        held_out = {ex.id for ex in parts["val"] + parts["test"]}
-        synth = [ex for ex in data.load_corpus(clean).examples if ex.id not in held_out]
+    if clean.exists():  # a synthetic copy of a val/test conversation would leak it into training: drop it
+        held_out = {data.content_hash(ex.messages) for ex in parts["val"] + parts["test"]}
+        synth = [ex for ex in data.load_corpus(clean).examples if data.content_hash(ex.messages) not in held_out]
         extra = len(synth)
         train += synth
     return {"train": train, "val": list(parts["val"]), "synthetic": extra}
@@ -111,7 +111,7 @@ class PackedLoader:
 
     def __init__(self, dataset, block_size: int, batch_size: int, seed: int, with_weights: bool = False,
                  rank: int | None = None, world_size: int | None = None):
-        self.columns = {c: dataset[c] for c in COLUMNS if c in dataset.column_names}
+        self.columns = {c: _Rows(dataset, c) for c in COLUMNS if c in dataset.column_names}
         if not with_weights:
             self.columns.pop("loss_weights", None)
         self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
@@ -169,6 +169,23 @@ def eval_blocks(dataset, block_size: int, max_blocks: int | None = None) -> dict
     cols = {c: dataset[c] for c in ("input_ids", "labels")}
     blocks, _ = pack(cols, block_size)
     return {k: torch.from_numpy(v[:max_blocks]) for k, v in blocks.items()}
+
+
+class _Rows:
+    """Row ``i`` of a list column as a NumPy view into one flat Arrow buffer (no per-row Python lists)."""
+
+    def __init__(self, dataset, name: str):
+        if getattr(dataset, "_indices", None) is not None:  # a select()/shuffle() view: materialise it first
+            dataset = dataset.flatten_indices()
+        col = dataset.data.column(name).combine_chunks()
+        self.values = col.flatten().to_numpy(zero_copy_only=False)
+        self.offsets = col.offsets.to_numpy()
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.values[self.offsets[i]: self.offsets[i + 1]]
 
 
 def _dist_rank_world() -> tuple[int, int]:

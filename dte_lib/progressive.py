@@ -107,11 +107,12 @@ class ProgressiveTrainer:
                  stages: Sequence[Stage] | None = None, aux_loss: Callable | None = None,
                  aux_wants_hidden: bool = False, wrap_model: Callable | None = None, progress: bool = True,
                  tensorboard: bool = True, on_step: Callable[[int], None] | None = None,
-                 on_mismatch: str = "error"):
+                 on_mismatch: str = "error", data_seed: int | None = None):
         self.tc, self.tok, self.seed = tc, tok, seed
         self.out = Path(out_dir)
         self.stages = list(stages) if stages is not None else build_schedule(tc)
-        self.loader = packing.PackedLoader(train_ds, tc.block_size, tc.batch_size, seed,
+        self.loader = packing.PackedLoader(train_ds, tc.block_size, tc.batch_size,
+                                           seed if data_seed is None else data_seed,
                                            with_weights="loss_weights" in train_ds.column_names)
         self.val = packing.eval_blocks(val_ds, tc.block_size, tc.val_max_blocks)
         self.aux_loss, self.aux_wants_hidden, self.wrap_model = aux_loss, aux_wants_hidden, wrap_model

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from dte_lib import checkpoint as ckpt
+from dte_lib import config
 from dte_lib import data
 from dte_lib import model as M
 from dte_lib import packing
@@ -249,3 +250,19 @@ def test_rng_state_round_trips():
     a = (np.random.rand(), torch.rand(1).item())
     ckpt.set_rng_state(json.loads(json.dumps(js)), t)
     assert (np.random.rand(), torch.rand(1).item()) == a
+
+
+def test_training_corpus_contract(tmp_path):
+    """Train split + corpus/clean.jsonl (minus copies of held-out conversations); val split; never the test split."""
+    cfg = config.load("ci")
+    base = packing.training_examples(cfg, tmp_path)
+    assert base["synthetic"] == 0 and base["train"] and base["val"]
+    seed = data.load_corpus(cfg.path(cfg.data.corpus)).examples
+    test_ex = data.split(seed, cfg.data.val_fraction, cfg.data.test_fraction)["test"]
+    new = data.ChatExample(messages=[{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "Hi."}])
+    leaked = data.ChatExample(messages=test_ex[0].messages, id="synthetic-copy")
+    data.write_jsonl(tmp_path / "corpus" / "clean.jsonl", [new, leaked])
+    got = packing.training_examples(cfg, tmp_path)
+    assert got["synthetic"] == 1 and len(got["train"]) == len(base["train"]) + 1
+    test_hashes = {data.content_hash(e.messages) for e in test_ex}
+    assert not any(data.content_hash(e.messages) in test_hashes for e in got["train"])
