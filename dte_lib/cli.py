@@ -12,6 +12,8 @@ COMMANDS = {  # name -> (module, one-line help)
     "course": ("dte_lib.course", "run the notebooks headless with papermill (run, list, report)"),
     "data": ("dte_lib.data", "check a chat corpus (file:line for every problem) and split it"),
     "env": ("dte_lib.envinfo", "print versions, threads, device, memory and disk"),
+    "infra": ("dte_lib.infra", "device, matmul FLOP/s, a training step's tokens/s and memory, MFU"),
+    "plan": ("dte_lib.planner", "parameters, FLOPs, memory, GPU-hours and dollars; the roadmap's budget checked"),
 }
 
 
