@@ -93,6 +93,11 @@ def lr_at(step: int, total: int, peak: float, warmup: int, schedule: str, decay_
     return peak + (floor - peak) * min(t, 1.0)
 
 
+def _world_size() -> int:
+    import torch.distributed as dist
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def _is_main() -> bool:
     import torch.distributed as dist
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
@@ -187,7 +192,15 @@ class ProgressiveTrainer:
         gnorm = torch.nn.utils.clip_grad_norm_(params, self.tc.grad_clip)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        return {"loss": float(lm), "grad_norm": float(gnorm), **{k: float(v) for k, v in aux.items()}}
+        logged = torch.stack([lm.detach().float(), *(v.detach().float() for v in aux.values())])
+        world = _world_size()
+        if world > 1:  # each rank saw its slice of the global batch: log the global mean, not rank 0's slice
+            import torch.distributed as dist
+            dist.all_reduce(logged)
+            logged /= world
+        gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm  # FSDP2 returns a DTensor
+        return {"loss": float(logged[0]), "grad_norm": float(gnorm),
+                **{k: float(v) for k, v in zip(aux, logged[1:])}}
 
     @torch.no_grad()
     def val_loss(self) -> float:
