@@ -231,6 +231,11 @@ class ProgressiveTrainer:
                 if isinstance(v, (int, float)) and k not in ("step",):
                     self._writer.add_scalar(f"train/{k}", v, self.global_step)
 
+    def full_model(self):
+        """The model as one unsharded ``GPT2LMHeadModel`` for growth and export. Here that is ``self.model``; a
+        sharding subclass (dte_lib.distributed's FSDP2 trainer) gathers the shards — on every rank."""
+        return self.model
+
     def _save_state(self) -> None:
         if not self.main:
             return
@@ -257,7 +262,8 @@ class ProgressiveTrainer:
             if self.step_in_stage == 0 and stage.depth > self.model.config.n_layer:
                 before = self.val_loss()
                 old_depth = self.model.config.n_layer
-                self.model = M.grow(self.model, stage.depth, tc.operator, seed=self.seed * 1000 + self.stage_idx)
+                self.model = M.grow(self.full_model(), stage.depth, tc.operator,
+                                    seed=self.seed * 1000 + self.stage_idx)
                 after = self.val_loss()
                 self._log({"event": "growth", "operator": tc.operator, "depth_before": old_depth,
                            "val_before": before, "val_after": after, "val_loss": after})
@@ -290,13 +296,14 @@ class ProgressiveTrainer:
                     self.on_step(self.global_step)
             val = self.val_loss()
             self._log({"event": "stage_end", "val_loss": val, "lr": lr})
+            full = self.full_model()  # collective under FSDP: every rank calls it, rank 0 writes
             if self.main:
                 meta = {"stage": stage.name, "kind": stage.kind, "depth": stage.depth, "val_loss": val,
                         "tokens": self.tokens, "flops": self.flops, "step": self.global_step,
-                        "params": M.count_params(self.model)}
-                ckpt.export_model(self.model, self.tok, self.out / "checkpoints" / stage.name, meta)
+                        "params": M.count_params(full)}
+                ckpt.export_model(full, self.tok, self.out / "checkpoints" / stage.name, meta)
                 if self.stage_idx == len(self.stages) - 1:
-                    ckpt.export_model(self.model, self.tok, self.out / "checkpoints" / "final", meta)
+                    ckpt.export_model(full, self.tok, self.out / "checkpoints" / "final", meta)
             self.stage_idx += 1
             self.step_in_stage = 0
             self._save_state()
