@@ -154,11 +154,8 @@ EVAL = {"ci": EvalCfg(max_new_tokens=16), "demo": EvalCfg(), "full": EvalCfg(max
 class ScaleCfg:
     """Month 2 and months 13–18: hardware check, planner, distributed training (issue: infrastructure)."""
     nproc: int = 2  # processes for the torchrun demonstration (CPU: gloo; one per GPU with nccl)
-    dist_steps: int = 8  # optimizer steps of notebook 12's torchrun run (and its single-process twin)
-    dist_layers: int = 2  # depth of notebook 12's distributed model
-    dist_width: int = 64  # its width
-    dist_context: int = 64  # its context (packed block size)
-    dist_batch: int = 8  # its global batch in blocks (split across ranks)
+    dist_depths: str = "1,2"  # growth schedule of notebook 12's torchrun run (same trainer, same preset otherwise)
+    dist_steps: int = 8  # optimizer steps of that run, split evenly over its stages
     strategy: str = "ddp"  # ddp (replicate, all-reduce gradients) | fsdp (FSDP2 fully_shard: shard everything)
     utilisation: float = 0.40  # assumed model FLOP utilisation on a GPU, for time projections
     a100_usd_per_h_low: float = 1.50  # roadmap month 2: cloud A100, low end
@@ -179,12 +176,10 @@ class ScaleCfg:
 
 
 SCALE = {
-    "ci": ScaleCfg(dist_steps=4, matmul_n=512, bench_width=64, bench_context=64, bench_steps=2, bench_bf16=False),
-    "demo": ScaleCfg(dist_steps=30, dist_layers=2, dist_width=128, dist_context=128, dist_batch=8,
-                     bench_layers=4, bench_width=256, bench_context=256, bench_batch=8, bench_steps=4),
-    "full": ScaleCfg(nproc=8, dist_steps=1000, dist_layers=24, dist_width=1792, dist_context=1024, dist_batch=64,
-                     strategy="fsdp", bench_layers=12, bench_width=768, bench_context=1024, bench_batch=8,
-                     bench_steps=10),
+    "ci": ScaleCfg(matmul_n=512, bench_width=64, bench_context=64, bench_steps=2, bench_bf16=False),
+    "demo": ScaleCfg(dist_steps=24, bench_layers=4, bench_width=256, bench_context=256, bench_batch=8, bench_steps=4),
+    "full": ScaleCfg(nproc=8, dist_depths="1,2,4,8,12", dist_steps=5000, strategy="fsdp", bench_layers=12,
+                     bench_width=768, bench_context=1024, bench_batch=8, bench_steps=10),
 }
 
 

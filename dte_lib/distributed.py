@@ -41,6 +41,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from . import progressive
+
 STRATEGIES = ("ddp", "fsdp")
 
 
@@ -94,15 +96,80 @@ def wrapper(strategy: str) -> Callable | None:
             return DDP(module)
         return wrap
 
-    def wrap_fsdp(module):
-        from torch.distributed.fsdp import fully_shard
-        # shard each block on its own (all-gathered one at a time in forward/backward), then the rest
-        # (embeddings, final norm, tied head) at the root
+    return shard_fsdp2
+
+
+def shard_fsdp2(module):
+    """FSDP2 in place: each block its own shard group (all-gathered one at a time in forward and backward, freed
+    after), then the root (embeddings, final norm, tied head). A module already sharded is returned as it is."""
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+    if not isinstance(module, FSDPModule):
         for block in module.transformer.h:
             fully_shard(block)
         fully_shard(module)
+    return module
+
+
+class _NamedStates:
+    """Just enough of an optimizer for ``checkpoint.optimizer_state_by_name``: full moments keyed by name."""
+
+    def __init__(self, states: dict[str, dict[str, Any]]):
+        import torch
+        keys = {name: torch.empty(0) for name in states}
+        self.param_groups = [{"names": list(states), "params": list(keys.values())}]
+        self.state = {keys[name]: st for name, st in states.items()}
+
+
+class FSDPTrainer(progressive.ProgressiveTrainer):
+    """The progressive trainer with FSDP2: identical steps; only three things change, because the parameters are
+    sharded DTensors — growth and export gather the full model first (:meth:`full_model`, every rank takes part),
+    checkpoints gather the full model and optimizer moments so rank 0 writes the same files as one process would,
+    and moments loaded from a checkpoint are re-sharded like their parameters."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["wrap_model"] = self._shard
+        super().__init__(*args, **kwargs)
+
+    def _shard(self, module):
+        from torch.distributed.tensor import DTensor, distribute_tensor
+        module = shard_fsdp2(module)
+        params = dict(module.named_parameters())
+        for name, st in self._carry.items():  # full tensors from a checkpoint -> shards matching the parameter
+            p = params.get(name)
+            if not isinstance(p, DTensor):
+                continue
+            for k, v in st.items():
+                if not isinstance(v, DTensor) and v.ndim > 0 and tuple(v.shape) == tuple(p.shape):
+                    st[k] = distribute_tensor(v, p.device_mesh, p.placements)
         return module
-    return wrap_fsdp
+
+    def full_model(self):
+        from torch.distributed.fsdp import FSDPModule
+        from transformers import GPT2LMHeadModel
+        if not isinstance(self.model, FSDPModule):
+            return self.model
+        state = full_state_dict(self.model)  # collective: all-gathers every shard
+        full = GPT2LMHeadModel(self.model.config)
+        full.load_state_dict(state)
+        full.generation_config = self.model.generation_config
+        return full
+
+    def _save_state(self) -> None:
+        from torch.distributed.fsdp import FSDPModule
+        from . import checkpoint as ckpt
+        if not isinstance(self.model, FSDPModule):
+            return super()._save_state()
+        full = self.full_model()
+        states = {name: {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in st.items()}
+                  for name, st in ckpt.optimizer_state_by_name(self.opt).items()}
+        if not self.main:
+            return None
+        model, opt = self.model, self.opt
+        self.model, self.opt = full, _NamedStates(states)
+        try:
+            return super()._save_state()
+        finally:
+            self.model, self.opt = model, opt
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -110,8 +177,6 @@ def train(cfg, run_dir: str | Path, out_dir: str | Path, strategy: str = "ddp", 
           stop_after_step: int | None = None) -> dict[str, Any]:
     """Run (or resume) the progressive trainer in this process group; returns a summary (rank 0 writes it)."""
     import torch
-    import torch.distributed as dist
-    from . import progressive
     info = init()
     rank, world = info["rank"], info["world_size"]
     if world == 1:
@@ -128,9 +193,12 @@ def train(cfg, run_dir: str | Path, out_dir: str | Path, strategy: str = "ddp", 
         if stop_after_step is not None and step >= stop_after_step:
             raise StopTraining(step)
 
-    trainer = progressive.ProgressiveTrainer(
-        cfg.train, prep["tokenizer"], prep["train"], prep["val"], out_dir, seed=cfg.seed,
-        wrap_model=wrapper(strategy), progress=progress and rank == 0, tensorboard=rank == 0, on_step=on_step)
+    common = dict(seed=cfg.seed, progress=progress and rank == 0, tensorboard=rank == 0, on_step=on_step)
+    if strategy == "fsdp" and world > 1:
+        trainer = FSDPTrainer(cfg.train, prep["tokenizer"], prep["train"], prep["val"], out_dir, **common)
+    else:
+        trainer = progressive.ProgressiveTrainer(cfg.train, prep["tokenizer"], prep["train"], prep["val"], out_dir,
+                                                 wrap_model=wrapper(strategy), **common)
     start_tokens = _saved_tokens(Path(out_dir))
     t0 = time.perf_counter()
     stopped = None
@@ -175,9 +243,10 @@ def torchrun_bin() -> str:
 
 
 def launch_command(nproc: int, args: Sequence[str], nnodes: int = 1, rdzv_endpoint: str | None = None,
-                   rdzv_id: str = "dte-scale") -> list[str]:
-    """The torchrun command line: ``--standalone`` on one machine, c10d rendezvous across ``nnodes`` machines."""
-    cmd = [torchrun_bin()]
+                   rdzv_id: str = "dte-scale", executable: str | None = None) -> list[str]:
+    """The torchrun command line: ``--standalone`` on one machine, c10d rendezvous across ``nnodes`` machines.
+    ``executable`` defaults to this venv's torchrun (pass "torchrun" to print a portable command)."""
+    cmd = [executable or torchrun_bin()]
     if nnodes == 1:
         cmd += ["--standalone", f"--nproc_per_node={nproc}"]
     else:
@@ -222,6 +291,55 @@ def compare_checkpoints(dir_a: str | Path, dir_b: str | Path) -> dict[str, float
     max_abs = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
     scale = max(float(a[k].float().abs().max()) for k in a)
     return {"max_abs": max_abs, "max_rel_to_largest_weight": max_abs / scale, "tensors": len(a)}
+
+
+def demo_args(cfg, run_dir: str | Path, out_dir: str | Path, strategy: str | None = None) -> list[str]:
+    """Arguments for notebook 12's run: the preset's trainer with ``scale.dist_depths`` and ``scale.dist_steps``
+    optimizer steps split over the stages, no final phase, fp32 (so one process and W processes can be compared
+    tightly: bf16 autocast would add its own rounding differences)."""
+    depths = [d for d in cfg.scale.dist_depths.split(",") if d.strip()]
+    per_stage = max(1, cfg.scale.dist_steps // len(depths)) * cfg.train.batch_size * cfg.train.block_size
+    sets = {"train.depths": cfg.scale.dist_depths, "train.tokens_per_stage": str(per_stage),
+            "train.final_tokens": "0", "train.precision": "fp32", "train.log_every": "1", "train.val_every": "0"}
+    args = ["--preset", cfg.name, "--run-dir", str(run_dir), "--out-dir", str(out_dir), "--no-progress"]
+    for k, v in sets.items():
+        args += ["--set", k, v]
+    return args + (["--strategy", strategy] if strategy else [])
+
+
+def read_run(out_dir: str | Path) -> dict[str, Any]:
+    """A finished run's summary and its per-step global-batch losses."""
+    out_dir = Path(out_dir)
+    rows = progressive.read_history(out_dir)
+    return {**json.loads((out_dir / "dist_summary.json").read_text()),
+            "losses": [r["loss"] for r in rows if "loss" in r and "event" not in r],
+            "growth_steps": [r["step"] for r in rows if r.get("event") == "growth"]}
+
+
+def plot_runs(runs: dict[str, dict[str, Any]], title: str = "one process vs torchrun, same global batch"):
+    """Loss per step of each run (they should lie on top of each other) and their difference."""
+    import matplotlib.pyplot as plt
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.6))
+    names = list(runs)
+    for name, style in zip(names, ("-", "--", ":")):
+        ax.plot(range(1, len(runs[name]["losses"]) + 1), runs[name]["losses"], style, label=name)
+    for g in runs[names[0]].get("growth_steps", []):
+        ax.axvline(g, color="gray", lw=0.8, ls="--")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("train loss (global batch)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    ref = runs[names[0]]["losses"]
+    for name in names[1:]:
+        bx.semilogy(range(1, len(ref) + 1), [abs(a - b) + 1e-12 for a, b in zip(ref, runs[name]["losses"])],
+                    label=f"|{names[0]} - {name}|")
+    bx.set_xlabel("optimizer step")
+    bx.set_ylabel("absolute loss difference")
+    bx.legend()
+    bx.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------- CLI

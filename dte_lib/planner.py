@@ -448,6 +448,20 @@ def fmt_num(value: Any) -> str:
     return f"{value:,.4g}" if isinstance(value, float) else f"{value:,}"
 
 
+def parallel_memory(m: ModelShape, batch_per_device: int, context: int, world_sizes: Sequence[int] = (1, 2, 4, 8),
+                    act_bytes: int = 2) -> list[dict[str, Any]]:
+    """GiB per device under DDP (every device holds all 16 B/param) and FSDP/ZeRO-3 (each holds 1/W of them);
+    activations are per device either way (its own micro-batch)."""
+    rows = []
+    for w in world_sizes:
+        ddp = memory_bytes(m, batch_per_device, context, act_bytes, shards=1)
+        fsdp = memory_bytes(m, batch_per_device, context, act_bytes, shards=w)
+        rows.append({"devices": w, "ddp_gib": ddp["total"] / GIB, "fsdp_gib": fsdp["total"] / GIB,
+                     "fsdp_states_gib": (fsdp["total"] - fsdp["activations"]) / GIB,
+                     "activations_gib": fsdp["activations"] / GIB})
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="dte plan", description=__doc__.split("\n\n")[0])

@@ -66,6 +66,7 @@ def test_torchrun_ddp_matches_one_process(runs):
     assert b == pytest.approx(a, rel=LOSS_RTOL)  # every logged step's global-batch loss
     assert ddp["val_loss"] == pytest.approx(single["val_loss"], rel=LOSS_RTOL)
     diff = D.compare_checkpoints(root / "single" / "checkpoints" / "final", out / "checkpoints" / "final")
+    print(f"{out.name}: max |w - w_ref| = {diff['max_abs']:.3g} (tolerance {WEIGHT_ATOL:.3g})")
     assert diff["max_abs"] < WEIGHT_ATOL, diff
     # only rank 0 wrote: one history row per logged step, not two
     assert len((out / "train" / "history.jsonl").read_text().splitlines()) == \
@@ -88,6 +89,7 @@ def test_checkpoint_from_two_ranks_resumes_in_one_process(runs):
     assert second["world_size"] == 1 and second["steps"] == STEPS and second["resumed_from_tokens"] == 6 * 512
     assert _losses(out) == pytest.approx(_losses(root / "single"), rel=LOSS_RTOL)
     diff = D.compare_checkpoints(root / "single" / "checkpoints" / "final", out / "checkpoints" / "final")
+    print(f"{out.name}: max |w - w_ref| = {diff['max_abs']:.3g} (tolerance {WEIGHT_ATOL:.3g})")
     assert diff["max_abs"] < WEIGHT_ATOL, diff
 
 
@@ -99,3 +101,21 @@ def test_launch_commands():
     assert "--nnodes=2" in multi and "--rdzv_backend=c10d" in multi and "--rdzv_endpoint=node0:29500" in multi
     with pytest.raises(ValueError, match="rdzv_endpoint"):
         D.launch_command(8, [], nnodes=2)
+
+
+@pytest.mark.slow  # two more torchrun-sized launches (~1-2 min on 2 cores); run with -m slow
+def test_fsdp2_resumes_a_one_process_checkpoint_and_matches(runs):
+    """World size 1 stopped at step 6, resumed by FSDP2 on 2 ranks (full checkpoint -> sharded moments) to the end."""
+    root, run_dir = runs
+    out = root / "fsdp"
+    D.run_single(_args(run_dir, out, "--stop-after-step", "6"), timeout=300)
+    assert _summary(out)["stopped_at"] == 6
+    D.run_torchrun(2, _args(run_dir, out, "--strategy", "fsdp"), timeout=300)
+    fsdp = _summary(out)
+    assert fsdp["strategy"] == "fsdp" and fsdp["world_size"] == 2 and fsdp["steps"] == STEPS
+    assert _losses(out) == pytest.approx(_losses(root / "single"), rel=LOSS_RTOL)
+    assert fsdp["val_loss"] == pytest.approx(_summary(root / "single")["val_loss"], rel=LOSS_RTOL)
+    # the growth (1 -> 2 layers) happened under FSDP2 after gathering the shards, and the export is a full model
+    diff = D.compare_checkpoints(root / "single" / "checkpoints" / "final", out / "checkpoints" / "final")
+    print(f"{out.name}: max |w - w_ref| = {diff['max_abs']:.3g} (tolerance {WEIGHT_ATOL:.3g})")
+    assert diff["max_abs"] < WEIGHT_ATOL, diff
