@@ -40,6 +40,18 @@ from safetensors.torch import load_file, save_file
 from .data import atomic_write_text
 
 
+def _quiet_save(obj, directory: Path) -> None:
+    """``save_pretrained`` without its per-shard progress bar (one per checkpoint would flood a notebook)."""
+    from transformers.utils import logging as hf_logging
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        obj.save_pretrained(directory)
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, incomplete or corrupt; the message says which file and what to do."""
 
@@ -115,7 +127,7 @@ def save(state_dir: str | Path, model, opt: torch.optim.Optimizer | None, state:
     tmp = state_dir / f".tmp-{name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    model.save_pretrained(tmp / "model")
+    _quiet_save(model, tmp / "model")
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, list]] = {}
     for pname, st in (optimizer_state_by_name(opt) if opt is not None else {}).items():
@@ -205,7 +217,7 @@ def export_model(model, tok, directory: str | Path, extra: dict[str, Any] | None
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.parent / f".tmp-{directory.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    _quiet_save(model, tmp)
     if tok is not None:
         tok.save_pretrained(tmp)
     if extra:

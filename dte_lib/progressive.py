@@ -26,7 +26,9 @@ Run it: ``python -m dte_lib.progressive --preset ci --run-dir outputs/runs/ci`` 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import shutil
 import math
 import sys
 import time
@@ -109,7 +111,8 @@ class ProgressiveTrainer:
     def __init__(self, tc, tok, train_ds, val_ds, out_dir: str | Path, seed: int = 0,
                  stages: Sequence[Stage] | None = None, aux_loss: Callable | None = None,
                  aux_wants_hidden: bool = False, wrap_model: Callable | None = None, progress: bool = True,
-                 tensorboard: bool = True, on_step: Callable[[int], None] | None = None):
+                 tensorboard: bool = True, on_step: Callable[[int], None] | None = None,
+                 on_mismatch: str = "error"):
         self.tc, self.tok, self.seed = tc, tok, seed
         self.out = Path(out_dir)
         self.stages = list(stages) if stages is not None else build_schedule(tc)
@@ -128,6 +131,11 @@ class ProgressiveTrainer:
         self._carry: dict[str, dict[str, torch.Tensor]] = {}
         self._flops_per_token = 0.0
         self._writer = None
+        # what a saved state must match to be resumed: schedule, hyper-parameters, seed, tokenised data
+        self.on_mismatch = on_mismatch
+        self.fingerprint = hashlib.sha256(json.dumps(
+            [asdict(tc), [asdict(s) for s in self.stages], seed, getattr(train_ds, "_fingerprint", ""),
+             getattr(val_ds, "_fingerprint", "")], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------------------------------------ setup
     def _fresh_model(self):
@@ -146,9 +154,16 @@ class ProgressiveTrainer:
         from transformers import GPT2LMHeadModel
         saved = ckpt.load(path)  # verified against its manifest before anything is read
         st = saved["state"]
-        if st["stage_names"] != [s.name for s in self.stages]:
-            raise ckpt.CheckpointError(f"{path}: saved for stages {st['stage_names']}, this schedule has "
-                                       f"{[s.name for s in self.stages]}; use another out_dir or delete the state")
+        if st.get("fingerprint") != self.fingerprint:
+            why = (f"saved for stages {st['stage_names']}, this schedule has {[s.name for s in self.stages]}"
+                   if st["stage_names"] != [s.name for s in self.stages] else
+                   "saved with other settings, seed, tokenizer or data")
+            if self.on_mismatch != "restart":
+                raise ckpt.CheckpointError(f"{path}: {why}; use another out_dir, delete {self.state_dir}, "
+                                           f"or pass on_mismatch='restart'")
+            print(f"{path}: {why} — starting this run from scratch (old state, history and checkpoints removed)")
+            self.clear()
+            return self._resume_or_start()
         self.model = GPT2LMHeadModel.from_pretrained(str(saved["model_dir"]))
         self._carry = saved["optimizer"]
         for k in ("stage_idx", "step_in_stage", "global_step", "tokens", "flops", "history_lines"):
@@ -159,6 +174,13 @@ class ProgressiveTrainer:
             lines = self.history_path.read_text().splitlines(keepends=True)[: self.history_lines]
             self.history_path.write_text("".join(lines))
         return True
+
+    def clear(self) -> None:
+        """Remove this trainer's state, history, stage checkpoints and TensorBoard logs (a fresh start)."""
+        if self.main:
+            for sub in ("train/state", "checkpoints", "tb"):
+                shutil.rmtree(self.out / sub, ignore_errors=True)
+            self.history_path.unlink(missing_ok=True)
 
     def _enter_stage(self, stage: Stage) -> None:
         """Freeze by policy, wrap, and build a fresh AdamW that inherits moments by parameter name."""
@@ -242,7 +264,7 @@ class ProgressiveTrainer:
         state = {"stage_idx": self.stage_idx, "step_in_stage": self.step_in_stage, "global_step": self.global_step,
                  "tokens": self.tokens, "flops": self.flops, "history_lines": self.history_lines,
                  "loader": self.loader.state_dict(), "stage_names": [s.name for s in self.stages],
-                 "seed": self.seed, "train_cfg": asdict(self.tc)}
+                 "seed": self.seed, "train_cfg": asdict(self.tc), "fingerprint": self.fingerprint}
         ckpt.save(self.state_dir, self.model, self.opt, state)
 
     # ------------------------------------------------------------------------------------------ run
