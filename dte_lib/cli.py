@@ -14,6 +14,8 @@ COMMANDS = {  # name -> (module, one-line help)
     "env": ("dte_lib.envinfo", "print versions, threads, device, memory and disk"),
     "generate": ("dte_lib.generate", "generate a synthetic corpus from an OpenAI-compatible endpoint (resumable)"),
     "serve": ("dte_lib.server", "serve local HF models behind an OpenAI-compatible API (chat, files, fine-tuning)"),
+    "infra": ("dte_lib.infra", "device, matmul FLOP/s, a training step's tokens/s and memory, MFU"),
+    "plan": ("dte_lib.planner", "parameters, FLOPs, memory, GPU-hours and dollars; the roadmap's budget checked"),
     "train": ("dte_lib.progressive", "run or resume the progressive trainer (tokenizer, packing, growth, checkpoints)"),
     "tokenizer": ("dte_lib.tokenizer", "fit the byte-level BPE tokenizer with chat role tokens to a corpus"),
 }

@@ -207,10 +207,34 @@ EVAL = {"ci": EvalCfg(max_new_tokens=16), "demo": EvalCfg(), "full": EvalCfg(max
 @dataclass
 class ScaleCfg:
     """Month 2 and months 13–18: hardware check, planner, distributed training (issue: infrastructure)."""
-    nproc: int = 2  # processes for the torchrun demonstration
+    nproc: int = 2  # processes for the torchrun demonstration (CPU: gloo; one per GPU with nccl)
+    dist_depths: str = "1,2"  # growth schedule of notebook 12's torchrun run (same trainer, same preset otherwise)
+    dist_steps: int = 8  # optimizer steps of that run, split evenly over its stages
+    strategy: str = "ddp"  # ddp (replicate, all-reduce gradients) | fsdp (FSDP2 fully_shard: shard everything)
+    utilisation: float = 0.40  # assumed model FLOP utilisation on a GPU, for time projections
+    a100_usd_per_h_low: float = 1.50  # roadmap month 2: cloud A100, low end
+    a100_usd_per_h_high: float = 2.00  # roadmap month 2: cloud A100, high end
+    rtx4090_usd: float = 1600.0  # roadmap month 2: an owned RTX 4090
+    h100_usd_per_h_low: float = 2.50  # assumption (not in the roadmap): cloud H100, low end
+    h100_usd_per_h_high: float = 3.50  # assumption: cloud H100, high end
+    kwh_usd: float = 0.15  # assumption: electricity price for an owned card
+    examples_per_phase: int = 100_000  # corpus size each phase trains on (the roadmap's 100K examples)
+    epochs_per_phase: float = 3.0  # passes over that corpus per phase (assumption: the roadmap states none)
+    matmul_n: int = 1024  # matrix size for the matmul FLOP/s measurement
+    bench_layers: int = 2  # trainer-throughput measurement: depth
+    bench_width: int = 128  # ... width
+    bench_context: int = 128  # ... context
+    bench_batch: int = 8  # ... batch
+    bench_steps: int = 3  # ... timed steps (after 2 warm-up steps)
+    bench_bf16: bool = True  # also measure a bf16-autocast run (a second child process)
 
 
-SCALE = {"ci": ScaleCfg(), "demo": ScaleCfg(), "full": ScaleCfg(nproc=8)}
+SCALE = {
+    "ci": ScaleCfg(matmul_n=512, bench_width=64, bench_context=64, bench_steps=2, bench_bf16=False),
+    "demo": ScaleCfg(dist_steps=24, bench_layers=4, bench_width=256, bench_context=256, bench_batch=8, bench_steps=4),
+    "full": ScaleCfg(nproc=8, dist_depths="1,2,4,8,12", dist_steps=5000, strategy="fsdp", bench_layers=12,
+                     bench_width=768, bench_context=1024, bench_batch=8, bench_steps=10),
+}
 
 
 # --------------------------------------------------------------------------------------------- preset

@@ -95,6 +95,11 @@ def lr_at(step: int, total: int, peak: float, warmup: int, schedule: str, decay_
     return peak + (floor - peak) * min(t, 1.0)
 
 
+def _world_size() -> int:
+    import torch.distributed as dist
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def _is_main() -> bool:
     import torch.distributed as dist
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
@@ -210,7 +215,15 @@ class ProgressiveTrainer:
         gnorm = torch.nn.utils.clip_grad_norm_(params, self.tc.grad_clip)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        return {"loss": float(lm.detach()), "grad_norm": float(gnorm), **{k: float(v.detach()) for k, v in aux.items()}}
+        logged = torch.stack([lm.detach().float(), *(v.detach().float() for v in aux.values())])
+        world = _world_size()
+        if world > 1:  # each rank saw its slice of the global batch: log the global mean, not rank 0's slice
+            import torch.distributed as dist
+            dist.all_reduce(logged)
+            logged /= world
+        gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm  # FSDP2 returns a DTensor
+        return {"loss": float(logged[0]), "grad_norm": float(gnorm),
+                **{k: float(v) for k, v in zip(aux, logged[1:])}}
 
     @torch.no_grad()
     def val_loss(self) -> float:
@@ -241,6 +254,11 @@ class ProgressiveTrainer:
                 if isinstance(v, (int, float)) and k not in ("step",):
                     self._writer.add_scalar(f"train/{k}", v, self.global_step)
 
+    def full_model(self):
+        """The model as one unsharded ``GPT2LMHeadModel`` for growth and export. Here that is ``self.model``; a
+        sharding subclass (dte_lib.distributed's FSDP2 trainer) gathers the shards — on every rank."""
+        return self.model
+
     def _save_state(self) -> None:
         if not self.main:
             return
@@ -267,7 +285,8 @@ class ProgressiveTrainer:
             if self.step_in_stage == 0 and stage.depth > self.model.config.n_layer:
                 before = self.val_loss()
                 old_depth = self.model.config.n_layer
-                self.model = M.grow(self.model, stage.depth, tc.operator, seed=self.seed * 1000 + self.stage_idx)
+                self.model = M.grow(self.full_model(), stage.depth, tc.operator,
+                                    seed=self.seed * 1000 + self.stage_idx)
                 after = self.val_loss()
                 self._log({"event": "growth", "operator": tc.operator, "depth_before": old_depth,
                            "val_before": before, "val_after": after, "val_loss": after})
@@ -300,13 +319,14 @@ class ProgressiveTrainer:
                     self.on_step(self.global_step)
             val = self.val_loss()
             self._log({"event": "stage_end", "val_loss": val, "lr": lr})
+            full = self.full_model()  # collective under FSDP: every rank calls it, rank 0 writes
             if self.main:
                 meta = {"stage": stage.name, "kind": stage.kind, "depth": stage.depth, "val_loss": val,
                         "tokens": self.tokens, "flops": self.flops, "step": self.global_step,
-                        "params": M.count_params(self.model)}
-                ckpt.export_model(self.model, self.tok, self.out / "checkpoints" / stage.name, meta)
+                        "params": M.count_params(full)}
+                ckpt.export_model(full, self.tok, self.out / "checkpoints" / stage.name, meta)
                 if self.stage_idx == len(self.stages) - 1:
-                    ckpt.export_model(self.model, self.tok, self.out / "checkpoints" / "final", meta)
+                    ckpt.export_model(full, self.tok, self.out / "checkpoints" / "final", meta)
             self.stage_idx += 1
             self.step_in_stage = 0
             self._save_state()
