@@ -12,6 +12,8 @@ COMMANDS = {  # name -> (module, one-line help)
     "course": ("dte_lib.course", "run the notebooks headless with papermill (run, list, report)"),
     "data": ("dte_lib.data", "check a chat corpus (file:line for every problem) and split it"),
     "env": ("dte_lib.envinfo", "print versions, threads, device, memory and disk"),
+    "train": ("dte_lib.progressive", "run or resume the progressive trainer (tokenizer, packing, growth, checkpoints)"),
+    "tokenizer": ("dte_lib.tokenizer", "fit the byte-level BPE tokenizer with chat role tokens to a corpus"),
 }
 
 

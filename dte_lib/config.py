@@ -94,9 +94,51 @@ GENERATE = {"ci": GenerateCfg(n_examples=8), "demo": GenerateCfg(), "full": Gene
 class TrainCfg:
     """Months 3–4: tokenizer and progressive trainer (issue: progressive trainer)."""
     vocab_size: int = 2048  # byte-level BPE vocabulary fitted to the corpus
+    block_size: int = 128  # tokens per packed block = the model's context (n_positions)
+    d_model: int = 128  # GPT-2 n_embd
+    n_head: int = 4  # attention heads (d_model must divide by it)
+    depths: str = "1,2,3,4"  # depth after each growth stage: "1,2,3,4" grows by one layer, "1,2,4" by doubling
+    operator: str = "zero_init"  # growth operator: roadmap (new layer random) | zero_init | stack
+    policy: str = "all"  # what trains after a growth: greedy (newest layer + final norm) | all | all_lower_lr
+    lower_lr_factor: float = 0.1  # all_lower_lr: old layers' learning rate = lr × this
+    joint_every: int = 4  # after reaching a depth divisible by this, a joint phase trains all layers (0 = never)
+    joint_tokens: int = 0  # token budget of each joint phase (0 = no joint phases)
+    final_tokens: int = 50_000  # token budget of the final end-to-end phase (0 = none)
+    tokens_per_stage: int = 50_000  # token budget of each growth stage
+    batch_size: int = 16  # blocks per optimizer step (global, across ranks)
+    lr: float = 3e-3  # peak AdamW learning rate
+    schedule: str = "wsd"  # per-stage schedule: wsd (warmup, stable, linear decay) | cosine
+    warmup_steps: int = 20  # linear warmup of the first stage
+    rewarm_steps: int = 10  # short re-warm at the start of every later stage (new parameters, fresh moments)
+    decay_frac: float = 0.3  # wsd: share of each stage spent decaying
+    min_lr_frac: float = 0.1  # learning rate at the end of a decay, as a share of the peak
+    weight_decay: float = 0.1  # AdamW weight decay on matrices (never on norms and biases)
+    grad_clip: float = 1.0  # clip the global gradient norm to this
+    precision: str = "fp32"  # fp32 | bf16 (CPU autocast: 1.75x faster with AVX512-BF16, 6x SLOWER without it)
+    assistant_only: bool = False  # loss on assistant tokens only (the whole conversation otherwise)
+    dropout: float = 0.0  # GPT-2 dropouts; 0 keeps growth exactly function-preserving and runs deterministic
+    val_every: int = 25  # steps between validation losses (growth events and stage ends always validate)
+    val_max_blocks: int = 32  # validation blocks used for the loss curve (per-stage metrics use the whole split)
+    ckpt_every: int = 50  # steps between full-state checkpoints (stage ends always checkpoint)
+    log_every: int = 5  # steps between history.jsonl / TensorBoard rows
+    short_depths: str = "1,2"  # notebook 06's short demonstration run
+    short_tokens: int = 30_000  # token budget per stage of notebook 06's short run
+    sample_tokens: int = 60  # new tokens per sample generation
 
 
-TRAIN = {"ci": TrainCfg(vocab_size=512), "demo": TrainCfg(), "full": TrainCfg(vocab_size=50_257)}
+TRAIN = {
+    "ci": TrainCfg(vocab_size=512, block_size=64, d_model=64, n_head=2, depths="1,2", tokens_per_stage=12_288,
+                   final_tokens=4096, batch_size=8, lr=3e-3, warmup_steps=4, rewarm_steps=2, val_every=10,
+                   val_max_blocks=8, ckpt_every=10, log_every=2, short_tokens=4096, sample_tokens=16),
+    "demo": TrainCfg(),
+    "full": TrainCfg(vocab_size=50_257, block_size=1024, d_model=768, n_head=12, depths="1,2,3,4,5,6,7,8,9,10,11,12",
+                     joint_tokens=50_000_000, tokens_per_stage=200_000_000, final_tokens=500_000_000,
+                     batch_size=64, lr=6e-4, warmup_steps=500, rewarm_steps=100, val_every=500, val_max_blocks=256,
+                     ckpt_every=1000, log_every=20, short_tokens=1_000_000, sample_tokens=100),
+}
+# The roadmap's own schedule as overrides: greedy (only the newest layer trains), new layers random, joint every 4.
+ROADMAP_SCHEDULE = {"train.policy": "greedy", "train.operator": "roadmap", "train.joint_every": 4,
+                    "train.joint_tokens": 100_000}
 
 
 @dataclass

@@ -1,0 +1,415 @@
+"""ProgressiveTrainer: grow a GPT-2 from 1 layer to N in stages, resumable at any step.
+
+Definitions:
+- a *stage* = (depth, token budget, trainable policy, learning rate, kind). ``grow`` stages first grow the model to
+  their depth with the growth operator (dte_lib.model.grow); ``joint`` stages train every layer at the current
+  depth (the roadmap's "joint fine-tuning every 4 layers"); the ``final`` stage is the end-to-end phase.
+- each stage has its own learning-rate schedule: a linear (re-)warmup, then warmup–stable–decay (WSD) or cosine.
+  A new stage builds a new AdamW: parameters that existed before keep their moments (matched by name), new ones
+  start fresh — which is why the short re-warm matters.
+- *FLOPs* are counted every step from the current trainable pattern (dte_lib.model.flops_per_token), so runs with
+  frozen layers are compared with full training at equal compute.
+- validation loss is recorded just before and just after every growth: ``zero_init`` shows Δ = 0, ``roadmap``
+  and ``stack`` show what growing costs.
+
+Files (under ``out_dir``, the run directory for the course's main run): ``train/state/`` (dte_lib.checkpoint),
+``train/history.jsonl`` (one row per logged step, growth or stage end), ``checkpoints/<stage>/`` and
+``checkpoints/final/`` (HF model directories with the tokenizer), ``tb/`` (TensorBoard).
+
+Hooks: ``aux_loss(model, batch, outputs) -> {name: tensor}`` adds named losses (logged by name);
+``aux_wants_hidden=True`` asks the model for hidden states; ``wrap_model(module) -> module`` wraps for DDP/FSDP
+(re-applied after each growth); under ``torch.distributed`` the loader shards by rank and only rank 0 writes.
+
+Explained in notebooks 06 (a short run) and 07 (layers 1–4).
+Run it: ``python -m dte_lib.progressive --preset ci --run-dir outputs/runs/ci`` (resumes if state exists).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from . import checkpoint as ckpt
+from . import model as M
+from . import packing
+from . import tokenizer as toklib
+
+
+@dataclass
+class Stage:
+    name: str  # directory name under checkpoints/
+    depth: int  # model depth during the stage
+    tokens: int  # token budget
+    policy: str  # greedy | all | all_lower_lr
+    lr: float  # peak learning rate
+    kind: str  # grow | joint | final
+    new_layers: tuple[int, ...] = ()  # layers added at the start of this stage
+
+
+def build_schedule(tc, depths: str | None = None, tokens_per_stage: int | None = None,
+                   final_tokens: int | None = None) -> list[Stage]:
+    """Stages from a TrainCfg: one grow stage per depth, joint phases every ``joint_every`` layers, a final phase."""
+    ds = [int(x) for x in (depths or tc.depths).split(",") if x.strip()]
+    if ds != sorted(set(ds)) or ds[0] < 1:
+        raise ValueError(f"depths {ds} must be increasing positive integers")
+    tokens = tc.tokens_per_stage if tokens_per_stage is None else tokens_per_stage
+    final = tc.final_tokens if final_tokens is None else final_tokens
+    stages: list[Stage] = []
+    prev = 0
+    for i, d in enumerate(ds):
+        policy = "all" if i == 0 else tc.policy  # from scratch, embeddings must train
+        stages.append(Stage(f"s{len(stages) + 1:02d}-grow-d{d}", d, tokens, policy, tc.lr, "grow",
+                            tuple(range(prev, d))))
+        if tc.joint_every and tc.joint_tokens and d % tc.joint_every == 0 and i:
+            stages.append(Stage(f"s{len(stages) + 1:02d}-joint-d{d}", d, tc.joint_tokens, "all", tc.lr, "joint"))
+        prev = d
+    if final:
+        stages.append(Stage(f"s{len(stages) + 1:02d}-final-d{prev}", prev, final, "all", tc.lr, "final"))
+    return stages
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int, schedule: str, decay_frac: float,
+          min_frac: float) -> float:
+    """Learning rate at ``step`` (0-based) of a stage of ``total`` steps."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    floor = peak * min_frac
+    if schedule == "cosine":
+        t = (step - warmup) / max(total - warmup, 1)
+        return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+    if schedule != "wsd":
+        raise ValueError(f"unknown schedule {schedule!r}: wsd or cosine")
+    decay_start = int(total * (1 - decay_frac))
+    if step < decay_start:
+        return peak
+    t = (step - decay_start + 1) / max(total - decay_start, 1)
+    return peak + (floor - peak) * min(t, 1.0)
+
+
+def _is_main() -> bool:
+    import torch.distributed as dist
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+class ProgressiveTrainer:
+    """Runs a schedule of stages; every piece of state it needs to continue lives in ``out_dir/train/state``."""
+
+    def __init__(self, tc, tok, train_ds, val_ds, out_dir: str | Path, seed: int = 0,
+                 stages: Sequence[Stage] | None = None, aux_loss: Callable | None = None,
+                 aux_wants_hidden: bool = False, wrap_model: Callable | None = None, progress: bool = True,
+                 tensorboard: bool = True, on_step: Callable[[int], None] | None = None,
+                 on_mismatch: str = "error"):
+        self.tc, self.tok, self.seed = tc, tok, seed
+        self.out = Path(out_dir)
+        self.stages = list(stages) if stages is not None else build_schedule(tc)
+        self.loader = packing.PackedLoader(train_ds, tc.block_size, tc.batch_size, seed,
+                                           with_weights="loss_weights" in train_ds.column_names)
+        self.val = packing.eval_blocks(val_ds, tc.block_size, tc.val_max_blocks)
+        self.aux_loss, self.aux_wants_hidden, self.wrap_model = aux_loss, aux_wants_hidden, wrap_model
+        self.progress, self.tensorboard, self.on_step = progress, tensorboard, on_step
+        self.main = _is_main()
+        self.state_dir = self.out / "train" / "state"
+        self.history_path = self.out / "train" / "history.jsonl"
+        self.model = self.wrapped = self.opt = None
+        self.stage_idx = self.step_in_stage = self.global_step = self.history_lines = 0
+        self.tokens = 0
+        self.flops = 0.0
+        self._carry: dict[str, dict[str, torch.Tensor]] = {}
+        self._flops_per_token = 0.0
+        self._writer = None
+        # what a saved state must match to be resumed: schedule, hyper-parameters, seed, tokenised data
+        self.on_mismatch = on_mismatch
+        self.fingerprint = hashlib.sha256(json.dumps(
+            [asdict(tc), [asdict(s) for s in self.stages], seed, getattr(train_ds, "_fingerprint", ""),
+             getattr(val_ds, "_fingerprint", "")], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    # ------------------------------------------------------------------------------------------ setup
+    def _fresh_model(self):
+        tc = self.tc
+        return M.build(len(self.tok), tc.block_size, tc.d_model, self.stages[0].depth, tc.n_head, seed=self.seed,
+                       eos_id=self.tok.eos_token_id, dropout=tc.dropout)
+
+    def _resume_or_start(self) -> bool:
+        path = ckpt.latest(self.state_dir)
+        if path is None:
+            self.model = self._fresh_model()
+            if self.main:
+                self.history_path.parent.mkdir(parents=True, exist_ok=True)
+                self.history_path.write_text("")
+            return False
+        from transformers import GPT2LMHeadModel
+        saved = ckpt.load(path)  # verified against its manifest before anything is read
+        st = saved["state"]
+        if st.get("fingerprint") != self.fingerprint:
+            why = (f"saved for stages {st['stage_names']}, this schedule has {[s.name for s in self.stages]}"
+                   if st["stage_names"] != [s.name for s in self.stages] else
+                   "saved with other settings, seed, tokenizer or data")
+            if self.on_mismatch != "restart":
+                raise ckpt.CheckpointError(f"{path}: {why}; use another out_dir, delete {self.state_dir}, "
+                                           f"or pass on_mismatch='restart'")
+            print(f"{path}: {why} — starting this run from scratch (old state, history and checkpoints removed)")
+            self.clear()
+            return self._resume_or_start()
+        self.model = GPT2LMHeadModel.from_pretrained(str(saved["model_dir"]))
+        self._carry = saved["optimizer"]
+        for k in ("stage_idx", "step_in_stage", "global_step", "tokens", "flops", "history_lines"):
+            setattr(self, k, st[k])
+        self.loader.load_state_dict(st["loader"])
+        ckpt.set_rng_state(st["rng"], saved["rng_tensors"])
+        if self.main and self.history_path.exists():  # drop rows written after the checkpoint (they will be redone)
+            lines = self.history_path.read_text().splitlines(keepends=True)[: self.history_lines]
+            self.history_path.write_text("".join(lines))
+        return True
+
+    def clear(self) -> None:
+        """Remove this trainer's state, history, stage checkpoints and TensorBoard logs (a fresh start)."""
+        if self.main:
+            for sub in ("train/state", "checkpoints", "tb"):
+                shutil.rmtree(self.out / sub, ignore_errors=True)
+            self.history_path.unlink(missing_ok=True)
+
+    def _enter_stage(self, stage: Stage) -> None:
+        """Freeze by policy, wrap, and build a fresh AdamW that inherits moments by parameter name."""
+        if self.opt is not None:  # moving on from a stage in this process: inherit its moments by name
+            self._carry = ckpt.optimizer_state_by_name(self.opt)
+        M.set_trainable(self.model, stage.policy, stage.new_layers)
+        self.wrapped = self.wrap_model(self.model) if self.wrap_model else self.model
+        groups = M.param_groups(self.model, stage.lr, stage.policy, stage.new_layers, self.tc.lower_lr_factor,
+                                self.tc.weight_decay)
+        self.opt = torch.optim.AdamW(groups, lr=stage.lr, betas=(0.9, 0.95))
+        ckpt.load_optimizer_state_by_name(self.opt, self._carry)
+        self._carry = {}
+        self._flops_per_token = M.flops_per_token(self.model, self.tc.block_size)
+
+    def stage_steps(self, stage: Stage) -> int:
+        return max(1, math.ceil(stage.tokens / self.loader.tokens_per_batch))
+
+    # ------------------------------------------------------------------------------------------ one step
+    def train_step(self, batch: dict[str, torch.Tensor], lr: float) -> dict[str, float]:
+        """Forward, loss (+ aux losses), backward, clip, AdamW step — the only training code path."""
+        for g in self.opt.param_groups:
+            g["lr"] = lr * g["lr_scale"]
+        self.wrapped.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.tc.precision == "bf16"):
+            out = self.wrapped(input_ids=batch["input_ids"], output_hidden_states=self.aux_wants_hidden)
+            lm = M.lm_loss(out.logits, batch["labels"], batch.get("loss_weights"))
+            aux = self.aux_loss(self.model, batch, out) if self.aux_loss else {}
+        total = lm + sum(aux.values()) if aux else lm
+        total.backward()
+        params = [p for g in self.opt.param_groups for p in g["params"]]
+        gnorm = torch.nn.utils.clip_grad_norm_(params, self.tc.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return {"loss": float(lm.detach()), "grad_norm": float(gnorm), **{k: float(v.detach()) for k, v in aux.items()}}
+
+    @torch.no_grad()
+    def val_loss(self) -> float:
+        """Mean next-token loss on the validation blocks, fp32, no dropout."""
+        self.model.eval()
+        ids, labels = self.val["input_ids"], self.val["labels"]
+        nats, n = 0.0, 0
+        for i in range(0, len(ids), 8):
+            logits = self.model(input_ids=ids[i: i + 8]).logits
+            lab = labels[i: i + 8]
+            k = int((lab[:, 1:] != -100).sum())
+            nats += float(M.lm_loss(logits, lab)) * k
+            n += k
+        return nats / max(n, 1)
+
+    # ------------------------------------------------------------------------------------------ records
+    def _log(self, row: dict[str, Any]) -> None:
+        if not self.main:
+            return
+        row = {"step": self.global_step, "tokens": self.tokens, "flops": self.flops,
+               "depth": self.model.config.n_layer, "stage": self.stages[min(self.stage_idx, len(self.stages) - 1)].name,
+               **row}
+        with open(self.history_path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+        self.history_lines += 1
+        if self._writer is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k not in ("step",):
+                    self._writer.add_scalar(f"train/{k}", v, self.global_step)
+
+    def _save_state(self) -> None:
+        if not self.main:
+            return
+        state = {"stage_idx": self.stage_idx, "step_in_stage": self.step_in_stage, "global_step": self.global_step,
+                 "tokens": self.tokens, "flops": self.flops, "history_lines": self.history_lines,
+                 "loader": self.loader.state_dict(), "stage_names": [s.name for s in self.stages],
+                 "seed": self.seed, "train_cfg": asdict(self.tc), "fingerprint": self.fingerprint}
+        ckpt.save(self.state_dir, self.model, self.opt, state)
+
+    # ------------------------------------------------------------------------------------------ run
+    def run(self) -> list[dict[str, Any]]:
+        """Train every remaining stage (resuming from ``train/state`` if present); returns history rows."""
+        resumed = self._resume_or_start()
+        if self.main and self.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self._writer = SummaryWriter(str(self.out / "tb"), purge_step=self.global_step if resumed else None)
+        total_steps = sum(self.stage_steps(s) for s in self.stages)
+        done = sum(self.stage_steps(s) for s in self.stages[: self.stage_idx]) + self.step_in_stage
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total_steps, initial=done, desc="progressive", disable=not (self.progress and self.main))
+        tc = self.tc
+        while self.stage_idx < len(self.stages):
+            stage = self.stages[self.stage_idx]
+            if self.step_in_stage == 0 and stage.depth > self.model.config.n_layer:
+                before = self.val_loss()
+                old_depth = self.model.config.n_layer
+                self.model = M.grow(self.model, stage.depth, tc.operator, seed=self.seed * 1000 + self.stage_idx)
+                after = self.val_loss()
+                self._log({"event": "growth", "operator": tc.operator, "depth_before": old_depth,
+                           "val_before": before, "val_after": after, "val_loss": after})
+            self._enter_stage(stage)
+            n_steps = self.stage_steps(stage)
+            warmup = tc.warmup_steps if self.stage_idx == 0 else tc.rewarm_steps
+            bar.set_postfix(stage=stage.name)
+            while self.step_in_stage < n_steps:
+                lr = lr_at(self.step_in_stage, n_steps, stage.lr, warmup, tc.schedule, tc.decay_frac, tc.min_lr_frac)
+                out = self.train_step(self.loader.next_batch(), lr)
+                self.step_in_stage += 1
+                self.global_step += 1
+                self.tokens += self.loader.tokens_per_batch
+                self.flops += self._flops_per_token * self.loader.tokens_per_batch
+                bar.update(1)
+                last = self.step_in_stage == n_steps
+                row: dict[str, Any] = {}
+                if self.global_step % tc.log_every == 0:
+                    row.update(out, lr=lr)
+                if tc.val_every and self.global_step % tc.val_every == 0 and not last:
+                    row["val_loss"] = self.val_loss()
+                if row:
+                    self._log(row)
+                    bar.set_postfix(stage=stage.name, loss=f"{out['loss']:.3f}")
+                if last:
+                    break
+                if tc.ckpt_every and self.global_step % tc.ckpt_every == 0:
+                    self._save_state()
+                if self.on_step:
+                    self.on_step(self.global_step)
+            val = self.val_loss()
+            self._log({"event": "stage_end", "val_loss": val, "lr": lr})
+            if self.main:
+                meta = {"stage": stage.name, "kind": stage.kind, "depth": stage.depth, "val_loss": val,
+                        "tokens": self.tokens, "flops": self.flops, "step": self.global_step,
+                        "params": M.count_params(self.model)}
+                ckpt.export_model(self.model, self.tok, self.out / "checkpoints" / stage.name, meta)
+                if self.stage_idx == len(self.stages) - 1:
+                    ckpt.export_model(self.model, self.tok, self.out / "checkpoints" / "final", meta)
+            self.stage_idx += 1
+            self.step_in_stage = 0
+            self._save_state()
+            if self.on_step:
+                self.on_step(self.global_step)
+        bar.close()
+        if self._writer is not None:
+            self._writer.close()
+        return read_history(self.out)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def read_history(out_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(out_dir) / "train" / "history.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def prepare(cfg, run_dir: str | Path, retrain_tokenizer: bool = False) -> dict[str, Any]:
+    """Tokenizer (``run_dir/tokenizer``, fitted on the training split if absent), tokenised train/val datasets."""
+    run_dir = Path(run_dir)
+    ex = packing.training_examples(cfg, run_dir)
+    tok_dir = run_dir / "tokenizer"
+    if retrain_tokenizer or not (tok_dir / "tokenizer.json").exists():
+        toklib.save(toklib.train_from_examples(ex["train"], cfg.train.vocab_size), tok_dir)
+    tok = toklib.load(tok_dir)
+    cache = run_dir / "train" / "cache"
+    train_ds = packing.tokenize(ex["train"], tok, cfg.train.assistant_only, cache)
+    val_ds = packing.tokenize(ex["val"], tok, False, cache)
+    return {"tokenizer": tok, "train": train_ds, "val": val_ds, "examples": ex,
+            "val_texts": [toklib.render(e.messages) for e in ex["val"]]}
+
+
+def stage_report(out_dir: str | Path, tok, val_texts: Sequence[str], prompts: Sequence[str] = (),
+                 max_new_tokens: int = 40, system: str | None = None) -> list[dict[str, Any]]:
+    """Reload every stage checkpoint with ``from_pretrained``; whole-val-split loss, perplexity, bits/byte, samples."""
+    from transformers import AutoModelForCausalLM
+    rows = []
+    for d in sorted(p for p in (Path(out_dir) / "checkpoints").iterdir() if p.name.startswith("s")):
+        meta = json.loads((d / "dte_stage.json").read_text())
+        model = AutoModelForCausalLM.from_pretrained(str(d))
+        ev = M.evaluate_texts(model, tok, val_texts)
+        row = {"stage": d.name, "depth": meta["depth"], "tokens": meta["tokens"], "flops": meta["flops"],
+               "params": M.count_params(model), "val_loss": ev["loss"], "perplexity": ev["perplexity"],
+               "bits_per_byte": ev["bits_per_byte"]}
+        if prompts:
+            row["samples"] = M.generate(model, tok, prompts, max_new_tokens, system=system)
+        rows.append(row)
+    return rows
+
+
+def plot_history(history: Sequence[dict[str, Any]], title: str = ""):
+    """Train and validation loss against tokens and against FLOPs, growth events as dashed lines."""
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    train = [r for r in history if "loss" in r and "event" not in r]
+    val = [r for r in history if r.get("val_loss") is not None]
+    growth = [r for r in history if r.get("event") == "growth"]
+    for ax, key, label in ((axes[0], "tokens", "tokens"), (axes[1], "flops", "training FLOPs")):
+        ax.plot([r[key] for r in train], [r["loss"] for r in train], lw=1, alpha=0.7, label="train loss")
+        ax.plot([r[key] for r in val], [r["val_loss"] for r in val], "o-", ms=3, label="val loss")
+        for g in growth:
+            ax.axvline(g[key], ls="--", color="gray", lw=0.8)
+            ax.annotate(f"→{g['depth']}", (g[key], ax.get_ylim()[1]), fontsize=7, va="top")
+        ax.set_xlabel(label)
+        ax.set_ylabel("loss (nats/token)")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(title or "progressive training")
+    fig.tight_layout()
+    return fig
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from . import config
+    ap = argparse.ArgumentParser(prog="dte train", description="Run (or resume) the progressive trainer.")
+    ap.add_argument("--preset", default=None)
+    ap.add_argument("--run-dir", default=None)
+    ap.add_argument("--out-dir", default=None, help="where train/, checkpoints/, tb/ go (default: the run dir)")
+    ap.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                    help="override a preset field, e.g. --set train.operator stack")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    overrides = {k: _parse_value(v) for k, v in args.set}
+    cfg, run_dir = config.setup(args.preset, args.run_dir, overrides)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    prep = prepare(cfg, run_dir)
+    trainer = ProgressiveTrainer(cfg.train, prep["tokenizer"], prep["train"], prep["val"],
+                                 args.out_dir or run_dir, seed=cfg.seed, progress=not args.no_progress,
+                                 on_step=lambda s: print(f"step {s}", flush=True) if args.no_progress else None)
+    t0 = time.time()
+    hist = trainer.run()
+    ends = [r for r in hist if r.get("event") == "stage_end"]
+    print(f"done in {time.time() - t0:.1f}s: " + ", ".join(f"{r['stage']} val {r['val_loss']:.3f}" for r in ends))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
