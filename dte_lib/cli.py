@@ -14,6 +14,11 @@ COMMANDS = {  # name -> (module, one-line help)
     "env": ("dte_lib.envinfo", "print versions, threads, device, memory and disk"),
     "train": ("dte_lib.progressive", "run or resume the progressive trainer (tokenizer, packing, growth, checkpoints)"),
     "tokenizer": ("dte_lib.tokenizer", "fit the byte-level BPE tokenizer with chat role tokens to a corpus"),
+    "generate": ("dte_lib.generate", "generate a synthetic corpus from an OpenAI-compatible endpoint (resumable)"),
+    "serve": ("dte_lib.server", "serve local HF models behind an OpenAI-compatible API (chat, files, fine-tuning)"),
+    "metrics": ("dte_lib.metrics", "score a checkpoint on the four success metrics with floors and ceilings"),
+    "dashboard": ("dte_lib.dashboard", "print a run's success dashboard (metrics per checkpoint vs thresholds)"),
+    "continue": ("dte_lib.continued", "continue training from checkpoints/final (months 5-12)"),
 }
 
 

@@ -84,10 +84,42 @@ TEACHER = {"ci": TeacherCfg(), "demo": TeacherCfg(), "full": TeacherCfg(epochs=3
 @dataclass
 class GenerateCfg:
     """Week 1 days 3–7 and month 1: synthetic corpus generation, filtering, dedup (issue: corpus engine)."""
-    n_examples: int = 200  # synthetic examples to request from the teacher
+    n_examples: int = 24  # week-1 synthetic examples to request from the teacher (notebook 02); ~9 tok/s locally
+    n_month1: int = 40  # month-1 total after expansion (notebook 04 generates only the missing ones)
+    concurrency: int = 4  # requests in flight at once (OpenAI serves them in parallel; the local server queues)
+    rpm: int = 0  # client-side requests-per-minute limit (0 = none; set to your OpenAI tier's limit)
+    tpm: int = 0  # client-side tokens-per-minute limit (0 = none)
+    max_tokens: int = 64  # max new tokens per answer (longer ones end with finish_reason "length")
+    length_hint: str = "Answer in two or three short sentences."  # sent after the persona prompt, not trained on
+    temperature: float = 0.8  # sampling temperature (each request also carries its own seed)
+    few_shot: int = 1  # seed examples from the TRAIN split shown before each prompt (0 = persona prompt only)
+    max_retries: int = 4  # SDK retries for 408/409/429/5xx and timeouts (it honours retry-after)
+    malformed_retries: int = 2  # engine-level retries for a 200 answer with no usable content
+    timeout_s: float = 120.0  # per-request timeout (one attempt)
+    checkpoint_every: int = 20  # completed requests between atomic ledger/checkpoint writes
+    use_batch_api: bool = False  # OpenAI route: use the Batch API (half price, hours) instead of live calls
+    trim_truncated: bool = True  # quality filter: cut a length-truncated answer back to its last full sentence
+    min_words: int = 12  # quality filter: shorter answers are dropped as too_short
+    max_words: int = 600  # quality filter: longer answers are dropped as too_long
+    repeat_ngram_share: float = 0.35  # quality filter: share of repeated word 3-grams above which it is a loop
+    echo_share: float = 0.6  # quality filter: share of answer 4-grams copied from the prompt above which it echoes
+    dedup_jaccard: float = 0.6  # near-duplicate threshold on word-3-gram Jaccard (MinHash LSH)
+    review_fraction: float = 0.01  # share of the clean corpus sampled for manual review (at least review_min)
+    review_min: int = 5  # smallest review sample
+    min_keep_rate: float = 0.5  # week-1 decision: share of raw examples that must pass the filter
+    min_distinct2: float = 0.4  # week-1 decision: distinct-2 of kept answers at least this
+    max_self_bleu: float = 40.0  # week-1 decision: self-BLEU (0–100) of kept answers at most this
+    min_persona_rate: float = 0.7  # week-1 decision: share of answers that use a persona concept
+    max_near_dup_share: float = 0.1  # week-1 decision: share of kept answers in near-duplicate clusters at most this
 
 
-GENERATE = {"ci": GenerateCfg(n_examples=8), "demo": GenerateCfg(), "full": GenerateCfg(n_examples=100_000)}
+GENERATE = {
+    "ci": GenerateCfg(n_examples=4, n_month1=6, concurrency=2, max_tokens=32, checkpoint_every=2, review_min=3,
+                      min_words=6),
+    "demo": GenerateCfg(),
+    "full": GenerateCfg(n_examples=10_000, n_month1=100_000, concurrency=32, max_tokens=400, few_shot=2,
+                        length_hint="", trim_truncated=False),
+}
 
 
 @dataclass

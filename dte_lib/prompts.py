@@ -1,0 +1,144 @@
+"""Generation requests drawn from the prompt bank: stratified, deterministic, and stable under expansion.
+
+A *plan* is the list of :class:`Request` objects a generation run will send. It is built in *rounds*: each round
+visits every prompt-bank scenario once, ordered so that topics interleave (the first 13 draws cover all 13 topics,
+the first 130 the whole bank, tasks and styles spread inside each topic). Round ``r`` is shuffled by ``(seed, r)``
+alone, so ``plan(n=200)[:120] == plan(n=120)``: expanding a corpus from 120 to 200 examples (notebook 04) reuses the
+first 120 answers and asks only for the 80 new ones.
+
+Every request carries a deterministic id (``g<seed>-<index>-<bank id>``) — the key that makes a killed run resume
+with no duplicate and no loss — and its own sampling seed, so the same scenario in a later round gets a different
+answer. Each request holds the persona's system prompt and, optionally, a few seed conversations from the TRAIN split
+only (never val/test: those judge the trained model later) as few-shot turns.
+
+Explained in notebook 02 (generate). Run it: ``python -m dte_lib.prompts 5`` prints the first five requests.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import data as data_mod
+
+
+@dataclass
+class Request:
+    """One chat completion to ask the teacher for."""
+    id: str  # deterministic request id: the resume key
+    bank_id: str  # prompt-bank scenario id (pb-XXX)
+    topic: str
+    task: str
+    style: str
+    system: str  # persona system prompt ("" for none)
+    prompt: str  # the user turn
+    seed: int  # per-request sampling seed
+    few_shot: list[dict[str, Any]] = field(default_factory=list)  # alternating user/assistant turns
+    few_shot_ids: list[str] = field(default_factory=list)
+    hint: str = ""  # an instruction sent with the system prompt (e.g. a length hint) but not kept in the example
+
+    def messages(self) -> list[dict[str, str]]:
+        """What is sent: system (+ hint), few-shot turns, then the prompt."""
+        system = " ".join(x for x in (self.system, self.hint) if x)
+        msgs = [{"role": "system", "content": system}] if system else []
+        return msgs + list(self.few_shot) + [{"role": "user", "content": self.prompt}]
+
+    def example_messages(self, answer: str) -> list[dict[str, str]]:
+        """What is kept as a training example: system, prompt, answer (few-shot turns are scaffolding, not data)."""
+        msgs = [{"role": "system", "content": self.system}] if self.system else []
+        return msgs + [{"role": "user", "content": self.prompt}, {"role": "assistant", "content": answer}]
+
+
+def load_bank(path: str | Path) -> list[dict[str, Any]]:
+    """Read the prompt bank; each row needs id, topic, task, style and prompt (file:line on a bad row)."""
+    rows = data_mod.read_rows(path)
+    for n, row in enumerate(rows, 1):
+        missing = [k for k in ("id", "topic", "task", "style", "prompt") if not row.get(k)]
+        if missing:
+            raise ValueError(f"{path}:{n}: prompt-bank row lacks {', '.join(missing)}")
+    ids = [r["id"] for r in rows]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{path}: duplicate prompt-bank ids")
+    return rows
+
+
+def _round_order(bank: Sequence[dict[str, Any]], seed: int, round_no: int) -> list[dict[str, Any]]:
+    """One pass over the bank: topics interleaved round-robin, each topic's scenarios shuffled."""
+    rng = random.Random(f"{seed}:{round_no}")
+    by_topic: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in bank:
+        by_topic[row["topic"]].append(row)
+    topics = sorted(by_topic)
+    rng.shuffle(topics)
+    queues = []
+    for t in topics:
+        rows = sorted(by_topic[t], key=lambda r: r["id"])
+        rng.shuffle(rows)
+        queues.append(rows)
+    order = []
+    while any(queues):
+        for q in queues:
+            if q:
+                order.append(q.pop())
+    return order
+
+
+def plan(bank: Sequence[dict[str, Any]], n: int, *, seed: int = 0, system: str = "",
+         few_shot_pool: Sequence[data_mod.ChatExample] = (), few_shot: int = 0, hint: str = "") -> list[Request]:
+    """The first ``n`` requests of the (infinite, prefix-stable) stratified plan.
+
+    ``few_shot_pool`` should be the TRAIN split of the seed corpus; each request picks ``few_shot`` of them,
+    preferring the same topic, with a generator seeded by the request id (so a resumed run sends the same thing).
+    """
+    if n < 0:
+        raise ValueError("n must be >= 0")
+    if not bank:
+        raise ValueError("the prompt bank is empty")
+    pool_by_topic: dict[str, list[data_mod.ChatExample]] = defaultdict(list)
+    for ex in few_shot_pool:
+        pool_by_topic[ex.topic or ""].append(ex)
+    requests: list[Request] = []
+    round_no = 0
+    while len(requests) < n:
+        for row in _round_order(bank, seed, round_no):
+            if len(requests) == n:
+                break
+            i = len(requests)
+            rid = f"g{seed}-{i:06d}-{row['id']}"
+            req_seed = int(hashlib.sha256(rid.encode()).hexdigest()[:8], 16)
+            shots, shot_ids = [], []
+            if few_shot and few_shot_pool:
+                rng = random.Random(req_seed)
+                candidates = pool_by_topic.get(row["topic"]) or list(few_shot_pool)
+                for ex in rng.sample(candidates, min(few_shot, len(candidates))):
+                    shots += [{"role": "user", "content": ex.prompt}, {"role": "assistant", "content": ex.response}]
+                    shot_ids.append(ex.id)
+            requests.append(Request(id=rid, bank_id=row["id"], topic=row["topic"], task=row["task"],
+                                    style=row["style"], system=system, prompt=row["prompt"], seed=req_seed,
+                                    few_shot=shots, few_shot_ids=shot_ids, hint=hint))
+        round_no += 1
+    return requests
+
+
+def plan_from_config(cfg: Any, n: int | None = None) -> list[Request]:
+    """The plan a notebook uses: bank, persona system prompt and few-shot pool (train split) from the preset."""
+    bank = load_bank(cfg.path(cfg.data.prompt_bank))
+    persona = data_mod.load_persona(cfg.path(cfg.data.persona))
+    pool: list[data_mod.ChatExample] = []
+    if cfg.generate.few_shot:
+        seed_corpus = data_mod.load_corpus(cfg.path(cfg.data.corpus), strict=True).examples
+        pool = data_mod.split(seed_corpus, cfg.data.val_fraction, cfg.data.test_fraction)["train"]
+    return plan(bank, cfg.generate.n_examples if n is None else n, seed=cfg.seed,
+                system=persona.get("system_prompt", ""), few_shot_pool=pool, few_shot=cfg.generate.few_shot,
+                hint=cfg.generate.length_hint)
+
+
+if __name__ == "__main__":
+    from . import config
+    for r in plan_from_config(config.load("demo"), int(sys.argv[1]) if len(sys.argv) > 1 else 5):
+        print(json.dumps({"id": r.id, "topic": r.topic, "task": r.task, "prompt": r.prompt[:80]}))

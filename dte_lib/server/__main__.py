@@ -1,0 +1,60 @@
+"""``python -m dte_lib.server`` / ``dte serve``: run the local OpenAI-compatible server in this process.
+
+Run it: ``dte serve --model teacher=PATH/TO/HF_DIR --port 8000`` (binds 127.0.0.1; ``--host 0.0.0.0`` needs
+``--api-key`` or ``$DTE_API_KEY_SERVE``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import LOOPBACK
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="dte serve", description="Serve local HF causal LMs with OpenAI's API.")
+    ap.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
+                    help="serve the HF directory PATH as model NAME (repeatable)")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--api-key", default=None, help="require this bearer key (default: $DTE_API_KEY_SERVE, else none)")
+    ap.add_argument("--data-dir", default="outputs/server", help="uploaded files and fine-tuned models")
+    ap.add_argument("--faults", default=None, help="opt-in fault injection, e.g. '429:0.2,latency_ms:300'")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads")
+    ap.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body accepted")
+    ap.add_argument("--train-defaults", default=None, help="JSON of fine-tune knobs for jobs (max_steps, ...)")
+    args = ap.parse_args(argv)
+    models = {}
+    for spec in args.model:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            ap.error(f"--model {spec!r}: write NAME=PATH")
+        if not (Path(path) / "config.json").exists():
+            ap.error(f"--model {spec!r}: {path} has no config.json (not a Hugging Face model directory)")
+        models[name] = path
+    api_key = args.api_key or os.environ.get("DTE_API_KEY_SERVE") or None
+    if args.host not in LOOPBACK and not api_key:
+        print(f"dte serve: refusing to bind {args.host} without an API key: anyone on the network could use it. "
+              "Pass --api-key (or set DTE_API_KEY_SERVE), or bind 127.0.0.1.", file=sys.stderr)
+        return 2
+    if args.faults:
+        from .app import Faults
+        try:
+            Faults(args.faults)
+        except ValueError as e:
+            ap.error(str(e))
+    import uvicorn
+    from .app import create_app
+    app = create_app(models, api_key=api_key, faults=args.faults, data_dir=args.data_dir,
+                     max_body_bytes=int(args.max_body_mb * (1 << 20)), threads=args.threads,
+                     train_defaults=json.loads(args.train_defaults) if args.train_defaults else None)
+    print(f"serving {', '.join(models) or 'no models'} on http://{args.host}:{args.port}/v1", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

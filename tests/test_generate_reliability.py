@@ -1,0 +1,157 @@
+"""Reliability of the generation engine against a real loopback server (tests/fake_openai_server.py) through the
+real openai SDK: SIGKILL and resume, ~40% injected faults, malformed answers, the Batch API path."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from dte_lib import config, generate, prompts
+
+sys.path.insert(0, str(Path(__file__).parent))
+import fake_openai_server  # noqa: E402
+
+REPO = config.REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = fake_openai_server.start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture()
+def fresh(server):
+    server.control(latency_ms=0, fail_rate=0.0, force=None, rng_seed=0, timeout_sleep_s=3.0,
+                   faults={"429": 1, "500": 1, "timeout": 1, "length": 1})
+    server.reset_stats()
+    return server
+
+
+def plan(n):
+    return prompts.plan_from_config(config.load("ci", {"generate.few_shot": 0}), n)
+
+
+def engine(**kw):
+    base = dict(model="fake-teacher", concurrency=8, max_tokens=200, max_retries=6, timeout_s=5.0,
+                checkpoint_every=5)
+    base.update(kw)
+    return generate.EngineConfig(**base)
+
+
+def lines_of(path):
+    return [json.loads(x) for x in Path(path).read_text().splitlines()] if Path(path).exists() else []
+
+
+def test_sigkill_at_random_points_then_resume_gives_every_id_exactly_once(fresh, tmp_path):
+    fresh.control(latency_ms=40)
+    n, out = 80, tmp_path / "corpus"
+    cmd = [sys.executable, "-m", "dte_lib.generate", "run", "--base-url", fresh.base_url, "--model", "fake",
+           "--out", str(out), "--preset", "ci", "--n", str(n), "--concurrency", "4", "--max-tokens", "200",
+           "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OPENAI_API_KEY": "sk-fake"}
+    rng = random.Random(42)
+    kills, seen = 0, 0
+    for _ in range(5):
+        target = seen + rng.randint(3, 14)
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 60
+        while proc.poll() is None and time.time() < deadline:
+            raw = out / "raw.jsonl"
+            if raw.exists() and raw.read_bytes().count(b"\n") >= target:
+                os.kill(proc.pid, signal.SIGKILL)  # no cleanup, no atexit, no flush beyond what was written
+                kills += 1
+                break
+            time.sleep(0.01)
+        proc.wait(timeout=30)
+        seen = len(generate.read_raw(out / "raw.jsonl"))
+        if seen >= n:
+            break
+    assert kills >= 4, "the kills must land mid-run"
+    # a kill can also cut a line in half: simulate the worst case before the last resume
+    with open(out / "raw.jsonl", "a") as fh:
+        fh.write('{"id": "g1234-000079-pb-0", "messages": [{"role": "assistant", "content": "cut off he')
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ids = [json.loads(x)["id"] for x in (out / "raw.jsonl").read_text().splitlines()]  # every line is whole JSON
+    assert Counter(ids) == Counter(r.id for r in plan(n))  # each requested id exactly once, nothing else
+    ledger = json.loads((out / "ledger.json").read_text())
+    assert ledger["ok"] == n and ledger["complete"] and ledger["failed"] == 0
+
+
+def test_forty_percent_faults_exact_accounting_then_resume_completes(fresh, tmp_path):
+    fresh.control(fail_rate=0.4, faults={"429": 3, "500": 3, "timeout": 1, "length": 2, "malformed": 1},
+                  timeout_sleep_s=1.5, rng_seed=7)
+    reqs, out = plan(60), tmp_path / "corpus"
+    s = generate.generate(reqs, out, base_url=fresh.base_url, api_key="sk-fake",
+                          engine=engine(timeout_s=0.6, max_retries=3, malformed_retries=1), progress=False)
+    stats = fresh.stats()
+    injected = sum(v for k, v in stats.items() if k.startswith("fault:"))
+    assert injected / stats["calls"] > 0.3, stats
+    raw = lines_of(out / "raw.jsonl")
+    failed = {f["id"] for f in lines_of(out / "failures.jsonl")}
+    ok_ids = [r["id"] for r in raw]
+    assert len(ok_ids) == len(set(ok_ids)) and not failed & set(ok_ids)
+    assert set(ok_ids) | failed == {r.id for r in reqs}  # exact: every request either kept or reported
+    assert s.new_ok == len(ok_ids) and s.failed == len(failed)
+    assert s.truncated == sum(r["finish_reason"] == "length" for r in raw) > 0  # kept, marked for the filter
+    assert all(r["messages"][-1]["content"].strip() for r in raw)  # never an empty row
+    ledger = json.loads((out / "ledger.json").read_text())
+    assert ledger["ok"] + ledger["failed"] == 60
+    fresh.control(fail_rate=0.0)
+    s2 = generate.generate(reqs, out, base_url=fresh.base_url, api_key="sk-fake", engine=engine(), progress=False)
+    assert s2.already_done == len(ok_ids) and s2.new_ok == len(failed)
+    ids = [r["id"] for r in lines_of(out / "raw.jsonl")]
+    assert Counter(ids) == Counter(r.id for r in reqs)
+
+
+@pytest.mark.parametrize("force", ["malformed", "no_choices", "empty"])
+def test_malformed_answers_give_a_clear_error_not_a_corrupt_file(fresh, tmp_path, force):
+    fresh.control(force=force)
+    out = tmp_path / "corpus"
+    with pytest.raises(generate.GenerationError, match=r"all 6 requests failed; first: malformed"):
+        generate.generate(plan(6), out, base_url=fresh.base_url, api_key="sk-fake", engine=engine(),
+                          progress=False)
+    assert (out / "raw.jsonl").read_text() == ""
+    fails = lines_of(out / "failures.jsonl")
+    assert len(fails) == 6 and all(f["error"] == "malformed" and f["message"] for f in fails)
+    assert fresh.stats()["calls"] == 6 * 3  # asked again malformed_retries=2 times, then reported
+
+
+def test_bad_credentials_stop_the_run_at_once(fresh, tmp_path):
+    fresh.control(force="401")
+    with pytest.raises(generate.GenerationError, match="AuthenticationError.*check the API key"):
+        generate.generate(plan(20), tmp_path, base_url=fresh.base_url, api_key="sk-bad", engine=engine(),
+                          progress=False)
+    assert fresh.stats()["calls"] <= 8  # the workers already in flight, not all 20
+
+
+def test_concurrency_really_overlaps_requests(fresh, tmp_path):
+    fresh.control(latency_ms=200)
+    t0 = time.perf_counter()
+    generate.generate(plan(16), tmp_path, base_url=fresh.base_url, api_key="sk-fake",
+                      engine=engine(concurrency=16), progress=False)
+    assert time.perf_counter() - t0 < 16 * 0.2 / 3  # sequential would need 3.2 s
+
+
+def test_batch_api_path_submits_once_and_merges(fresh, tmp_path):
+    reqs, out = plan(12), tmp_path / "corpus"
+    # a few were already generated live: the batch asks only for the rest
+    generate.generate(reqs[:4], out, base_url=fresh.base_url, api_key="sk-fake", engine=engine(), progress=False)
+    s = generate.run_batch(reqs, out, base_url=fresh.base_url, api_key="sk-fake", engine=engine(), poll_s=0.05)
+    assert s.already_done == 4 and s.new_ok == 8 and s.failed == 0
+    batch_lines = (out / "batch_input.jsonl").read_text().splitlines()
+    assert len(batch_lines) == 8 and json.loads(batch_lines[0])["url"] == "/v1/chat/completions"
+    s2 = generate.run_batch(reqs, out, base_url=fresh.base_url, api_key="sk-fake", engine=engine(), poll_s=0.05)
+    assert s2.new_ok == 0 and fresh.stats()["batches"] == 1  # nothing paid twice
+    assert Counter(generate.corpus_ids(out)) == Counter(r.id for r in reqs)
+    assert json.loads((out / "ledger.json").read_text())["batch"] is True
