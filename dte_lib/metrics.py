@@ -287,41 +287,22 @@ def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
     return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
 
 
-def distinct_n(texts: Sequence[str], n: int) -> float:
-    """Unique n-grams / all n-grams, pooled over texts; 0 when there are none. Range [0, 1]."""
-    grams = [g for t in texts for g in ngrams(words(t), n)]
-    return len(set(grams)) / len(grams) if grams else 0.0
-
-
-def self_bleu(texts: Sequence[str], max_texts: int = 200, seed: int = 0) -> float:
-    """Mean sentence BLEU (sacrebleu, 4-gram, exponential smoothing) of each text against all the others, in [0, 1].
-
-    1 means every text is reproduced by the others; texts are subsampled to ``max_texts`` (the cost is quadratic).
-    """
-    import sacrebleu
-
-    texts = [t for t in texts if t.strip()]
-    if len(texts) < 2:
-        return 1.0 if texts else 0.0
-    if len(texts) > max_texts:
-        texts = random.Random(seed).sample(list(texts), max_texts)
-    scores = []
-    for i, hyp in enumerate(texts):
-        refs = texts[:i] + texts[i + 1:]
-        scores.append(sacrebleu.sentence_bleu(hyp, refs, smooth_method="exp").score / 100.0)
-    return float(statistics.mean(scores))
-
-
 def diversity(texts: Sequence[str]) -> dict[str, float]:
     """``diversity`` = mean(distinct-2, 1 − self-BLEU) over answers to *different* prompts, with its parts.
+
+    distinct-n and self-BLEU (sacrebleu sentence BLEU of each answer against the others) are
+    :mod:`dte_lib.diversity`'s, the same numbers notebook 04 reports for the generated corpus; fewer than two
+    non-empty answers count as self-BLEU 1 (nothing diverse about them).
 
     Range [0, 1]: a model that gives one answer to everything scores ≈ 0 (distinct-2 shrinks with the number of
     copies, self-BLEU → 1). Caveat — diversity is blind to sense: random tokens and word salad score *higher* than
     real answers, and distinct-n falls with answer length. Read it only next to perplexity and identity; the
     ceiling worth comparing with is the references' own diversity.
     """
-    sb = self_bleu(texts)
-    d1, d2 = distinct_n(texts, 1), distinct_n(texts, 2)
+    from . import diversity as div  # month 1's corpus metrics (notebook 04), reused on model answers
+
+    sb = div.self_bleu(texts) / 100.0 if len([t for t in texts if t.strip()]) >= 2 else 1.0
+    d1, d2 = div.distinct_n(texts, 1), div.distinct_n(texts, 2)
     return {"diversity": (d2 + (1 - sb)) / 2, "distinct_1": d1, "distinct_2": d2, "self_bleu": sb}
 
 
