@@ -46,6 +46,16 @@ def base_checkpoint(cfg: Any, run_dir: Path) -> Path:
     return final
 
 
+def latest_checkpoint(cfg: Any, run_dir: Path, phases: Sequence[str]) -> Path:
+    """The final checkpoint of the first phase directory in ``phases`` that has one (e.g. ``["nb09", "nb08"]``),
+    else the month-4 model — so a notebook run on its own still has a model to start from."""
+    for name in phases:
+        d = Path(run_dir) / name / "checkpoints" / "final"
+        if (d / "config.json").exists():
+            return d
+    return base_checkpoint(cfg, run_dir)
+
+
 def stages_for(cfg: Any, depths: Sequence[int], steps: int, prefix: str, start_depth: int) -> list[progressive.Stage]:
     """One stage per depth (growing from ``start_depth``), ``steps`` optimizer steps each, policy from the preset."""
     tokens = steps * cfg.train.batch_size * cfg.train.block_size

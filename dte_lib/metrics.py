@@ -450,6 +450,29 @@ class EvalSet:
                    reference_diversity=diversity(refs))
 
 
+def reference_answerers(evalset: EvalSet, seed: int = 0) -> dict[str, Answerer]:
+    """Scripted 'models' that calibrate the metrics (notebook 09, tests): each maps prompts -> answers.
+
+    - ``references (copied)``: the true reference answer — identity 1.0 by construction, a copy of held-out text;
+    - ``second halves``: the reference's second half — a *partial copy* (half the reference's words), so it scores
+      above the ceiling (the ceiling compares two *disjoint* halves); the normalised score exceeds 1 for it;
+    - ``shuffled references``: the reference of a different prompt — on-persona, wrong question (the floor);
+    - ``one repeated answer``: the first reference for every prompt — the mode-collapse degenerate.
+    """
+    ref = {e.prompt: e.response for e in evalset.test}
+    ref.update({q: p["reference"] for p in evalset.probes for q in p["paraphrases"]})
+    keys = list(ref)
+    perm = derangement(len(keys), seed)
+    shuffled = {k: ref[keys[perm[i]]] for i, k in enumerate(keys)}
+    first = evalset.test[0].response
+    return {
+        "references (copied)": lambda ps: [ref[p] for p in ps],
+        "second halves": lambda ps: [_halves(ref[p])[1] for p in ps],
+        "shuffled references": lambda ps: [shuffled[p] for p in ps],
+        "one repeated answer": lambda ps: [first for _ in ps],
+    }
+
+
 def evaluate(answerer: Answerer, evalset: EvalSet, *, model: Any = None, tokenizer: Any = None,
              paraphrases: int | None = None, ppl_examples: int | None = None, system: str | None = None
              ) -> dict[str, Any]:
