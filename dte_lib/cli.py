@@ -18,6 +18,9 @@ COMMANDS = {  # name -> (module, one-line help)
     "plan": ("dte_lib.planner", "parameters, FLOPs, memory, GPU-hours and dollars; the roadmap's budget checked"),
     "train": ("dte_lib.progressive", "run or resume the progressive trainer (tokenizer, packing, growth, checkpoints)"),
     "tokenizer": ("dte_lib.tokenizer", "fit the byte-level BPE tokenizer with chat role tokens to a corpus"),
+    "metrics": ("dte_lib.metrics", "score a checkpoint on the four success metrics with floors and ceilings"),
+    "dashboard": ("dte_lib.dashboard", "print a run's success dashboard (metrics per checkpoint vs thresholds)"),
+    "continue": ("dte_lib.continued", "continue training from checkpoints/final (months 5-12)"),
 }
 
 

@@ -1,0 +1,88 @@
+"""The identity ablation: each mechanism and the multi-task loss against plain LM training, at equal steps, seeds.
+
+Arms (:data:`ARMS`): ``plain`` (LM loss only), ``persona_init``, ``self_ref`` (self-reference loss weights),
+``metacog`` (meta-cognitive turns in the data), ``multitask`` (lm + identity + coherence terms), ``all``.
+Every arm trains a fresh model of the same size from the same seed for the same number of optimizer steps on the
+same batches of blocks; *equal compute* means equal LM steps and tokens — ``multitask`` also spends an extra
+forward/backward on 2k paraphrase prefixes per step (its ``flops`` column counts only the LM part, the trainer's
+count; the extra cost is stated, not hidden), and ``metacog`` trains on slightly longer conversations within the same
+token budget. Each arm is scored with :func:`dte_lib.metrics.evaluate` on the held-out test split and probes.
+
+Explained in notebook 10 (a small run); the full table: ``python benchmarks/ablation_identity.py --preset demo``
+(results in benchmarks/RESULTS-identity.md).
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import continued, metrics
+
+ARMS: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "persona_init": {"persona_init": True},
+    "self_ref": {"self_ref_weight": None},  # None = the preset's EvalCfg value
+    "metacog": {"metacog_fraction": None},
+    "multitask": {"identity_weight": None, "coherence_weight": None},
+    "all": {"persona_init": True, "self_ref_weight": None, "metacog_fraction": None, "identity_weight": None,
+            "coherence_weight": None},
+}
+KEYS = ("perplexity", "bits_per_byte", "identity", "identity_normalised", "diversity", "coherence", "copy_rate")
+
+
+def arm_kwargs(cfg: Any, arm: str) -> dict[str, Any]:
+    out = {}
+    for k, v in ARMS[arm].items():
+        out[k] = getattr(cfg.eval, k) if v is None else v
+    return out
+
+
+def run(cfg: Any, run_dir: str | Path, *, arms: Sequence[str] = tuple(ARMS), seeds: int | None = None,
+        steps: int | None = None, depth: int | None = None, evalset: metrics.EvalSet | None = None,
+        out_name: str = "ablation", progress: bool = False) -> list[dict[str, Any]]:
+    """Train and score every (arm, seed); returns one row per run (resumable: finished runs are reloaded)."""
+    import time
+    seeds = seeds or cfg.eval.ablation_seeds
+    steps = steps or cfg.eval.ablation_steps
+    depth = depth or cfg.eval.ablation_depth
+    evalset = evalset or metrics.EvalSet.build(cfg)
+    rows = []
+    for arm in arms:
+        for s in range(seeds):
+            seed = cfg.seed + s
+            t0 = time.time()
+            res = continued.train(cfg, run_dir, f"{out_name}/{arm}-s{s}", depths=[depth], steps=steps, seed=seed,
+                                  **arm_kwargs(cfg, arm))
+            train_s = time.time() - t0
+            score = metrics.evaluate_checkpoint(res["dir"], evalset, cfg, seed=seed)
+            rows.append({"arm": arm, "seed": seed, "steps": steps, "depth": depth, "train_s": train_s,
+                         "lm_flops": res["flops"], **{k: score.get(k) for k in KEYS}})
+            if progress:
+                print(f"{arm:13s} seed {seed}: " + ", ".join(f"{k} {rows[-1][k]:.3f}" for k in KEYS
+                                                            if rows[-1][k] is not None))
+    return rows
+
+
+def summary(rows: Sequence[dict[str, Any]]):
+    """Mean ± sd over seeds per arm, and the difference of each arm's mean from ``plain``'s (a DataFrame)."""
+    import pandas as pd
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by.setdefault(r["arm"], []).append(r)
+    base = {k: statistics.mean(r[k] for r in by["plain"] if r[k] is not None) for k in KEYS} if "plain" in by else {}
+    out = []
+    for arm, rs in by.items():
+        line: dict[str, Any] = {"arm": arm, "seeds": len(rs), "train_s": statistics.mean(r["train_s"] for r in rs)}
+        for k in KEYS:
+            vals = [r[k] for r in rs if r[k] is not None]
+            if not vals:
+                continue
+            m = statistics.mean(vals)
+            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            line[k] = f"{m:.3f} ± {sd:.3f}" if len(vals) > 1 else f"{m:.3f}"
+            if base and arm != "plain":
+                line[f"Δ{k}"] = f"{m - base[k]:+.3f}"
+        out.append(line)
+    return pd.DataFrame(out)

@@ -1,0 +1,162 @@
+"""The success dashboard: the four roadmap metrics per checkpoint and stage, against the roadmap's thresholds.
+
+One row per evaluated checkpoint lives in ``run_dir/eval/dashboard.jsonl`` (rewritten atomically; a checkpoint
+evaluated again replaces its row), so notebooks 08–11 each add their stages and notebook 11 shows the whole course.
+:func:`table` turns the rows into a DataFrame with a pass/fail column per threshold, :func:`plot` draws each metric
+with its threshold (dashed), its floor and ceiling (grey band) per checkpoint, and :func:`figures` flattens the
+latest row into the key figures ``runlog.record`` writes into ``metrics.json`` and ``report.md``.
+
+Thresholds (``EvalCfg.thresholds_*``): perplexity < 20, identity > 0.85, diversity > 0.7, coherence > 0.9.
+Floors and ceilings come from :mod:`dte_lib.metrics`; without them the raw numbers cannot be read (identity's
+ceiling on this corpus is ≈ 0.66, below the 0.85 threshold).
+
+Explained in notebook 09 (month 6); extended in 08, 10 and 11.
+Run it: ``python -m dte_lib.dashboard outputs/runs/demo`` prints a run's dashboard table.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from .data import atomic_write_text
+
+FILE = Path("eval") / "dashboard.jsonl"
+METRICS = ("perplexity", "identity", "diversity", "coherence")
+
+
+def thresholds(cfg: Any) -> dict[str, tuple[str, float]]:
+    """metric -> ("<" or ">", value) from the preset."""
+    e = cfg.eval
+    return {"perplexity": ("<", e.thresholds_ppl), "identity": (">", e.thresholds_identity),
+            "diversity": (">", e.thresholds_diversity), "coherence": (">", e.thresholds_coherence)}
+
+
+def passes(metric: str, value: float | None, cfg: Any) -> bool | None:
+    """Whether ``value`` meets the roadmap threshold (None when the metric was not measured)."""
+    if value is None or value != value:
+        return None
+    op, thr = thresholds(cfg)[metric]
+    return value < thr if op == "<" else value > thr
+
+
+def load(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def add(run_dir: str | Path, name: str, result: dict[str, Any], *, stage: str = "", depth: int | None = None,
+        notebook: str = "", kind: str = "checkpoint") -> dict[str, Any]:
+    """Store one checkpoint's metrics (from :func:`dte_lib.metrics.evaluate`) as a dashboard row; returns the row.
+
+    ``kind`` tells the plot what the row is: ``checkpoint`` (a course stage), ``teacher``, ``baseline``
+    (e.g. from-scratch or a degenerate reference) or ``ablation``.
+    """
+    row = {"name": name, "stage": stage or name, "depth": depth, "notebook": notebook, "kind": kind,
+           "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+           **{k: v for k, v in result.items() if not k.startswith("_") and isinstance(v, (int, float, type(None)))}}
+    rows = [r for r in load(run_dir) if r["name"] != name] + [row]
+    atomic_write_text(Path(run_dir) / FILE, "".join(json.dumps(r) + "\n" for r in rows))
+    return row
+
+
+def table(rows: Sequence[dict[str, Any]], cfg: Any):
+    """A DataFrame: one line per checkpoint, each metric with its floor/ceiling and a ✓/✗ against the threshold."""
+    import pandas as pd
+
+    def f(r, k, fmt="{:.3f}"):
+        v = r.get(k)
+        return "—" if v is None or v != v else fmt.format(v)
+
+    def mark(r, m):
+        ok = passes(m, r.get(m), cfg)
+        return "—" if ok is None else ("✓" if ok else "✗")
+
+    out = []
+    for r in rows:
+        out.append({
+            "checkpoint": r["name"], "depth": r.get("depth") if r.get("depth") is not None else "—",
+            "ppl": f(r, "perplexity", "{:.1f}"), "bits/byte": f(r, "bits_per_byte", "{:.2f}"),
+            "ppl<20": mark(r, "perplexity"),
+            "identity": f(r, "identity"),
+            "id floor–ceil": f"{f(r, 'identity_floor', '{:.2f}')}–{f(r, 'identity_ceiling', '{:.2f}')}",
+            "id normalised": f(r, "identity_normalised", "{:.2f}"), "id>0.85": mark(r, "identity"),
+            "diversity": f(r, "diversity"), "div refs": f(r, "diversity_references", "{:.2f}"),
+            "div>0.7": mark(r, "diversity"),
+            "coherence": f(r, "coherence"),
+            "coh floor–ceil": f"{f(r, 'coherence_floor', '{:.2f}')}–{f(r, 'coherence_ceiling', '{:.2f}')}",
+            "coh>0.9": mark(r, "coherence"), "copy rate": f(r, "copy_rate", "{:.2f}"),
+        })
+    return pd.DataFrame(out)
+
+
+def markdown(df) -> str:
+    """The table as GitHub markdown (no optional dependency: pandas' to_markdown needs tabulate)."""
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(v) for v in rec) + " |" for rec in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def plot(rows: Sequence[dict[str, Any]], cfg: Any, title: str = "success metrics vs the roadmap's thresholds"):
+    """2×2 panels, one per metric: value per checkpoint, threshold dashed red, floor–ceiling as a grey band."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 6.5))
+    names = [r["name"] for r in rows]
+    x = list(range(len(rows)))
+    thr = thresholds(cfg)
+    for ax, m in zip(axes.flat, METRICS):
+        vals = [r.get(m) if r.get(m) is not None else float("nan") for r in rows]
+        colors = ["#3b7a57" if passes(m, v, cfg) else "#b5523b" for v in vals]
+        ax.bar(x, vals, color=colors, alpha=0.85)
+        lo = [r.get(f"{m}_floor") for r in rows]
+        hi = [r.get(f"{m}_ceiling") for r in rows]
+        for i, (a, b) in enumerate(zip(lo, hi)):
+            if a is not None and b is not None:
+                ax.fill_between([i - 0.45, i + 0.45], a, b, color="grey", alpha=0.25,
+                                label="floor–ceiling" if i == 0 else None)
+        if m == "diversity":
+            refs = [r.get("diversity_references") for r in rows]
+            ax.plot(x, [v if v is not None else float("nan") for v in refs], "k_", ms=18, mew=2,
+                    label="references' own")
+        op, t = thr[m]
+        ax.axhline(t, color="red", ls="--", lw=1, label=f"roadmap {op} {t:g}")
+        if m == "perplexity":
+            ax.set_yscale("log")
+        ax.set_title(m)
+        ax.set_xticks(x)
+        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+        ax.legend(fontsize=7, loc="best")
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def figures(row: dict[str, Any], cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """Flat key figures for ``runlog.record``: each metric, its bounds, and whether it meets the roadmap."""
+    keys = ("perplexity", "bits_per_byte", "identity", "identity_floor", "identity_ceiling", "identity_normalised",
+            "diversity", "diversity_references", "coherence", "coherence_floor", "coherence_ceiling", "copy_rate")
+    out = {f"{prefix}{k}": row.get(k) for k in keys}
+    out.update({f"{prefix}meets_{m}": passes(m, row.get(m), cfg) for m in METRICS})
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from . import config
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        print("usage: dte dashboard RUN_DIR [PRESET]")
+        return 2
+    cfg = config.load(argv[1] if len(argv) > 1 else None)
+    print(markdown(table(load(argv[0]), cfg)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""The generation inspector: pick checkpoints, type a prompt, move the sampling sliders, compare answers side by side
+with their metric scores.
+
+Sources it offers (:func:`find_checkpoints`): every stage checkpoint of the run (``checkpoints/<stage>/`` and the
+``checkpoints/`` of each later phase's directory, e.g. ``nb08/``), the fine-tuned teacher (``teacher/
+model_info.json`` from notebook 01, local backend) and, if asked, the base SmolLM2 — any Hugging Face causal-LM
+directory works, and a plain ``prompts -> answers`` function can be added for comparisons.
+
+Scores per answer: *identity* = cosine with the reference answer when the prompt is a held-out test prompt or a
+probe paraphrase (else with the persona summary, marked "vs persona"); *fact recall* of the probe's fact keywords;
+*copy rate* against the training corpus (word 8-grams); *distinct-2* within the answer; words.
+
+Headless: ``Inspector(...).set(prompt=..., temperature=...)`` then ``.generate()`` returns the rows and ``.html()``
+the table — what the tests drive. In Jupyter ``.widget()`` returns the ipywidgets UI; notebooks also ``display``
+the static HTML so an executed notebook keeps a view without a kernel.
+
+Explained in notebook 11 (months 10–12). Run it: ``python -m dte_lib.inspector outputs/runs/demo "Who are you?"``.
+"""
+from __future__ import annotations
+
+import html as _html
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from . import metrics
+
+
+def find_checkpoints(run_dir: str | Path, teacher: bool = True, base_teacher: bool = False) -> dict[str, Any]:
+    """name -> HF directory for every stage checkpoint in the run (course order), plus the teacher(s)."""
+    run_dir = Path(run_dir)
+    out: dict[str, Any] = {}
+    roots = [run_dir] + sorted(p for p in run_dir.iterdir() if p.is_dir() and (p / "checkpoints").is_dir()
+                               and p != run_dir) if run_dir.exists() else []
+    for root in roots:
+        ck = root / "checkpoints"
+        if not ck.is_dir():
+            continue
+        for d in sorted(ck.iterdir()):
+            if (d / "config.json").exists() and d.name != "final":
+                out[d.name if root == run_dir else f"{root.name}/{d.name}"] = d
+        if (ck / "final" / "config.json").exists():
+            out["final" if root == run_dir else f"{root.name}/final"] = ck / "final"
+    info_path = run_dir / "teacher" / "model_info.json"
+    if teacher and info_path.exists():
+        info = json.loads(info_path.read_text())
+        if info.get("backend", "local") == "local" and info.get("path") and Path(info["path"]).exists():
+            out["teacher"] = Path(info["path"])
+    if base_teacher:
+        from . import teacher as teacher_mod
+        out["smollm2-base"] = Path(teacher_mod.base_model_dir())
+    return out
+
+
+class Inspector:
+    """Side-by-side generations from several checkpoints with their metric scores (see the module docstring)."""
+
+    def __init__(self, sources: dict[str, Any], *, persona: dict, evalset: metrics.EvalSet | None = None,
+                 selected: Sequence[str] | None = None, prompt: str = "Who are you, and how do you remember things?",
+                 temperature: float = 0.8, top_p: float = 0.95, max_new_tokens: int = 48,
+                 system: str | None = None, seed: int = 0):
+        if not sources:
+            raise ValueError("Inspector needs at least one checkpoint or answer function")
+        self.sources = dict(sources)
+        self.persona, self.evalset, self.system, self.seed = persona, evalset, system, seed
+        self.selected = list(selected) if selected else list(self.sources)[-2:]
+        self.prompt, self.temperature, self.top_p, self.max_new_tokens = prompt, temperature, top_p, max_new_tokens
+        self.rows: list[dict[str, Any]] = []
+        self._loaded: dict[str, tuple[Any, Any]] = {}
+        self._refs: dict[str, tuple[str, list[str]]] = {}
+        if evalset is not None:
+            facts = {f["id"]: f for f in persona.get("facts", [])}
+            for e in evalset.test:
+                self._refs[e.prompt] = (e.response, [])
+            for p in evalset.probes:
+                kws = facts.get(p.get("fact_id") or "", {}).get("keywords", [])
+                for q in p["paraphrases"]:
+                    self._refs[q] = (p["reference"], kws)
+        self._ui = None
+
+    # -------------------------------------------------------------------------------------------- headless
+    def set(self, **kwargs: Any) -> "Inspector":
+        """Change prompt / temperature / top_p / max_new_tokens / selected (what the sliders and boxes do)."""
+        for k, v in kwargs.items():
+            if k not in ("prompt", "temperature", "top_p", "max_new_tokens", "selected"):
+                raise KeyError(f"Inspector.set: unknown setting {k!r}")
+            setattr(self, k, list(v) if k == "selected" else v)
+        return self
+
+    def _answerer(self, name: str) -> Callable[[list[str]], list[str]]:
+        src = self.sources[name]
+        if callable(src):
+            return src
+        if name not in self._loaded:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+            self._loaded[name] = (AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32),
+                                  AutoTokenizer.from_pretrained(str(src)))
+        model, tok = self._loaded[name]
+        return metrics.hf_answerer(model, tok, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                                   top_p=self.top_p, system=self.system, seed=self.seed, batch_size=1)
+
+    def score(self, answer: str) -> dict[str, Any]:
+        ref, kws = self._refs.get(self.prompt.strip(), (None, []))
+        target = ref or self.persona.get("summary", "")
+        e = metrics._embed([answer, target])
+        out = {"identity": float(e[0] @ e[1]), "identity_vs": "reference" if ref else "persona",
+               "words": len(answer.split()),
+               "distinct_2": metrics.diversity([answer])["distinct_2"]}
+        if kws:
+            out["fact_recall"] = metrics.keyword_recall(answer, kws)
+        if self.evalset is not None:
+            out["copy_rate"] = metrics.copy_rate([answer], self.evalset.train_grams, self.evalset.copy_n)
+        return out
+
+    def generate(self) -> list[dict[str, Any]]:
+        """Answer the prompt with every selected source; returns (and keeps) one row per source."""
+        unknown = [s for s in self.selected if s not in self.sources]
+        if unknown:
+            raise KeyError(f"unknown checkpoint(s) {unknown}; choose from {list(self.sources)}")
+        self.rows = []
+        for name in self.selected:
+            answer = self._answerer(name)([self.prompt])[0]
+            self.rows.append({"checkpoint": name, "answer": answer, **self.score(answer)})
+        if self._ui is not None:
+            self._ui["out"].value = self.html()
+        return self.rows
+
+    def html(self) -> str:
+        """The current rows as a static HTML table (answers side by side, scores under each)."""
+        esc = _html.escape
+        head = (f"<p><b>prompt</b>: {esc(self.prompt)} &nbsp; <small>temperature {self.temperature:g}, top-p "
+                f"{self.top_p:g}, max tokens {self.max_new_tokens}</small></p>")
+        if not self.rows:
+            return head + "<p><i>press Generate</i></p>"
+        cells = []
+        for r in self.rows:
+            scores = " · ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
+                                for k, v in r.items() if k not in ("checkpoint", "answer"))
+            cells.append(f"<td style='vertical-align:top;border:1px solid #ccc;padding:6px;max-width:360px'>"
+                         f"<b>{esc(r['checkpoint'])}</b><br>{esc(r['answer']) or '<i>(empty)</i>'}"
+                         f"<br><small style='color:#555'>{esc(scores)}</small></td>")
+        return head + "<table style='border-collapse:collapse'><tr>" + "".join(cells) + "</tr></table>"
+
+    # -------------------------------------------------------------------------------------------- widgets
+    def widget(self):
+        """The ipywidgets UI: checkpoints, prompt, temperature / top-p / max-tokens sliders, Generate, output."""
+        import ipywidgets as W
+        pick = W.SelectMultiple(options=list(self.sources), value=tuple(s for s in self.selected if s in self.sources),
+                                description="checkpoints",
+                                rows=min(8, len(self.sources)))
+        prompt = W.Textarea(value=self.prompt, description="prompt", layout=W.Layout(width="90%"))
+        temp = W.FloatSlider(value=self.temperature, min=0.0, max=1.5, step=0.05, description="temperature")
+        top_p = W.FloatSlider(value=self.top_p, min=0.1, max=1.0, step=0.05, description="top-p")
+        max_t = W.IntSlider(value=self.max_new_tokens, min=8, max=256, step=8, description="max tokens")
+        button = W.Button(description="Generate", button_style="primary")
+        out = W.HTML(self.html())
+        self._ui = {"pick": pick, "prompt": prompt, "temperature": temp, "top_p": top_p, "max_new_tokens": max_t,
+                    "button": button, "out": out}
+
+        def on_click(_):
+            self.set(selected=pick.value, prompt=prompt.value, temperature=temp.value, top_p=top_p.value,
+                     max_new_tokens=max_t.value)
+            out.value = "<i>generating…</i>"
+            self.generate()
+
+        button.on_click(on_click)
+        return W.VBox([pick, prompt, W.HBox([temp, top_p, max_t]), button, out])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from . import config, data
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) < 2:
+        print("usage: python -m dte_lib.inspector RUN_DIR PROMPT [PRESET]")
+        return 2
+    cfg = config.load(argv[2] if len(argv) > 2 else None)
+    persona = data.load_persona(cfg.path(cfg.data.persona))
+    ins = Inspector(find_checkpoints(argv[0]), persona=persona, prompt=argv[1], system=persona["system_prompt"])
+    for r in ins.generate():
+        print(f"--- {r['checkpoint']}: {r['answer']}\n    {({k: v for k, v in r.items() if k not in ('answer',)})}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,543 @@
+"""The roadmap's four success metrics, each with the floor and ceiling that make its number readable.
+
+A *model* here is anything that answers prompts: ``Answerer = Callable[[list[str]], list[str]]``. :func:`hf_answerer`
+wraps a Hugging Face causal LM (our GPT-2 checkpoints, the SmolLM2 teacher); tests also pass plain functions (an
+oracle that returns the reference, a model that repeats one answer) to show each metric ranks them the right way.
+
+==========================  ==================================================  =======================  ==========
+metric                      definition                                          range                    roadmap
+==========================  ==================================================  =======================  ==========
+perplexity, bits per byte   exp(mean NLL) over the answer tokens of held-out    ppl ≥ 1; bpb ≥ 0         ppl < 20
+                            test conversations; bpb = total NLL in bits / UTF-8
+                            bytes of those answers (tokenizer-independent)
+identity consistency        mean cosine(embed(answer), embed(reference)) over   [-1, 1]; floor ≈ 0.27,   > 0.85
+                            held-out prompts, + shuffled floor, half-reference  ceiling ≈ 0.66 on this
+                            ceiling, normalised (x − floor)/(ceiling − floor)   corpus (DESIGN.md)
+diversity                   mean of distinct-2 and 1 − self-BLEU over answers   [0, 1]                   > 0.7
+                            to different prompts
+self-reference coherence    sqrt(paraphrase agreement × fact recall) on the     [0, 1]                   > 0.9
+                            probes in data/probes.jsonl
+copy rate (guard)           share of answer word 8-grams found verbatim in the  [0, 1]                   —
+                            training corpus
+==========================  ==================================================  =======================  ==========
+
+Each function's docstring states its caveats. The numbers are only comparable between runs that use the same test
+split, the same probes, the same generation settings and (for perplexity, not bits per byte) the same tokenizer.
+
+Explained in notebook 09 (month 6: the identity metrics); used by 08, 10 and 11 and the generation inspector.
+Run it: ``python -m dte_lib.metrics outputs/runs/demo/checkpoints/final`` scores one checkpoint at the demo preset.
+"""
+from __future__ import annotations
+
+import math
+import random
+import re
+import statistics
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+Answerer = Callable[[list[str]], list[str]]
+
+ROLE_SYSTEM, ROLE_USER, ROLE_ECHO, ROLE_END = "<|system|>", "<|user|>", "<|echo|>", "<|endoftext|>"
+
+
+# ============================================================================================ prompting
+def chat_prefix(tokenizer: Any, prompt: str, system: str | None = None) -> str:
+    """The text a model sees before it answers: the tokenizer's chat template if it has one, else role tokens.
+
+    Our from-scratch tokenizer (notebook 06) carries a chat template; the fallback writes the same role-token
+    transcript format ``dte_lib.data`` reads, so any tokenizer that knows ``<|user|>`` / ``<|echo|>`` works.
+    """
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    head = f"{ROLE_SYSTEM}{system}\n" if system else ""
+    return f"{head}{ROLE_USER}{prompt}\n{ROLE_ECHO}"
+
+
+def _stop_ids(tokenizer: Any) -> list[int]:
+    """Token ids that end an answer: end of text and any role token (a model may start the next turn itself)."""
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    vocab = tokenizer.get_vocab()
+    for tok in (ROLE_END, ROLE_USER, ROLE_SYSTEM, "<|end|>", "<|im_end|>"):
+        if tok in vocab:
+            ids.add(int(vocab[tok]))
+    return sorted(ids)
+
+
+def hf_answerer(model: Any, tokenizer: Any, *, max_new_tokens: int = 80, temperature: float = 0.8,
+                top_p: float = 0.95, system: str | None = None, batch_size: int = 8, seed: int = 0,
+                progress: bool = False) -> Answerer:
+    """Wrap a causal LM as ``prompts -> answers`` (batched, left-padded, sampled unless temperature is 0).
+
+    The prompt prefix is cut from the left to fit ``n_positions - max_new_tokens`` tokens, so a small-context model
+    loses the start of the system prompt rather than failing. Answers are decoded without special tokens and cut at
+    the first stop token (see :func:`_stop_ids`). ``seed`` makes sampling repeatable per call.
+    """
+    import torch
+
+    ctx = int(getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 2048))
+    room = max(8, ctx - max_new_tokens)
+    stops = _stop_ids(tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stops[0] if stops else 0)
+
+    def answer(prompts: list[str]) -> list[str]:
+        out: list[str] = []
+        model.eval()
+        gen = torch.Generator().manual_seed(seed)
+        batches = range(0, len(prompts), batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+            batches = tqdm(batches, desc="generate", leave=False)
+        for start in batches:
+            chunk = prompts[start:start + batch_size]
+            seqs = [tokenizer(chat_prefix(tokenizer, p, system), add_special_tokens=False)["input_ids"][-room:]
+                    for p in chunk]
+            width = max(len(s) for s in seqs)
+            ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in seqs])
+            mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs])
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+            kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, pad_token_id=pad_id,
+                                          eos_token_id=stops or None)
+            if temperature > 0:
+                kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
+            else:
+                kwargs.update(do_sample=False)
+            with torch.no_grad():
+                gen_ids = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+            for row in gen_ids[:, width:].tolist():
+                cut = next((i for i, t in enumerate(row) if t in stops), len(row))
+                out.append(tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
+        return out
+
+    return answer
+
+
+# ============================================================================================ perplexity
+@dataclass
+class LMScore:
+    """Perplexity and bits per byte over the answers of held-out conversations."""
+    perplexity: float  # exp(total NLL / answer tokens)
+    bits_per_byte: float  # total NLL / ln 2 / answer bytes: comparable across tokenizers
+    nll_per_token: float  # nats
+    tokens: int  # answer tokens scored (the end-of-turn token included)
+    bytes: int  # UTF-8 bytes of the answers scored
+    examples: int
+
+
+def lm_score(model: Any, tokenizer: Any, examples: Sequence[Any], *, system: str | None = None,
+             stride: int | None = None, max_examples: int | None = None) -> LMScore:
+    """Perplexity and bits per byte of the model on the answers (last assistant turn) of held-out examples.
+
+    Definition: each example becomes ``prefix(system, prompt)`` + answer tokens + end token; only the answer and
+    end tokens are scored, each conditioned on everything before it (answers longer than the model's context are
+    scored with a sliding window of the context length moving by ``stride``, default half the context, so every
+    token keeps at least half a window of history). ``ppl = exp(NLL / tokens)``; ``bpb = NLL / ln 2 / bytes``.
+
+    Range and caveats: ppl ≥ 1 (a uniform guess gives ppl = vocabulary size; random weights land near it). Perplexity
+    depends on the tokenizer — a 512-token vocabulary and a 50,257-token one are not comparable — so the roadmap's
+    "ppl < 20" is only meaningful at its own tokenizer; bits per byte is not (a byte-uniform guess is 8 bpb, good
+    English LMs reach ~1). The end token adds a little NLL that is not matched by any byte.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    ctx = int(getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024))
+    stride = stride or max(1, ctx // 2)
+    end_ids = [i for i in _stop_ids(tokenizer) if tokenizer.convert_ids_to_tokens(i) == ROLE_END] or \
+        ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+    total_nll, total_tok, total_bytes, n = 0.0, 0, 0, 0
+    model.eval()
+    for ex in list(examples)[:max_examples]:
+        prompt, answer = ex.prompt, ex.response
+        if not answer:
+            continue
+        prefix = tokenizer(chat_prefix(tokenizer, prompt, system if system is not None else ex.system),
+                           add_special_tokens=False)["input_ids"]
+        ans = tokenizer(answer, add_special_tokens=False)["input_ids"] + end_ids[:1]
+        ids = prefix + ans
+        first_scored = len(prefix)  # position of the first answer token
+        # sliding windows: each window scores the positions it adds beyond the previous window's end
+        scored_upto = first_scored
+        with torch.no_grad():
+            while scored_upto < len(ids):
+                end = min(len(ids), scored_upto + stride)
+                start = max(0, end - ctx)
+                window = torch.tensor([ids[start:end]])
+                logits = model(input_ids=window).logits[0].float()
+                # logits at position j predict token j+1 (within the window)
+                targets = window[0, 1:]
+                logp = F.log_softmax(logits[:-1], dim=-1).gather(1, targets[:, None])[:, 0]
+                pos = torch.arange(start + 1, end)
+                keep = pos >= scored_upto
+                total_nll -= float(logp[keep].sum())
+                total_tok += int(keep.sum())
+                scored_upto = end
+        total_bytes += len(answer.encode("utf-8"))
+        n += 1
+    if total_tok == 0:
+        raise ValueError("lm_score: no answer tokens to score (empty examples?)")
+    nll = total_nll / total_tok
+    return LMScore(perplexity=math.exp(nll), bits_per_byte=total_nll / math.log(2) / total_bytes,
+                   nll_per_token=nll, tokens=total_tok, bytes=total_bytes, examples=n)
+
+
+# ============================================================================================ identity
+_EMB_CACHE: dict[str, np.ndarray] = {}
+
+
+def _embed(texts: Sequence[str]) -> np.ndarray:
+    """Sentence embeddings with a per-process cache: references, facts and halves are embedded once, not per model
+    (a 250-word reference costs ~0.1–0.3 s on 2 cores; the metrics embed the same references for every checkpoint)."""
+    from . import embeddings
+    texts = [t if t.strip() else "(empty)" for t in texts]
+    todo = list(dict.fromkeys(t for t in texts if t not in _EMB_CACHE))
+    if todo:
+        for t, v in zip(todo, embeddings.embed(todo)):
+            _EMB_CACHE[t] = v
+        if len(_EMB_CACHE) > 50_000:  # bound memory in long sessions (the inspector)
+            _EMB_CACHE.clear()
+            return _embed(texts)
+    return np.stack([_EMB_CACHE[t] for t in texts]) if texts else np.zeros((0, 384), dtype=np.float32)
+
+
+def _halves(text: str) -> tuple[str, str]:
+    words = text.split()
+    mid = len(words) // 2
+    return " ".join(words[:mid]), " ".join(words[mid:])
+
+
+def derangement(n: int, seed: int = 0) -> list[int]:
+    """A permutation with no fixed point (i never maps to i), so a shuffled pair is never a true pair."""
+    if n < 2:
+        raise ValueError("a derangement needs at least 2 items")
+    rng = random.Random(seed)
+    while True:
+        perm = list(range(n))
+        rng.shuffle(perm)
+        if all(i != p for i, p in enumerate(perm)):
+            return perm
+
+
+def identity_reference_bounds(references: Sequence[str], seed: int = 0) -> dict[str, float]:
+    """Floor and ceiling for identity consistency, from the references alone.
+
+    - floor = mean cosine between each reference and the reference of a *different* prompt (a derangement):
+      what an on-persona answer to the wrong question scores. On this corpus ≈ 0.27.
+    - ceiling = mean cosine between the first and second half of the *same* reference: what text by the same
+      author on the same question scores without being the same text. On this corpus ≈ 0.66. (A copied reference
+      scores 1.0, which is why the copy check exists.)
+    """
+    if len(references) < 2:
+        raise ValueError("identity bounds need at least 2 references")
+    e = _embed(references)
+    perm = derangement(len(references), seed)
+    floor = float(np.mean((e * e[perm]).sum(1)))
+    halves = [_halves(r) for r in references if len(r.split()) >= 4]
+    ea, eb = _embed([a for a, _ in halves]), _embed([b for _, b in halves])
+    ceiling = float(np.mean((ea * eb).sum(1)))
+    return {"floor": floor, "ceiling": ceiling}
+
+
+def normalise(x: float, floor: float, ceiling: float) -> float:
+    """(x − floor) / (ceiling − floor): 0 at the floor, 1 at the ceiling; can leave [0, 1] either way."""
+    span = ceiling - floor
+    return float("nan") if abs(span) < 1e-9 else (x - floor) / span
+
+
+def identity_consistency(answers: Sequence[str], references: Sequence[str], *,
+                         bounds: dict[str, float] | None = None, seed: int = 0) -> dict[str, float]:
+    """Mean cosine similarity of each answer with its own reference answer (all-MiniLM-L6-v2 embeddings).
+
+    Returns ``identity`` (the raw mean, the roadmap's number), ``floor`` and ``ceiling`` (see
+    :func:`identity_reference_bounds`), ``normalised`` = (identity − floor)/(ceiling − floor) and
+    ``shuffled`` = the same answers scored against deranged references (a model whose answers do not depend on the
+    prompt scores identity ≈ shuffled).
+
+    Range [-1, 1]; in practice random text ≈ 0.0–0.1, on-persona but off-question ≈ floor, true answers by the
+    corpus author ≈ ceiling. The roadmap's "> 0.85" sits above the ceiling: only near-copies of the references reach
+    it, so read ``normalised`` and the copy rate, not the raw threshold. Caveat: sentence embeddings reward topic and
+    vocabulary overlap more than correctness, and answers cut at ``max_new_tokens`` are shorter than references.
+    """
+    if len(answers) != len(references):
+        raise ValueError(f"identity_consistency: {len(answers)} answers for {len(references)} references")
+    bounds = bounds or identity_reference_bounds(references, seed)
+    ea, er = _embed(answers), _embed(references)
+    raw = float(np.mean((ea * er).sum(1)))
+    perm = derangement(len(references), seed)
+    shuffled = float(np.mean((ea * er[perm]).sum(1)))
+    return {"identity": raw, "floor": bounds["floor"], "ceiling": bounds["ceiling"],
+            "normalised": normalise(raw, bounds["floor"], bounds["ceiling"]), "shuffled": shuffled}
+
+
+# ============================================================================================ diversity
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased word and punctuation tokens (the unit of every n-gram metric here)."""
+    return _WORD.findall(text.lower())
+
+
+def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def diversity(texts: Sequence[str]) -> dict[str, float]:
+    """``diversity`` = mean(distinct-2, 1 − self-BLEU) over answers to *different* prompts, with its parts.
+
+    distinct-n and self-BLEU (sacrebleu sentence BLEU of each answer against the others) are
+    :mod:`dte_lib.diversity`'s, the same numbers notebook 04 reports for the generated corpus; fewer than two
+    non-empty answers count as self-BLEU 1 (nothing diverse about them).
+
+    Range [0, 1]: a model that gives one answer to everything scores ≈ 0 (distinct-2 shrinks with the number of
+    copies, self-BLEU → 1). Caveat — diversity is blind to sense: random tokens and word salad score *higher* than
+    real answers, and distinct-n falls with answer length. Read it only next to perplexity and identity; the
+    ceiling worth comparing with is the references' own diversity.
+    """
+    from . import diversity as div  # month 1's corpus metrics (notebook 04), reused on model answers
+
+    sb = div.self_bleu(texts) / 100.0 if len([t for t in texts if t.strip()]) >= 2 else 1.0
+    d1, d2 = div.distinct_n(texts, 1), div.distinct_n(texts, 2)
+    return {"diversity": (d2 + (1 - sb)) / 2, "distinct_1": d1, "distinct_2": d2, "self_bleu": sb}
+
+
+# ============================================================================================ copy check
+def training_ngrams(texts: Iterable[str], n: int = 8) -> set[tuple[str, ...]]:
+    """Every word n-gram of the training texts (the set the copy check looks answers up in)."""
+    return {g for t in texts for g in ngrams(words(t), n)}
+
+
+def copy_rate(answers: Sequence[str], train_grams: set[tuple[str, ...]], n: int = 8) -> float:
+    """Share of the answers' word n-grams (default 8 words) that occur verbatim in the training corpus. Range [0, 1].
+
+    A model that recites training answers scores near 1 — and it can score high on identity that way, which is why
+    identity is always reported next to this. Short stock phrases ("I am Deep Tree Echo") are under 8 words, so
+    persona formulae alone do not count as copying; answers shorter than n words contribute nothing.
+    """
+    grams = [g for a in answers for g in ngrams(words(a), n)]
+    return sum(g in train_grams for g in grams) / len(grams) if grams else 0.0
+
+
+# ============================================================================================ coherence
+_KW_CACHE: dict[str, re.Pattern] = {}
+
+
+def keyword_recall(text: str, keywords: Sequence[str]) -> float:
+    """Share of ``keywords`` present in ``text`` (case-insensitive, whole words; a phrase must appear as a phrase)."""
+    if not keywords:
+        return float("nan")
+    hits = 0
+    for kw in keywords:
+        pat = _KW_CACHE.setdefault(kw.lower(), re.compile(r"\b" + re.escape(kw.lower()) + r"\b"))
+        hits += bool(pat.search(text.lower()))
+    return hits / len(keywords)
+
+
+def self_reference_coherence(answers: dict[str, list[str]], probes: Sequence[dict], persona: dict
+                             ) -> dict[str, float]:
+    """Do answers to paraphrases of one self-referential question agree — with each other and with the persona?
+
+    ``answers[probe_id]`` holds the model's answers to that probe's paraphrases (data/probes.jsonl: 16 probes × 4
+    paraphrases; 12 probes name a ``fact_id`` of data/persona.json's ``facts``). With e = sentence embeddings:
+
+    - within = mean pairwise cosine among one probe's answers, averaged over probes;
+    - across = mean cosine between answers to *different* probes (how alike the model's answers are anyway);
+    - ``agreement`` = max(0, within − across) / (1 − across): agreement beyond the model's baseline sameness, in
+      [0, 1]. A model that repeats one answer has within = across, so agreement 0.
+    - ``fact_recall`` = mean share of the fact's keywords present in each answer (fact-tied probes only), [0, 1];
+      ``fact_similarity`` = mean cosine(answer, fact statement), reported, not in the score.
+    - ``coherence`` = sqrt(agreement × fact_recall): both must hold. Range [0, 1]; roadmap > 0.9.
+
+    Caveats: keyword recall counts words, not truth ("my recurrent weights are *not* fixed" still hits "fixed");
+    agreement saturates for near-identical answers, so a model that recites one answer per probe scores high —
+    check the copy rate. Answers are sampled, so agreement is noisy with 4 paraphrases per probe.
+    """
+    facts = {f["id"]: f for f in persona.get("facts", [])}
+    ids = [p["id"] for p in probes if answers.get(p["id"])]
+    if len(ids) < 2:
+        raise ValueError("self_reference_coherence needs answers for at least 2 probes")
+    flat = [(pid, a) for pid in ids for a in answers[pid]]
+    e = _embed([a for _, a in flat])
+    owner = np.array([ids.index(pid) for pid, _ in flat])
+    sim = e @ e.T
+    same = owner[:, None] == owner[None, :]
+    off_diag = ~np.eye(len(flat), dtype=bool)
+    within_per = [float(sim[np.ix_(owner == k, owner == k)][off_diag[np.ix_(owner == k, owner == k)]].mean())
+                  for k in range(len(ids)) if (owner == k).sum() > 1]
+    within = float(np.mean(within_per)) if within_per else float("nan")
+    across = float(sim[~same].mean())
+    agreement = max(0.0, within - across) / (1 - across) if across < 1 - 1e-6 else 0.0
+    recalls, fact_sims = [], []
+    for p in probes:
+        fact = facts.get(p.get("fact_id") or "")
+        if fact is None or not answers.get(p["id"]):
+            continue
+        recalls.extend(keyword_recall(a, fact.get("keywords", [])) for a in answers[p["id"]])
+        fe = _embed([fact["statement"]])[0]
+        fact_sims.extend((_embed(answers[p["id"]]) @ fe).tolist())  # cached: no second encoder pass
+    fact_recall = float(np.nanmean(recalls)) if recalls else float("nan")
+    return {"coherence": math.sqrt(agreement * fact_recall) if recalls else float("nan"),
+            "agreement": agreement, "within": within, "across": across, "fact_recall": fact_recall,
+            "fact_similarity": float(np.mean(fact_sims)) if fact_sims else float("nan")}
+
+
+def probe_prompts(probes: Sequence[dict], paraphrases: int | None = None) -> list[tuple[str, str]]:
+    """(probe_id, prompt) for each probe's first ``paraphrases`` paraphrases (all of them by default)."""
+    return [(p["id"], q) for p in probes for q in p["paraphrases"][:paraphrases]]
+
+
+def answer_probes(answerer: Answerer, probes: Sequence[dict], paraphrases: int | None = None
+                  ) -> dict[str, list[str]]:
+    pairs = probe_prompts(probes, paraphrases)
+    outs = answerer([q for _, q in pairs])
+    grouped: dict[str, list[str]] = {}
+    for (pid, _), a in zip(pairs, outs):
+        grouped.setdefault(pid, []).append(a)
+    return grouped
+
+
+def coherence_reference_bounds(probes: Sequence[dict], persona: dict, seed: int = 0) -> dict[str, float]:
+    """Ceiling: every paraphrase answered with the probe's reference. Floor: answered with another probe's reference.
+
+    The ceiling is < 1 when a reference lacks some of its fact's keywords; the floor shows what on-persona text
+    about the wrong fact scores (agreement stays 1 because a probe's four answers are identical, so the floor is
+    carried by fact recall).
+    """
+    n = len(probes)
+    perm = derangement(n, seed)
+    ceil = {p["id"]: [p["reference"]] * len(p["paraphrases"]) for p in probes}
+    flo = {p["id"]: [probes[perm[i]]["reference"]] * len(p["paraphrases"]) for i, p in enumerate(probes)}
+    return {"ceiling": self_reference_coherence(ceil, probes, persona)["coherence"],
+            "floor": self_reference_coherence(flo, probes, persona)["coherence"]}
+
+
+# ============================================================================================ one call
+@dataclass
+class EvalSet:
+    """Everything the metrics read, loaded once per notebook: test split, probes, persona, training n-grams, bounds."""
+    test: list[Any]  # held-out ChatExamples (the hash split's "test" part: never trained on)
+    probes: list[dict]
+    persona: dict
+    train_grams: set  # word n-grams of the training answers, for the copy check
+    copy_n: int
+    identity_bounds: dict[str, float]
+    coherence_bounds: dict[str, float]
+    reference_diversity: dict[str, float]  # the references' own diversity: the ceiling worth comparing with
+
+    @classmethod
+    def build(cls, cfg: Any, train_texts: Sequence[str] | None = None) -> "EvalSet":
+        """From a preset: the seed corpus' test split (capped at ``eval.identity_prompts``), probes, persona.
+
+        ``train_texts`` are the answers the model was trained on (the copy check's haystack); default: the seed
+        corpus' train split.
+        """
+        from . import data
+        ex = data.load_corpus(cfg.path(cfg.data.corpus)).examples
+        parts = data.split(ex, cfg.data.val_fraction, cfg.data.test_fraction)
+        test = [e for e in parts["test"] if e.prompt and e.response][:cfg.eval.identity_prompts]
+        probes = data.read_rows(cfg.path(cfg.data.probes))[:cfg.eval.probes]
+        persona = data.load_persona(cfg.path(cfg.data.persona))
+        texts = train_texts if train_texts is not None else [e.assistant_text() for e in parts["train"]]
+        refs = [e.response for e in test]
+        return cls(test=test, probes=probes, persona=persona, train_grams=training_ngrams(texts, cfg.eval.copy_n),
+                   copy_n=cfg.eval.copy_n, identity_bounds=identity_reference_bounds(refs, cfg.seed),
+                   coherence_bounds=coherence_reference_bounds(probes, persona, cfg.seed),
+                   reference_diversity=diversity(refs))
+
+
+def reference_answerers(evalset: EvalSet, seed: int = 0) -> dict[str, Answerer]:
+    """Scripted 'models' that calibrate the metrics (notebook 09, tests): each maps prompts -> answers.
+
+    - ``references (copied)``: the true reference answer — identity 1.0 by construction, a copy of held-out text;
+    - ``second halves``: the reference's second half — a *partial copy* (half the reference's words), so it scores
+      above the ceiling (the ceiling compares two *disjoint* halves); the normalised score exceeds 1 for it;
+    - ``shuffled references``: the reference of a different prompt — on-persona, wrong question (the floor);
+    - ``one repeated answer``: the first reference for every prompt — the mode-collapse degenerate.
+    """
+    ref = {e.prompt: e.response for e in evalset.test}
+    ref.update({q: p["reference"] for p in evalset.probes for q in p["paraphrases"]})
+    keys = list(ref)
+    perm = derangement(len(keys), seed)
+    shuffled = {k: ref[keys[perm[i]]] for i, k in enumerate(keys)}
+    first = evalset.test[0].response
+    return {
+        "references (copied)": lambda ps: [ref[p] for p in ps],
+        "second halves": lambda ps: [_halves(ref[p])[1] for p in ps],
+        "shuffled references": lambda ps: [shuffled[p] for p in ps],
+        "one repeated answer": lambda ps: [first for _ in ps],
+    }
+
+
+def evaluate(answerer: Answerer, evalset: EvalSet, *, model: Any = None, tokenizer: Any = None,
+             paraphrases: int | None = None, ppl_examples: int | None = None, system: str | None = None
+             ) -> dict[str, Any]:
+    """All four metrics (+ floors, ceilings, copy rate) for one model; perplexity only when model/tokenizer given.
+
+    Flat dict of floats, ready for :mod:`dte_lib.dashboard` and ``runlog.record``. Answers are kept under
+    ``_answers`` (a few, for display).
+    """
+    prompts = [e.prompt for e in evalset.test]
+    refs = [e.response for e in evalset.test]
+    answers = answerer(prompts)
+    ident = identity_consistency(answers, refs, bounds=evalset.identity_bounds)
+    div = diversity(answers)
+    probe_answers = answer_probes(answerer, evalset.probes, paraphrases)
+    coh = self_reference_coherence(probe_answers, evalset.probes, evalset.persona)
+    out: dict[str, Any] = {
+        "identity": ident["identity"], "identity_floor": ident["floor"], "identity_ceiling": ident["ceiling"],
+        "identity_normalised": ident["normalised"], "identity_shuffled": ident["shuffled"],
+        "diversity": div["diversity"], "distinct_2": div["distinct_2"], "self_bleu": div["self_bleu"],
+        "diversity_references": evalset.reference_diversity["diversity"],
+        "coherence": coh["coherence"], "coherence_agreement": coh["agreement"],
+        "coherence_fact_recall": coh["fact_recall"], "coherence_fact_similarity": coh["fact_similarity"],
+        "coherence_floor": evalset.coherence_bounds["floor"], "coherence_ceiling": evalset.coherence_bounds["ceiling"],
+        "copy_rate": copy_rate(answers, evalset.train_grams, evalset.copy_n),
+        "answer_words_median": float(statistics.median([len(a.split()) for a in answers])) if answers else 0.0,
+        "_answers": [{"prompt": p, "answer": a} for p, a in list(zip(prompts, answers))[:3]],
+    }
+    if model is not None and tokenizer is not None:
+        lm = lm_score(model, tokenizer, evalset.test, system=system, max_examples=ppl_examples)
+        out.update(perplexity=lm.perplexity, bits_per_byte=lm.bits_per_byte, ppl_tokens=lm.tokens)
+    return out
+
+
+def evaluate_checkpoint(path: Any, evalset: EvalSet, cfg: Any, *, seed: int | None = None) -> dict[str, Any]:
+    """Load a Hugging Face causal-LM directory and run :func:`evaluate` with the preset's generation settings."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import torch
+
+    tok = AutoTokenizer.from_pretrained(str(path))
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    system = evalset.persona.get("system_prompt") if cfg.eval.system_prompt else None
+    ans = hf_answerer(model, tok, max_new_tokens=cfg.eval.max_new_tokens, temperature=cfg.eval.temperature,
+                      top_p=cfg.eval.top_p, system=system, seed=cfg.seed if seed is None else seed,
+                      batch_size=cfg.eval.batch_size)
+    out = evaluate(ans, evalset, model=model, tokenizer=tok, paraphrases=cfg.eval.paraphrases,
+                   ppl_examples=cfg.eval.ppl_examples, system=system)
+    out["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+    import json
+    from . import config
+    ap = argparse.ArgumentParser(prog="dte metrics", description="Score a checkpoint on the four success metrics.")
+    ap.add_argument("checkpoint", help="a Hugging Face causal-LM directory (config.json + safetensors + tokenizer)")
+    ap.add_argument("--preset", default="")
+    args = ap.parse_args(argv)
+    cfg = config.load(args.preset)
+    config.seed_everything(cfg.seed, cfg.threads)
+    res = evaluate_checkpoint(args.checkpoint, EvalSet.build(cfg), cfg)
+    print(json.dumps({k: v for k, v in res.items() if not k.startswith("_")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""The dashboard stores one row per checkpoint, marks thresholds in the right direction, and plots."""
+from __future__ import annotations
+
+from dte_lib import config, dashboard
+
+
+def test_rows_replace_by_name_and_thresholds_have_direction(tmp_path):
+    cfg = config.load("ci")
+    dashboard.add(tmp_path, "s01", {"perplexity": 30.0, "identity": 0.4, "diversity": 0.8, "coherence": 0.95,
+                                    "identity_floor": 0.27, "identity_ceiling": 0.66, "_answers": ["x"]}, depth=1)
+    dashboard.add(tmp_path, "s02", {"perplexity": 12.0, "identity": 0.9, "diversity": 0.5, "coherence": None})
+    dashboard.add(tmp_path, "s01", {"perplexity": 25.0, "identity": 0.4, "diversity": 0.8, "coherence": 0.95})
+    rows = dashboard.load(tmp_path)
+    assert [r["name"] for r in rows] == ["s02", "s01"] and rows[1]["perplexity"] == 25.0
+    assert "_answers" not in rows[1]
+    df = dashboard.table(rows, cfg)
+    assert list(df["ppl<20"]) == ["✓", "✗"] and list(df["id>0.85"]) == ["✓", "✗"]
+    assert list(df["div>0.7"]) == ["✗", "✓"] and list(df["coh>0.9"]) == ["—", "✓"]
+    md = dashboard.markdown(df)
+    assert md.count("\n") == 3 and "s01" in md
+    figs = dashboard.figures(rows[0], cfg, "final_")
+    assert figs["final_meets_perplexity"] is True and figs["final_meets_coherence"] is None
+    fig = dashboard.plot(rows, cfg)
+    assert len(fig.axes) == 4

@@ -1,0 +1,64 @@
+"""The inspector finds a run's checkpoints and is driven headless: settings, generate, scores, HTML, widget click."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dte_lib import config, data, inspector, metrics
+from dte_lib import model as M
+from dte_lib import tokenizer as toklib
+from tests import _tiny
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    tok = toklib.train_from_examples(_tiny.corpus_split()["train"], 512)
+    for i, name in enumerate(["s01-grow-d1", "s02-grow-d2"]):
+        m = M.build(len(tok), 64, 32, i + 1, 2, seed=i, eos_id=tok.eos_token_id)
+        m.save_pretrained(run_dir / "checkpoints" / name)
+        tok.save_pretrained(run_dir / "checkpoints" / name)
+    m.save_pretrained(run_dir / "checkpoints" / "final")
+    tok.save_pretrained(run_dir / "checkpoints" / "final")
+    m.save_pretrained(run_dir / "nb08" / "checkpoints" / "final")
+    tok.save_pretrained(run_dir / "nb08" / "checkpoints" / "final")
+    (run_dir / "teacher").mkdir()
+    (run_dir / "teacher" / "model_info.json").write_text(json.dumps({"backend": "local", "path": str(run_dir / "gone")}))
+    return run_dir
+
+
+def test_find_checkpoints_lists_stages_then_final_and_later_phases(run):
+    found = inspector.find_checkpoints(run)
+    assert list(found) == ["s01-grow-d1", "s02-grow-d2", "final", "nb08/final"]  # missing teacher path: skipped
+
+
+def test_inspector_headless_and_widget(run):
+    cfg = config.load("ci")
+    persona = data.load_persona(cfg.path(cfg.data.persona))
+    es = metrics.EvalSet.build(cfg)
+    probe = es.probes[0]
+    sources = inspector.find_checkpoints(run)
+    sources["oracle"] = lambda ps: [probe["reference"] for _ in ps]
+    ins = inspector.Inspector(sources, persona=persona, evalset=es, selected=["s01-grow-d1", "oracle"],
+                              max_new_tokens=12)
+    ins.set(prompt=probe["paraphrases"][1], temperature=0.0)
+    rows = ins.generate()
+    assert [r["checkpoint"] for r in rows] == ["s01-grow-d1", "oracle"]
+    assert rows[1]["identity"] == pytest.approx(1.0, abs=1e-4) and rows[1]["identity_vs"] == "reference"
+    assert rows[1]["fact_recall"] == 1.0 and rows[0]["identity"] < 0.9
+    # greedy decoding is repeatable
+    assert ins.generate()[0]["answer"] == rows[0]["answer"]
+    html = ins.html()
+    assert "oracle" in html and "identity" in html and "<table" in html
+    with pytest.raises(KeyError):
+        ins.set(selected=["nope"]).generate()
+    # the widget: change the controls, click, the output HTML updates
+    ui = ins.widget()
+    ins._ui["pick"].value = ("final", "nb08/final")
+    ins._ui["prompt"].value = "Tell me about the weather on Mars."
+    ins._ui["max_new_tokens"].value = 8
+    ins._ui["button"].click()
+    assert [r["checkpoint"] for r in ins.rows] == ["final", "nb08/final"]
+    assert ins.rows[0]["identity_vs"] == "persona" and "Mars" in ins._ui["out"].value
+    assert ui.children
