@@ -303,3 +303,29 @@ def test_bad_fault_spec_and_non_loopback_without_key_are_refused(tiny):
         main(["--model", f"tiny={tiny}", "--faults", "418:0.5"])
     with pytest.raises(SystemExit):
         main(["--model", "tiny=/nonexistent"])
+
+
+def test_server_exits_when_its_launcher_dies(tiny, tmp_path):
+    """A crashed notebook kernel must not leave an orphaned server behind."""
+    import subprocess
+    import sys
+    code = ("import sys, time; from dte_lib import server; "
+            f"h = server.launch({{'tiny': {str(tiny)!r}}}, data_dir={str(tmp_path)!r}, timeout=90); "
+            "print(h.pid, flush=True); time.sleep(600)")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(server.Path(server.__file__).parents[2])})
+    try:
+        child = int(parent.stdout.readline())
+        os.kill(child, 0)  # running
+    finally:
+        parent.kill()
+        parent.wait()
+    for _ in range(100):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, 9)
+        pytest.fail("the server outlived its launcher")

@@ -91,7 +91,7 @@ def launch(models: dict[str, str | os.PathLike], *, host: str = "127.0.0.1", por
     cmd = [sys.executable, "-m", "dte_lib.server", "--host", host, "--port", str(port)]
     for name, path in models.items():
         cmd += ["--model", f"{name}={Path(path).resolve()}"]
-    cmd += ["--data-dir", str(data_dir)]
+    cmd += ["--data-dir", str(data_dir), "--parent-pid", str(os.getpid())]
     if faults:
         cmd += ["--faults", faults]
     if threads:

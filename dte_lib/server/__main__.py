@@ -26,6 +26,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads")
     ap.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body accepted")
     ap.add_argument("--train-defaults", default=None, help="JSON of fine-tune knobs for jobs (max_steps, ...)")
+    ap.add_argument("--parent-pid", type=int, default=None,
+                    help="exit when this process is gone (launch() passes its own pid: no orphaned servers)")
     args = ap.parse_args(argv)
     models = {}
     for spec in args.model:
@@ -46,6 +48,8 @@ def main(argv=None) -> int:
             Faults(args.faults)
         except ValueError as e:
             ap.error(str(e))
+    if args.parent_pid:
+        _exit_with_parent(args.parent_pid)
     import uvicorn
     from .app import create_app
     app = create_app(models, api_key=api_key, faults=args.faults, data_dir=args.data_dir,
@@ -54,6 +58,19 @@ def main(argv=None) -> int:
     print(f"serving {', '.join(models) or 'no models'} on http://{args.host}:{args.port}/v1", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A notebook kernel that dies (a timeout, a crash) must not leave its server running: poll and follow it."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(0)
+            time.sleep(1.0)
+    threading.Thread(target=watch, name="dte-parent-watch", daemon=True).start()
 
 
 if __name__ == "__main__":
