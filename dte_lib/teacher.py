@@ -274,13 +274,14 @@ def finetune(base_dir: str | os.PathLike, train: Sequence[Sequence[dict]], val: 
     t0 = time.perf_counter()
     emit = on_event or (lambda e: None)
     val_base = eval_loss(model, val_rows, tok.pad_token_id) if val_rows else None
-    history = [{"step": 0, "epoch": 0, "train_loss": None, "val_loss": val_base, "tokens": 0,
+    history = [{"step": 0, "total_steps": total_steps, "epoch": 0, "train_loss": None, "val_loss": val_base, "tokens": 0,
                 "elapsed_s": round(time.perf_counter() - t0, 2)}]
     emit(history[0])
     step, tokens, stopped, checkpoints = 0, 0, False, []
     model.train()
     for epoch in range(1, s.epochs + 1):
-        for batch in _batches(rows, s.batch_size, rng):
+        epoch_batches = _batches(rows, s.batch_size, rng)
+        for b_index, batch in enumerate(epoch_batches):
             if step >= total_steps or (should_stop and should_stop()):
                 stopped = step < total_steps
                 break
@@ -294,9 +295,9 @@ def finetune(base_dir: str | os.PathLike, train: Sequence[Sequence[dict]], val: 
             sched.step()
             step += 1
             tokens += int(mask.sum())
-            last = step == total_steps
+            last = step == total_steps or b_index == len(epoch_batches) - 1  # end of run or of an epoch
             do_eval = val_rows and (last or (s.eval_every and step % s.eval_every == 0))
-            event = {"step": step, "epoch": epoch, "train_loss": float(loss),
+            event = {"step": step, "total_steps": total_steps, "epoch": epoch, "train_loss": loss.item(),
                      "val_loss": eval_loss(model, val_rows, tok.pad_token_id) if do_eval else None,
                      "tokens": tokens, "elapsed_s": round(time.perf_counter() - t0, 2)}
             history.append(event)
@@ -335,6 +336,36 @@ def _save_merged(peft_model, tok, out_dir: Path) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+MODEL_INFO_KEYS = ("backend", "model", "base_model", "path", "base_url", "val_loss_base", "val_loss_finetuned",
+                   "created")
+
+
+def save_model_info(run_dir: str | os.PathLike, info: dict[str, Any]) -> Path:
+    """Write ``run_dir/teacher/model_info.json`` (the week-1 deliverable; notebook 02 reads it). Atomic.
+
+    Keys: backend ("local" | "openai" | "compatible"), model (served / fine-tuned name), base_model, path (the
+    merged HF directory, local backend), base_url (compatible only), val_loss_base, val_loss_finetuned, created.
+    """
+    import json
+    from .data import atomic_write_text
+    unknown = set(info) - set(MODEL_INFO_KEYS)
+    if unknown:
+        raise KeyError(f"model_info has unknown keys {sorted(unknown)}; allowed: {MODEL_INFO_KEYS}")
+    full = {k: info.get(k) for k in MODEL_INFO_KEYS}
+    full["created"] = full["created"] or time.strftime("%Y-%m-%dT%H:%M:%S")
+    if full["path"] is not None:
+        full["path"] = str(full["path"])
+    return atomic_write_text(Path(run_dir) / "teacher" / "model_info.json", json.dumps(full, indent=2) + "\n")
+
+
+def load_model_info(run_dir: str | os.PathLike) -> dict[str, Any]:
+    import json
+    path = Path(run_dir) / "teacher" / "model_info.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} missing: run notebook 01 (the teacher) in this run directory first")
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

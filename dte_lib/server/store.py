@@ -145,12 +145,16 @@ class Jobs:
         with self._lock:
             self.events[jid].append(ev)
 
-    def _status(self, jid: str, status: str, **fields: Any) -> None:
+    def _status(self, jid: str, status: str, **fields: Any) -> bool:
+        """Move a job on; False (and no change) if it was cancelled meanwhile — cancelled is final."""
         with self._lock:
+            if self.jobs[jid]["status"] == "cancelled":
+                return False
             self.jobs[jid].update(status=status, **fields)
         self.event(jid, f"Job status: {status}" if status != "failed" else
                    f"Job failed: {(fields.get('error') or {}).get('message', '')}",
                    level="error" if status == "failed" else "info")
+        return True
 
     def create(self, body: dict[str, Any]) -> dict[str, Any]:
         from .. import openai_prep
@@ -258,10 +262,9 @@ class Jobs:
                         "message": f"{key} {job[key]}: " + report.summary(), "param": key})
                     return
                 splits[key] = [r["messages"] for r in rows]
-        self.event(jid, "Files validated, moving job to queued state")
-        self._status(jid, "queued")
-        if jid in self._cancel:
+        if jid in self._cancel or not self._status(jid, "queued"):
             return
+        self.event(jid, "Files validated, job queued")
         train = splits["training_file"]
         val = splits.get("validation_file") or []
         hp = job["hyperparameters"]
@@ -279,7 +282,8 @@ class Jobs:
         with self._lock:
             self.jobs[jid]["hyperparameters"] = {"n_epochs": int(n_epochs), "batch_size": int(batch),
                                                  "learning_rate_multiplier": float(lr_mult)}
-        self._status(jid, "running")
+        if not self._status(jid, "running"):
+            return
         suffix = job["user_provided_suffix"] or "dte"
         name = f"ft:{job['model']}:local:{suffix}:{jid[6:14]}"
         out = self.root / "models" / jid
@@ -287,14 +291,17 @@ class Jobs:
 
         def on_event(e: dict[str, Any]) -> None:
             metrics.append(e)
+            # OpenAI's metric event names (valid_loss, not val_loss), so one client loop reads both
+            data = {"step": e["step"], "total_steps": e["total_steps"], "train_loss": e["train_loss"],
+                    "valid_loss": e["val_loss"], "tokens": e["tokens"], "elapsed_s": e["elapsed_s"]}
             if e["step"] == 0:
                 self.event(jid, f"Base model validation loss: {e['val_loss']:.4f}" if e["val_loss"] is not None
-                           else "No validation file: no validation loss", data={**e}, type_="metrics")
+                           else "No validation file: no validation loss", data=data, type_="metrics")
                 return
-            msg = f"Step {e['step']}/{settings.max_steps or '?'}: training loss={e['train_loss']:.4f}"
+            msg = f"Step {e['step']}/{e['total_steps']}: training loss={e['train_loss']:.4f}"
             if e["val_loss"] is not None:
                 msg += f", validation loss={e['val_loss']:.4f}"
-            self.event(jid, msg, data={**e}, type_="metrics")
+            self.event(jid, msg, data=data, type_="metrics")
 
         def ckpt_dir(epoch: int) -> Path:
             return self.root / "models" / f"{jid}-epoch{epoch}"
@@ -302,7 +309,7 @@ class Jobs:
         result = teacher.finetune(self.registry.path(job["model"]), train, val, out, settings, on_event=on_event,
                                   should_stop=lambda: jid in self._cancel, checkpoint_dir=ckpt_dir)
         if result["stopped"]:
-            self._status(jid, "cancelled", finished_at=now())
+            self._status(jid, "cancelled", finished_at=now())  # no-op when cancel() already marked it
             return
         for ck in result["checkpoints"]:
             self._checkpoint(jid, f"{name}:ckpt-step-{ck['step']}", ck["path"], ck["step"], metrics)
