@@ -117,7 +117,7 @@ class GenerateCfg:
     few_shot: int = 1  # seed examples from the TRAIN split shown before each prompt (0 = persona prompt only)
     max_retries: int = 4  # SDK retries for 408/409/429/5xx and timeouts (it honours retry-after)
     malformed_retries: int = 2  # engine-level retries for a 200 answer with no usable content
-    timeout_s: float = 120.0  # per-request timeout (one attempt)
+    timeout_s: float = 600.0  # per-request timeout (one attempt); a local server queues requests, so allow for that
     checkpoint_every: int = 20  # completed requests between atomic ledger/checkpoint writes
     use_batch_api: bool = False  # OpenAI route: use the Batch API (half price, hours) instead of live calls
     trim_truncated: bool = True  # quality filter: cut a length-truncated answer back to its last full sentence

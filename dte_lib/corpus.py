@@ -76,15 +76,14 @@ def teacher_endpoint(run_dir: str | os.PathLike) -> Iterator[Endpoint]:
         finally:
             handle.stop()
     elif backend == "openai":
-        key = os.environ.get("OPENAI_API_KEY")
-        if not key:
-            raise RuntimeError("model_info.json says backend 'openai' but OPENAI_API_KEY is not set in the "
-                               "environment (export it before starting Jupyter; never put it in a notebook)")
-        yield Endpoint(None, key, info["model"], False, f"OpenAI model {info['model']}")
+        from . import backends
+        backends.check("openai")  # BackendUnavailable (a RuntimeError) that explains what to set, and the dates
+        yield Endpoint(None, os.environ["OPENAI_API_KEY"], info["model"], False, f"OpenAI model {info['model']}")
     elif backend == "compatible":
         url = info.get("base_url") or os.environ.get("DTE_BASE_URL")
         if not url:
-            raise RuntimeError("backend 'compatible' needs a base URL: model_info.json base_url or $DTE_BASE_URL")
+            from . import backends
+            backends.check("compatible")
         key = os.environ.get("DTE_API_KEY") or os.environ.get("OPENAI_API_KEY") or "not-needed"
         yield Endpoint(url, key, info["model"], False, f"compatible server {url}, model {info['model']}")
     else:

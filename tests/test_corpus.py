@@ -57,7 +57,7 @@ def test_teacher_endpoint_routes(tmp_path, monkeypatch):
     info = tmp_path / "teacher" / "model_info.json"
     info.write_text(json.dumps({"backend": "openai", "model": "ft:gpt-4o-mini-2024-07-18:org::x"}))
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    with pytest.raises(RuntimeError, match="OPENAI_API_KEY is not set"):
+    with pytest.raises(RuntimeError, match="OPENAI_API_KEY is not set"):  # backends.BackendUnavailable
         with corpus.teacher_endpoint(tmp_path):
             pass
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
