@@ -11,7 +11,7 @@ Each stage gets a share of the FLOP budget, converted to tokens with the exact p
 Reported per seed: R = FLOPs at which a run first reaches A0's final validation loss (linear interpolation between
 validation points) / A0's FLOPs (">1" = never reached within budget), and final validation loss at equal FLOPs.
 
-Run it: ``nice python benchmarks/growth.py --tokens 100000 --seeds 0 1 2 --out benchmarks/growth-results.json``
+Run it: ``nice python benchmarks/growth.py --tokens 40000 --seeds 0 1 2 --out benchmarks/growth-results.json``
 (then ``python benchmarks/growth.py --table benchmarks/growth-results.json``).
 """
 from __future__ import annotations
@@ -87,7 +87,7 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 6e-3])
     ap.add_argument("--depth", type=int, default=4)
-    ap.add_argument("--d-model", type=int, default=96)
+    ap.add_argument("--d-model", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/growth-results.json")
     ap.add_argument("--table", default=None, help="print the markdown table of a results file and exit")
@@ -96,7 +96,7 @@ def main() -> int:
         print(table(json.loads(Path(args.table).read_text())))
         return 0
     torch.set_num_threads(args.threads)
-    cfg = config.load("demo", {"train.d_model": args.d_model, "train.val_every": 8, "train.val_max_blocks": 24,
+    cfg = config.load("demo", {"train.d_model": args.d_model, "train.val_every": 8, "train.val_max_blocks": 16,
                                "train.ckpt_every": 0, "train.log_every": 1000, "train.warmup_steps": 10,
                                "train.rewarm_steps": 5})
     tc = cfg.train
@@ -117,8 +117,9 @@ def main() -> int:
         return [progressive.Stage(f"s01-grow-d{depth}", depth, int(budget / per_token_flops(tc, vocab, depth, "all", ())),
                                   "all", lr, "grow", tuple(range(depth)))]
 
+    sweep = {}
     for lr in args.lrs:  # A0's learning rate, tuned on the first seed
-        r = run_one(tc, prep, single(args.depth, lr), args.seeds[0], 0)
+        r = sweep[lr] = run_one(tc, prep, single(args.depth, lr), args.seeds[0], 0)
         res["lr_sweep"][str(lr)] = r["final_val"]
         print(f"A0 lr {lr}: val {r['final_val']:.4f} ({r['seconds']:.0f}s)", flush=True)
         save()
@@ -126,7 +127,7 @@ def main() -> int:
     res["settings"]["lr"] = lr
     for seed in args.seeds:
         runs = {}
-        runs["A0"] = run_one(tc, prep, single(args.depth, lr), seed, 0)
+        runs["A0"] = sweep[lr] if seed == args.seeds[0] else run_one(tc, prep, single(args.depth, lr), seed, 0)
         for d in range(1, args.depth):
             if d in (1, 2):
                 runs[f"fixed_d{d}"] = run_one(tc, prep, single(d, lr), seed, 0)
