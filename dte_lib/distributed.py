@@ -11,6 +11,8 @@ Definitions:
 - **world size W / rank r** — how many processes train together and which one this is. ``torchrun`` starts them
   and sets ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT`` for each.
 - **backend** — the library that moves tensors between processes: ``gloo`` on CPU, ``nccl`` between NVIDIA GPUs.
+  The course's trainer trains on the CPU (its step uses CPU autocast and CPU batches), so ``gloo`` is the default;
+  ``DTE_DIST_BACKEND=nccl`` selects nccl for a trainer that places model and batches on ``cuda:LOCAL_RANK``.
 - **DDP** (DistributedDataParallel) — every rank holds the whole model; each computes gradients on its slice of the
   global batch; an all-reduce averages them, so every rank takes the same AdamW step. The global batch is the
   preset's ``train.batch_size`` at every W (``PackedLoader`` gives rank r its r-th slice), so a run at W=2 follows
@@ -58,12 +60,14 @@ def init(backend: str | None = None) -> dict[str, Any]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda", local) if cuda else torch.device("cpu")
-    if cuda:
+    # The progressive trainer keeps its model and batches on the CPU today (CPU autocast, CPU batches), so gloo is
+    # the default even where a GPU exists; nccl is for a trainer that places them on cuda:LOCAL_RANK.
+    backend = backend or os.environ.get("DTE_DIST_BACKEND") or "gloo"
+    device = torch.device("cuda", local) if backend == "nccl" else torch.device("cpu")
+    if backend == "nccl":
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend or ("nccl" if cuda else "gloo"))
+        dist.init_process_group(backend)
     return {"rank": rank, "world_size": world, "local_rank": local, "device": str(device),
             "backend": dist.get_backend() if dist.is_initialized() else None}
 

@@ -103,6 +103,7 @@ class BenchCfg:
     warmup: int = 2  # untimed steps first (allocations, kernel choice)
     bf16: bool = False  # torch.autocast to bf16 (CPU with AVX512-BF16, or GPU)
     threads: int = 0  # torch threads; 0 keeps torch's default
+    trainer: bool = True  # time dte_lib.progressive's own train_step (else a plain Hugging Face step)
 
     def shape(self) -> planner.ModelShape:
         return planner.gpt2(self.n_layer, self.n_embd, self.vocab_size, self.context,
@@ -114,12 +115,46 @@ def _rss_bytes() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+class _VocabOnly:
+    """What the trainer asks of a tokenizer to build its model (size and EOS id); the timed step never tokenises."""
+
+    def __init__(self, n: int):
+        self.n, self.eos_token_id = n, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def _course_trainer(bc: BenchCfg, out_dir: str):
+    """The course's ProgressiveTrainer at ``bc``'s shape on random packed blocks, ready to call ``train_step``."""
+    import dataclasses
+    import datasets
+    import torch
+    from . import config, progressive
+    tc = dataclasses.replace(config.TrainCfg(), vocab_size=bc.vocab_size, block_size=bc.context, d_model=bc.n_embd,
+                             n_head=max(1, bc.n_embd // 64), depths=str(bc.n_layer), batch_size=bc.batch,
+                             precision="bf16" if bc.bf16 else "fp32", final_tokens=0, dropout=0.0,
+                             tokens_per_stage=bc.batch * bc.context * (bc.warmup + bc.steps))
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, bc.vocab_size, (bc.batch * (bc.warmup + bc.steps + 1), bc.context), generator=g).tolist()
+    ds = datasets.Dataset.from_dict({"input_ids": ids, "labels": ids})
+    trainer = progressive.ProgressiveTrainer(tc, _VocabOnly(bc.vocab_size), ds, ds, out_dir, progress=False,
+                                             tensorboard=False)
+    trainer._resume_or_start()
+    trainer._enter_stage(trainer.stages[0])
+    return trainer
+
+
 def measure_training(bc: BenchCfg, device: str | None = None) -> dict[str, Any]:
     """Train a fresh GPT-2 of ``bc``'s shape for ``bc.steps`` AdamW steps on random tokens; tokens/s and memory.
 
-    This is one full training step (forward, loss with ``labels=input_ids``, backward, AdamW, zero_grad), the same
-    work the course's progressive trainer does per batch, so its rate is what a phase's time estimate should use.
+    With ``bc.trainer`` (the default) each step is the course's own ``ProgressiveTrainer.train_step`` (forward,
+    next-token loss, backward, gradient clipping, AdamW with its parameter groups) on packed random blocks — so the
+    rate is what a phase's time estimate should use. Without it, a plain Hugging Face step (``labels=input_ids``,
+    backward, AdamW) for comparison or for a machine where the course's trainer is not installed.
     """
+    if bc.trainer:
+        return _measure_course_trainer(bc)
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -153,7 +188,7 @@ def measure_training(bc: BenchCfg, device: str | None = None) -> dict[str, Any]:
     saved = saved_activation_bytes(model, x, bc.bf16, device)
     step = statistics.median(times)
     tokens = bc.batch * bc.context
-    out = {"bench": asdict(bc), "device": device, "threads": torch.get_num_threads(),
+    out = {"bench": asdict(bc), "device": device, "threads": torch.get_num_threads(), "step": "plain HF",
            "params": sum(p.numel() for p in model.parameters()), "step_s": step, "tokens_per_s": tokens / step,
            "flops_per_token": planner.flops_per_token(m, bc.context), "loss_first": losses[0],
            "loss_last": losses[-1]}
@@ -166,6 +201,46 @@ def measure_training(bc: BenchCfg, device: str | None = None) -> dict[str, Any]:
     out["gradient_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
     out["adamw_state_bytes"] = sum(t.numel() * t.element_size() for st in opt.state.values()
                                    for t in st.values() if torch.is_tensor(t) and t.dim() > 0)
+    est = planner.memory_bytes(m, bc.batch, bc.context, act_bytes=2 if bc.bf16 else 4)
+    out["estimated_extra_bytes"] = est["gradients"] + est["adamw_states"] + est["activations"]
+    out["estimated_activation_bytes"] = est["activations"]
+    return out
+
+
+def _measure_course_trainer(bc: BenchCfg) -> dict[str, Any]:
+    import tempfile
+    import torch
+    if bc.threads:
+        torch.set_num_threads(bc.threads)
+    m = bc.shape()
+    with tempfile.TemporaryDirectory() as tmp:
+        tiny = _course_trainer(BenchCfg(n_layer=1, n_embd=64, vocab_size=64, context=32, batch=2, steps=1, warmup=0,
+                                        bf16=bc.bf16), tmp + "/warm")
+        tiny.train_step(tiny.loader.next_batch(), 1e-3)  # fault in torch's code pages first: RSS growth = tensors
+        del tiny
+        trainer = _course_trainer(bc, tmp + "/run")
+        batches = [trainer.loader.next_batch() for _ in range(bc.warmup + bc.steps)]
+        rss0 = _rss_bytes()
+        times, losses = [], []
+        for i, batch in enumerate(batches):
+            t0 = time.perf_counter()
+            out = trainer.train_step(batch, trainer.tc.lr)
+            if i >= bc.warmup:
+                times.append(time.perf_counter() - t0)
+                losses.append(out["loss"])
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss0
+        model, opt = trainer.model, trainer.opt
+        saved = saved_activation_bytes(model, batches[0]["input_ids"], bc.bf16, "cpu")
+    step = statistics.median(times)
+    out = {"bench": asdict(bc), "device": "cpu", "threads": torch.get_num_threads(), "step": "course trainer",
+           "params": sum(p.numel() for p in model.parameters()), "step_s": step,
+           "tokens_per_s": bc.batch * bc.context / step, "flops_per_token": planner.flops_per_token(m, bc.context),
+           "loss_first": losses[0], "loss_last": losses[-1], "peak_extra_bytes": peak,
+           "saved_activation_bytes": saved,
+           "gradient_bytes": sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad),
+           "adamw_state_bytes": sum(t.numel() * t.element_size() for st in opt.state.values()
+                                    for t in st.values() if torch.is_tensor(t) and t.dim() > 0)}
+    out["achieved_flops_per_s"] = out["tokens_per_s"] * out["flops_per_token"]
     est = planner.memory_bytes(m, bc.batch, bc.context, act_bytes=2 if bc.bf16 else 4)
     out["estimated_extra_bytes"] = est["gradients"] + est["adamw_states"] + est["activations"]
     out["estimated_activation_bytes"] = est["activations"]
@@ -211,7 +286,7 @@ def measure_training_subprocess(bc: BenchCfg, timeout: float = 300) -> dict[str,
     args = [sys.executable, "-m", "dte_lib.infra", "bench", "--json"]
     for k, v in asdict(bc).items():
         if isinstance(v, bool):
-            args += [f"--{k}"] if v else []
+            args += [f"--{k}" if v else f"--no-{k}"]
         else:
             args += [f"--{k}", str(v)]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout,
@@ -271,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     b = sub.add_parser("bench", help="one training measurement (what measure_training_subprocess runs)")
     for k, v in asdict(BenchCfg()).items():
         if isinstance(v, bool):
-            b.add_argument(f"--{k}", action="store_true")
+            b.add_argument(f"--{k}", action=argparse.BooleanOptionalAction, default=v)
         else:
             b.add_argument(f"--{k}", type=type(v), default=v)
     b.add_argument("--json", action="store_true", help="print one JSON line")
