@@ -28,7 +28,8 @@ from . import metrics
 
 
 def find_checkpoints(run_dir: str | Path, teacher: bool = True, base_teacher: bool = False) -> dict[str, Any]:
-    """name -> HF directory for every stage checkpoint in the run (course order), plus the teacher(s)."""
+    """name -> HF directory for every stage checkpoint in the run (course order), the from-scratch ablation models,
+    plus the teacher(s)."""
     run_dir = Path(run_dir)
     out: dict[str, Any] = {}
     roots = [run_dir] + sorted(p for p in run_dir.iterdir() if p.is_dir() and (p / "checkpoints").is_dir()
@@ -42,6 +43,10 @@ def find_checkpoints(run_dir: str | Path, teacher: bool = True, base_teacher: bo
                 out[d.name if root == run_dir else f"{root.name}/{d.name}"] = d
         if (ck / "final" / "config.json").exists():
             out["final" if root == run_dir else f"{root.name}/final"] = ck / "final"
+    # from-scratch models (the ablation's arms, notebook 10) live one level deeper: offer their finals
+    for d in sorted(run_dir.glob("*/*/checkpoints/final")) if run_dir.exists() else []:
+        if (d / "config.json").exists():
+            out[f"{d.parent.parent.parent.name}/{d.parent.parent.name} (from scratch)"] = d
     info_path = run_dir / "teacher" / "model_info.json"
     if teacher and info_path.exists():
         info = json.loads(info_path.read_text())

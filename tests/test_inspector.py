@@ -21,8 +21,9 @@ def run(tmp_path_factory):
         tok.save_pretrained(run_dir / "checkpoints" / name)
     m.save_pretrained(run_dir / "checkpoints" / "final")
     tok.save_pretrained(run_dir / "checkpoints" / "final")
-    m.save_pretrained(run_dir / "nb08" / "checkpoints" / "final")
-    tok.save_pretrained(run_dir / "nb08" / "checkpoints" / "final")
+    for sub in ("nb08", "ablation/plain-s0"):
+        m.save_pretrained(run_dir / sub / "checkpoints" / "final")
+        tok.save_pretrained(run_dir / sub / "checkpoints" / "final")
     (run_dir / "teacher").mkdir()
     (run_dir / "teacher" / "model_info.json").write_text(json.dumps({"backend": "local", "path": str(run_dir / "gone")}))
     return run_dir
@@ -30,7 +31,8 @@ def run(tmp_path_factory):
 
 def test_find_checkpoints_lists_stages_then_final_and_later_phases(run):
     found = inspector.find_checkpoints(run)
-    assert list(found) == ["s01-grow-d1", "s02-grow-d2", "final", "nb08/final"]  # missing teacher path: skipped
+    assert list(found) == ["s01-grow-d1", "s02-grow-d2", "final", "nb08/final",
+                           "ablation/plain-s0 (from scratch)"]  # missing teacher path: skipped
 
 
 def test_inspector_headless_and_widget(run):
