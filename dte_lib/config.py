@@ -316,10 +316,16 @@ def resolve_preset_name(name: str | None = None) -> str:
 
 
 def load(name: str | None = None, overrides: dict[str, Any] | None = None) -> Preset:
-    """Build a preset, apply dotted overrides (``{"train.vocab_size": 1024}``) and return it."""
+    """Build a preset, apply dotted overrides (``{"train.vocab_size": 1024}``) and return it.
+
+    ``$DTE_CORPUS``, when set, replaces ``data.corpus`` for every phase (``dte course run --corpus FILE`` sets it),
+    so a user's own examples reach the teacher, the generator and the trainer alike.
+    """
     name = resolve_preset_name(name)
     parts = {phase: dataclasses.replace(table[name]) for phase, table in _PHASES.items()}
     preset = Preset(name=name, **_TOP[name], **parts)
+    if os.environ.get("DTE_CORPUS"):
+        preset.data.corpus = os.environ["DTE_CORPUS"]
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(preset, key, value)

@@ -82,7 +82,7 @@ def _parse_value(text: str) -> Any:
 
 def run(preset: str | None = None, run_dir: str | os.PathLike | None = None, start: str | None = None,
         only: Sequence[str] | None = None, params: dict[str, Any] | None = None, force: bool = False,
-        notebook_dir: Path = config.NOTEBOOKS_DIR, progress: bool = True) -> Path:
+        notebook_dir: Path = config.NOTEBOOKS_DIR, progress: bool = True, corpus: str | None = None) -> Path:
     """Execute the selected notebooks in order; returns the run directory. Raises :class:`CourseError`."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -113,7 +113,11 @@ def run(preset: str | None = None, run_dir: str | os.PathLike | None = None, sta
     out_dir = rdir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    env_backup = {k: os.environ.get(k) for k in ("DTE_PRESET", "DTE_RUN_DIR", "PYTHONPATH")}
+    env_backup = {k: os.environ.get(k) for k in ("DTE_PRESET", "DTE_RUN_DIR", "PYTHONPATH", "DTE_CORPUS")}
+    if corpus:
+        if not Path(corpus).exists():
+            raise CourseError(f"--corpus {corpus}: no such file")
+        os.environ["DTE_CORPUS"] = str(Path(corpus).resolve())  # kernels start in notebooks/: pass it absolute
     os.environ["DTE_PRESET"], os.environ["DTE_RUN_DIR"] = cfg.name, str(rdir)
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(config.REPO_ROOT), env_backup["PYTHONPATH"]]))
     bar = tqdm(selected, desc=f"course[{cfg.name}]", unit="nb", disable=not progress)
@@ -217,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    help="a notebook parameter, passed to the notebooks that declare it")
     r.add_argument("--force", action="store_true", help="resume even if earlier notebooks did not succeed")
+    r.add_argument("--corpus", default=None, help="your own examples (any format `dte data check` reads) for every phase")
     r.add_argument("--no-progress", action="store_true")
     ls = sub.add_parser("list", help="list notebooks and their status in a run")
     ls.add_argument("--preset", default=None)
@@ -227,7 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cmd == "run":
         try:
             rdir = run(args.preset, args.run_dir, args.start, args.only,
-                       {k: _parse_value(v) for k, v in args.param}, args.force, progress=not args.no_progress)
+                       {k: _parse_value(v) for k, v in args.param}, args.force, progress=not args.no_progress,
+                       corpus=args.corpus)
         except CourseError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

@@ -58,3 +58,10 @@ def test_run_dir_resolution(tmp_path, monkeypatch):
     assert config.run_dir_for("ci") == tmp_path / "mine"
     assert config.run_dir_for("ci", tmp_path / "explicit") == tmp_path / "explicit"
     assert (tmp_path / "explicit").is_dir()
+
+
+def test_env_corpus_reaches_every_phase(monkeypatch, tmp_path):
+    monkeypatch.setenv("DTE_CORPUS", str(tmp_path / "mine.jsonl"))
+    assert config.load("ci").data.corpus == str(tmp_path / "mine.jsonl")
+    monkeypatch.delenv("DTE_CORPUS")
+    assert config.load("ci").data.corpus == "data/seed_corpus.jsonl"

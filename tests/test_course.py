@@ -61,6 +61,19 @@ def test_runs_in_order_stops_at_failing_cell_and_resumes(nbdir, tmp_path):
     assert "02_third" in runlog.load(run_dir)
 
 
+def test_corpus_option_reaches_the_kernel_and_is_checked(tmp_path):
+    nbdir = tmp_path / "nbs"
+    nbdir.mkdir()
+    _nb(nbdir / "00_corpus.ipynb", "from dte_lib import config, runlog\n"
+        "runlog.record(RUN_DIR, '00_corpus', {'corpus': config.load(PRESET).data.corpus})")
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text("{}\n")
+    rd = course.run("ci", run_dir=tmp_path / "r", notebook_dir=nbdir, corpus=str(mine), progress=False)
+    assert runlog.load(rd)["00_corpus"]["corpus"] == str(mine)
+    with pytest.raises(course.CourseError, match="no such file"):
+        course.run("ci", run_dir=tmp_path / "r", notebook_dir=nbdir, corpus=str(tmp_path / "nope"), progress=False)
+
+
 def test_secrets_are_never_papermill_parameters(nbdir, tmp_path):
     with pytest.raises(course.CourseError, match="refusing to pass OPENAI_API_KEY"):
         course.run("ci", run_dir=tmp_path / "r", notebook_dir=nbdir, params={"OPENAI_API_KEY": "sk-x"},
