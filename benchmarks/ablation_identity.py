@@ -29,8 +29,10 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--arms", default=",".join(ablation.ARMS))
     ap.add_argument("--paraphrases", type=int, default=None, help="probe paraphrases answered (fewer = faster)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the preset's)")
     args = ap.parse_args(argv)
-    cfg, run_dir = config.setup(args.preset, args.run_dir, {"eval.paraphrases": args.paraphrases})
+    cfg, run_dir = config.setup(args.preset, args.run_dir, {"eval.paraphrases": args.paraphrases,
+                                                             "threads": args.threads})
     t0 = time.time()
     rows = ablation.run(cfg, run_dir, arms=args.arms.split(","), seeds=args.seeds, steps=args.steps, progress=True)
     out = Path(__file__).with_name("ablation_identity.jsonl")

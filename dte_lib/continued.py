@@ -3,8 +3,8 @@
 Months 5–12 keep growing the model that months 3–4 left in ``run_dir/checkpoints/final``: each phase is a short
 schedule of :class:`dte_lib.progressive.Stage` s run by the one :class:`~dte_lib.progressive.ProgressiveTrainer`
 (growth operator, per-stage AdamW, resumable state, checkpoints — nothing re-implemented here). The only addition
-is where the first model comes from: :class:`FromCheckpoint` overrides the trainer's fresh-model builder to load a
-checkpoint (or to build a fresh model and apply the persona-aware embedding init).
+is where the first model comes from: the trainer's ``init_model`` hook loads a checkpoint (or builds a fresh model and
+applies the persona-aware embedding init), and ``init_id`` ties the resumable state to that starting point.
 
 Mechanisms (``dte_lib.identity``, ``dte_lib.multitask``) enter as data (meta-cognitive turns, self-reference
 ``loss_weights``) and as the trainer's ``aux_loss`` hook (the multi-task loss).
@@ -16,22 +16,11 @@ from __future__ import annotations
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from . import identity, multitask, packing, progressive
 from . import model as M
 from . import tokenizer as toklib
-
-
-class FromCheckpoint(progressive.ProgressiveTrainer):
-    """The ProgressiveTrainer, starting from ``init()`` (a model) instead of a fresh 1-layer GPT-2."""
-
-    def __init__(self, *args: Any, init: Callable[[], Any], **kwargs: Any):
-        self._init = init
-        super().__init__(*args, **kwargs)
-
-    def _fresh_model(self):
-        return self._init()
 
 
 def base_checkpoint(cfg: Any, run_dir: Path) -> Path:
@@ -105,8 +94,11 @@ def train(cfg: Any, run_dir: Path, out_name: str, *, depths: Sequence[int], step
 
         def init():
             return GPT2LMHeadModel.from_pretrained(str(init_dir))
+        weights = Path(init_dir) / "model.safetensors"
+        init_id = f"{Path(init_dir).resolve()}:{weights.stat().st_size}:{weights.stat().st_mtime_ns}"
     else:
         start_depth = depths[0]
+        init_id = f"fresh:persona_init={persona_init}"
 
         def init():
             m = M.build(len(tok), tc.block_size, tc.d_model, depths[0], tc.n_head, seed=seed,
@@ -122,9 +114,10 @@ def train(cfg: Any, run_dir: Path, out_name: str, *, depths: Sequence[int], step
                                       coherence_weight=coherence_weight, pairs=cfg.eval.coherence_pairs,
                                       system=persona.get("system_prompt"), seed=seed,
                                       max_prefix=min(48, tc.block_size))
-    trainer = FromCheckpoint(replace(tc), tok, train_ds, val_ds, out, seed=seed, stages=stages, aux_loss=aux,
-                             aux_wants_hidden=bool(identity_weight), progress=progress, tensorboard=False,
-                             on_mismatch="restart", init=init)
+    trainer = progressive.ProgressiveTrainer(replace(tc), tok, train_ds, val_ds, out, seed=seed, stages=stages,
+                                             aux_loss=aux, aux_wants_hidden=bool(identity_weight), progress=progress,
+                                             tensorboard=False, on_mismatch="restart", init_model=init,
+                                             init_id=init_id)
     hist = trainer.run()
     return {"dir": out / "checkpoints" / "final", "history": hist, "stages": [s.name for s in stages],
             "flops": trainer.flops, "train_examples": len(train_ex)}

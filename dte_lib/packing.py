@@ -106,13 +106,16 @@ class PackedLoader:
 
     ``state_dict()`` is ``{"epoch", "index"}``: the next global batch starts at block ``index`` of epoch ``epoch``.
     Each batch is a dict of tensors ``input_ids``/``labels`` (int64) and ``loss_weights`` (float32) when
-    ``with_weights``.
+    ``with_weights`` and the weights are more than the labels' mask (e.g. self-reference up-weighting).
     """
 
     def __init__(self, dataset, block_size: int, batch_size: int, seed: int, with_weights: bool = False,
                  rank: int | None = None, world_size: int | None = None):
         self.columns = {c: _Rows(dataset, c) for c in COLUMNS if c in dataset.column_names}
-        if not with_weights:
+        w = self.columns.get("loss_weights")
+        if not with_weights or (w is not None and _weights_are_mask(w.values, self.columns["labels"].values)):
+            # weights that are exactly 1 where labels count and 0 elsewhere say nothing the labels don't: the
+            # unweighted loss is the same number and a faster kernel (benchmarks/RESULTS-trainer.md)
             self.columns.pop("loss_weights", None)
         self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
         if rank is None or world_size is None:
@@ -169,6 +172,10 @@ def eval_blocks(dataset, block_size: int, max_blocks: int | None = None) -> dict
     cols = {c: dataset[c] for c in ("input_ids", "labels")}
     blocks, _ = pack(cols, block_size)
     return {k: torch.from_numpy(v[:max_blocks]) for k, v in blocks.items()}
+
+
+def _weights_are_mask(weights: np.ndarray, labels: np.ndarray) -> bool:
+    return bool(np.array_equal(weights, (labels != -100).astype(weights.dtype)))
 
 
 class _Rows:

@@ -112,8 +112,13 @@ class ProgressiveTrainer:
                  stages: Sequence[Stage] | None = None, aux_loss: Callable | None = None,
                  aux_wants_hidden: bool = False, wrap_model: Callable | None = None, progress: bool = True,
                  tensorboard: bool = True, on_step: Callable[[int], None] | None = None,
-                 on_mismatch: str = "error", data_seed: int | None = None):
+                 on_mismatch: str = "error", data_seed: int | None = None,
+                 init_model: Callable[[], Any] | None = None, init_id: str = ""):
+        """``init_model`` builds the first model (default: a fresh GPT-2 of the first stage's depth); months 5–12
+        pass one that loads a checkpoint. ``init_id`` names that starting point: it joins the fingerprint a saved
+        state must match, so a changed starting checkpoint is never resumed from stale state."""
         self.tc, self.tok, self.seed = tc, tok, seed
+        self.init_model, self.init_id = init_model, init_id
         self.out = Path(out_dir)
         self.stages = list(stages) if stages is not None else build_schedule(tc)
         self.loader = packing.PackedLoader(train_ds, tc.block_size, tc.batch_size,
@@ -136,10 +141,13 @@ class ProgressiveTrainer:
         self.on_mismatch = on_mismatch
         self.fingerprint = hashlib.sha256(json.dumps(
             [asdict(tc), [asdict(s) for s in self.stages], seed, getattr(train_ds, "_fingerprint", ""),
-             getattr(val_ds, "_fingerprint", "")], sort_keys=True, default=str).encode()).hexdigest()[:16]
+             getattr(val_ds, "_fingerprint", "")] + ([init_id] if init_id else []),
+            sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------------------------------------ setup
     def _fresh_model(self):
+        if self.init_model is not None:
+            return self.init_model()
         tc = self.tc
         return M.build(len(self.tok), tc.block_size, tc.d_model, self.stages[0].depth, tc.n_head, seed=self.seed,
                        eos_id=self.tok.eos_token_id, dropout=tc.dropout)
@@ -360,9 +368,16 @@ def prepare(cfg, run_dir: str | Path, retrain_tokenizer: bool = False) -> dict[s
 
 
 def stage_report(out_dir: str | Path, tok, val_texts: Sequence[str], prompts: Sequence[str] = (),
-                 max_new_tokens: int = 40, system: str | None = None) -> list[dict[str, Any]]:
-    """Reload every stage checkpoint with ``from_pretrained``; whole-val-split loss, perplexity, bits/byte, samples."""
+                 max_new_tokens: int = 40, system: str | None = None,
+                 val_examples: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    """Reload every stage checkpoint with ``from_pretrained``; whole-val-split loss, perplexity, bits/byte, samples.
+
+    Whole-conversation perplexity includes the persona's system prompt, identical in every conversation and soon
+    nearly free to predict; with ``val_examples`` each row also gets ``answer_perplexity`` / ``answer_bits_per_byte``
+    over the final answers only (:func:`dte_lib.metrics.lm_score`, the definition the success dashboard uses).
+    """
     from transformers import AutoModelForCausalLM
+    from . import metrics
     rows = []
     for d in sorted(p for p in (Path(out_dir) / "checkpoints").iterdir() if p.name.startswith("s")):
         meta = json.loads((d / "dte_stage.json").read_text())
@@ -371,6 +386,9 @@ def stage_report(out_dir: str | Path, tok, val_texts: Sequence[str], prompts: Se
         row = {"stage": d.name, "depth": meta["depth"], "tokens": meta["tokens"], "flops": meta["flops"],
                "params": M.count_params(model), "val_loss": ev["loss"], "perplexity": ev["perplexity"],
                "bits_per_byte": ev["bits_per_byte"]}
+        if val_examples:
+            ans = metrics.lm_score(model, tok, val_examples)
+            row.update(answer_perplexity=ans.perplexity, answer_bits_per_byte=ans.bits_per_byte)
         if prompts:
             row["samples"] = M.generate(model, tok, prompts, max_new_tokens, system=system)
         rows.append(row)

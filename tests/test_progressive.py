@@ -135,3 +135,23 @@ def test_changed_settings_restart_only_when_asked(parts, tmp_path):
     hist = progressive.ProgressiveTrainer(changed, tok, train_ds, val_ds, tmp_path, progress=False,
                                           tensorboard=False, on_mismatch="restart").run()
     assert hist[0]["step"] == 1 and sum(r.get("event") == "growth" for r in hist) == 1
+
+
+def test_init_model_starts_from_a_given_model_and_its_id_guards_resume(parts, tmp_path):
+    tok, train_ds, val_ds = parts
+    tc = tiny_cfg(depths="2", final_tokens=0)
+    start = M.build(len(tok), tc.block_size, tc.d_model, 2, tc.n_head, seed=99, eos_id=tok.eos_token_id)
+    seen = []
+
+    def init():
+        seen.append(1)
+        return start
+
+    tr = progressive.ProgressiveTrainer(tc, tok, train_ds, val_ds, tmp_path, progress=False, tensorboard=False,
+                                        init_model=init, init_id="checkpoint-A")
+    hist = tr.run()
+    assert seen == [1] and tr.model is start and hist[-1]["depth"] == 2  # trained the given model, not a fresh one
+    from dte_lib.checkpoint import CheckpointError
+    with pytest.raises(CheckpointError, match="other settings"):  # another starting point: never resume stale state
+        progressive.ProgressiveTrainer(tc, tok, train_ds, val_ds, tmp_path, progress=False, tensorboard=False,
+                                       init_model=init, init_id="checkpoint-B").run()

@@ -82,6 +82,9 @@ def test_packing_has_no_padding_and_is_deterministic_and_resumable(tok, examples
 
 def test_loss_weights_stay_aligned_and_ranks_split_the_global_batch(tok, examples):
     ds = packing.tokenize(examples[:30], tok, assistant_only=True)
+    # weights equal to the labels' mask carry nothing: the loader drops them (the unweighted loss is faster)
+    assert "loss_weights" not in packing.PackedLoader(ds, 32, 4, seed=1, with_weights=True).next_batch()
+    ds = ds.map(lambda r: {"loss_weights": [w * (1 + i % 2) for i, w in enumerate(r["loss_weights"])]})
     one = packing.PackedLoader(ds, 32, 4, seed=1, with_weights=True, rank=0, world_size=1)
     r0 = packing.PackedLoader(ds, 32, 4, seed=1, with_weights=True, rank=0, world_size=2)
     r1 = packing.PackedLoader(ds, 32, 4, seed=1, with_weights=True, rank=1, world_size=2)
