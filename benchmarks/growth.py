@@ -159,6 +159,29 @@ def table(res: dict) -> str:
             tag = f"{name} (A1)" if name == a1_name else name
             lines.append(f"| {seed} | {tag} | {r['final_val']:.4f} | {r['final_val'] - a0['final_val']:+.4f} | "
                          f"{r['final_val'] - a1['final_val']:+.4f} | {r['flops'] / a0['flops']:.3f} | {rr} |")
+    return "\n".join(lines) + "\n\n" + summary(res)
+
+
+def summary(res: dict) -> str:
+    """Across seeds: mean ± sd of Δ vs A0 and vs A1 (each seed's best fixed depth), R per seed, the R ≤ 0.75 goal."""
+    import statistics as st
+    names = [k for k in next(iter(res["runs"].values())) if k != "A0"]
+    lines = ["| run | seeds | Δ vs A0 (mean ± sd) | Δ vs A1 (mean ± sd) | R per seed | R ≤ 0.75 on every seed |",
+             "|---|---|---|---|---|---|"]
+    for name in names:
+        d0, d1, rs = [], [], []
+        for runs in res["runs"].values():
+            a0 = runs["A0"]
+            a1 = min((v for k, v in runs.items() if k.startswith("fixed_")), key=lambda r: r["final_val"])
+            r = runs[name]
+            d0.append(r["final_val"] - a0["final_val"])
+            d1.append(r["final_val"] - a1["final_val"])
+            reach = flops_to_reach(r["curve"], a0["final_val"])
+            rs.append(None if reach is None else reach / a0["flops"])
+        sd = (lambda xs: f" ± {st.stdev(xs):.3f}" if len(xs) > 1 else "")
+        lines.append(f"| {name} | {len(d0)} | {st.mean(d0):+.3f}{sd(d0)} | {st.mean(d1):+.3f}{sd(d1)} | "
+                     + ", ".join("never" if x is None else f"{x:.2f}" for x in rs) + " | "
+                     + ("yes" if all(x is not None and x <= 0.75 for x in rs) else "no") + " |")
     return "\n".join(lines)
 
 

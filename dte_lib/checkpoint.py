@@ -97,7 +97,8 @@ def set_rng_state(js: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- save
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks (manifests, and the starting-checkpoint id of continued training)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -140,7 +141,7 @@ def save(state_dir: str | Path, model, opt: torch.optim.Optimizer | None, state:
     full = {**state, "rng": rng_js, "optimizer_shapes": scalars}
     (tmp / "state.json").write_text(json.dumps(full, indent=1))
     files = sorted(p for p in tmp.rglob("*") if p.is_file())
-    manifest = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+    manifest = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in files}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     _fsync_tree(tmp)
     final = state_dir / name
@@ -190,7 +191,7 @@ def verify(path: str | Path) -> dict[str, Any]:
         if size != meta["bytes"]:
             raise CheckpointError(f"{f}: {size} bytes but the manifest says {meta['bytes']} (truncated?); "
                                   f"refusing to load {path.name} — {advice}")
-        if _sha256(f) != meta["sha256"]:
+        if file_sha256(f) != meta["sha256"]:
             raise CheckpointError(f"{f}: SHA-256 does not match the manifest (corrupted); refusing to load "
                                   f"{path.name} — {advice}")
     return manifest

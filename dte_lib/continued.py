@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import checkpoint as ckpt
 from . import identity, multitask, packing, progressive
 from . import model as M
 from . import tokenizer as toklib
@@ -94,8 +95,7 @@ def train(cfg: Any, run_dir: Path, out_name: str, *, depths: Sequence[int], step
 
         def init():
             return GPT2LMHeadModel.from_pretrained(str(init_dir))
-        weights = Path(init_dir) / "model.safetensors"
-        init_id = f"{Path(init_dir).resolve()}:{weights.stat().st_size}:{weights.stat().st_mtime_ns}"
+        init_id = "weights-sha256:" + ckpt.file_sha256(Path(init_dir) / "model.safetensors")
     else:
         start_depth = depths[0]
         init_id = f"fresh:persona_init={persona_init}"

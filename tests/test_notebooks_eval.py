@@ -45,5 +45,8 @@ def test_11_final_model_reported_against_every_threshold(ci_metrics, ci_run):
     names = [r["name"] for r in rows]
     assert any(n.startswith("month5") for n in names) and any(n.startswith("months10-12") for n in names)
     assert all(r["identity_floor"] is not None and r["identity_ceiling"] is not None for r in rows)
+    # the ci course fine-tunes a local teacher in notebook 01: notebook 11 scores it on the same yardstick
+    teacher = [r for r in rows if r["kind"] == "teacher"]
+    assert len(teacher) == 1 and 0 < m["teacher_bits_per_byte"] == teacher[0]["bits_per_byte"]
     html = (ci_run / "notebooks" / "11_months10_12_refine.ipynb").read_text()
     assert "<table" in html and "identity" in html  # the inspector left a static view
