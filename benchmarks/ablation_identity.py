@@ -30,7 +30,11 @@ def main(argv=None) -> int:
     ap.add_argument("--arms", default=",".join(ablation.ARMS))
     ap.add_argument("--paraphrases", type=int, default=None, help="probe paraphrases answered (fewer = faster)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the preset's)")
+    ap.add_argument("--table", default=None, help="print the summary of a results file (JSONL) and exit")
     args = ap.parse_args(argv)
+    if args.table:
+        print(dashboard.markdown(ablation.summary(data.read_rows(args.table))))
+        return 0
     cfg, run_dir = config.setup(args.preset, args.run_dir, {"eval.paraphrases": args.paraphrases,
                                                              "threads": args.threads})
     t0 = time.time()

@@ -74,7 +74,8 @@ def summary(rows: Sequence[dict[str, Any]]):
     base = {k: statistics.mean(r[k] for r in by["plain"] if r[k] is not None) for k in KEYS} if "plain" in by else {}
     out = []
     for arm, rs in by.items():
-        line: dict[str, Any] = {"arm": arm, "seeds": len(rs), "train_s": statistics.mean(r["train_s"] for r in rs)}
+        line: dict[str, Any] = {"arm": arm, "seeds": len(rs),
+                                "train_s": round(statistics.mean(r["train_s"] for r in rs), 1)}
         for k in KEYS:
             vals = [r[k] for r in rs if r[k] is not None]
             if not vals:
@@ -82,7 +83,7 @@ def summary(rows: Sequence[dict[str, Any]]):
             m = statistics.mean(vals)
             sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
             line[k] = f"{m:.3f} ± {sd:.3f}" if len(vals) > 1 else f"{m:.3f}"
-            if base and arm != "plain":
-                line[f"Δ{k}"] = f"{m - base[k]:+.3f}"
+            if base:
+                line[f"Δ{k}"] = f"{m - base[k]:+.3f}" if arm != "plain" else "—"
         out.append(line)
     return pd.DataFrame(out)
