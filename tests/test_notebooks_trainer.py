@@ -28,6 +28,9 @@ def test_07_stages_improve_and_are_servable(ci_run, ci_metrics):
     for loss, ppl in zip(losses, m["perplexity_per_stage"]):
         assert ppl == pytest.approx(math.exp(loss))
     assert 0 < m["final_bits_per_byte"] < 8
+    # answers only: below a uniform guess, and dearer than whole conversations (whose system prompt repeats)
+    assert all(p < m["uniform_perplexity"] for p in m["answer_perplexity_per_stage"])
+    assert m["final_answer_perplexity"] > m["final_perplexity"]
     assert m["growth_val_delta"] == [0.0]  # the ci preset grows with zero_init
     final = ci_run / "checkpoints" / "final"
     for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json"):
