@@ -1,5 +1,6 @@
-"""Server throughput and latency at 1, 4 and 16 concurrent chat requests, against calling ``model.generate``
-directly in this process — same model, same prompt, same greedy decoding, same number of new tokens.
+"""Server throughput and latency at 1, 4 and 8 concurrent chat requests, with dynamic batching off
+(``--max-batch 1``: one request at a time, as the server worked before) and on (the default, 8 rows), against
+calling ``model.generate`` directly in this process — same model, prompt, greedy decoding and new-token budget.
 
 Run it: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_server.py [--tokens 32] [--out benchmarks/RESULTS-server.md]``
 (SmolLM2-135M-Instruct from the cache; about 3–5 minutes on 2 cores). Results are appended to the output file
@@ -67,26 +68,31 @@ def main() -> int:
     path = teacher.base_model_dir()
     d = direct(path, args.tokens, args.reps, args.threads)
     direct_tps = args.tokens / statistics.median(d)
-    rows = [("model.generate, in process", 1, statistics.median(d), statistics.median(d), direct_tps, 1.0)]
-    with server.launch({"teacher": path}, threads=args.threads) as srv:
-        asyncio.run(through_server(srv.base_url, srv.api_key, 4, 1))  # load the model, warm up
-        for conc in (1, 4, 16):
-            walls, lats, toks = [], [], 0
-            for _ in range(args.reps if conc == 1 else 1):
-                wall, lat, n = asyncio.run(through_server(srv.base_url, srv.api_key, args.tokens, conc))
-                walls.append(wall)
-                lats += lat
-                toks += n
-            tps = toks / sum(walls)
-            rows.append((f"server, {conc} concurrent", conc, statistics.median(lats), max(lats), tps,
-                         tps / direct_tps))
+    rows = [("model.generate, in process", 1, statistics.median(d), statistics.median(d), direct_tps, 1.0, None)]
+    serial_tps: dict[int, float] = {}  # tokens/s with batching off, per concurrency
+    for max_batch in (1, 8):
+        with server.launch({"teacher": path}, threads=args.threads, max_batch=max_batch) as srv:
+            asyncio.run(through_server(srv.base_url, srv.api_key, 4, 1))  # load the model, warm up
+            for conc in (1, 4, 8):
+                walls, lats, toks = [], [], 0
+                for _ in range(args.reps):
+                    wall, lat, n = asyncio.run(through_server(srv.base_url, srv.api_key, args.tokens, conc))
+                    walls.append(wall)
+                    lats += lat
+                    toks += n
+                tps = toks / sum(walls)
+                if max_batch == 1:
+                    serial_tps[conc] = tps
+                rows.append((f"server, max_batch {max_batch}, {conc} concurrent", conc, statistics.median(lats),
+                             max(lats), tps, tps / direct_tps, tps / serial_tps[conc] if max_batch > 1 else None))
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
                f"{args.threads}, load average {os.getloadavg()[0]:.1f} at the end (shared machine)")
     lines = [f"\n## Server vs model.generate — {time.strftime('%Y-%m-%d %H:%M')}\n",
              f"SmolLM2-135M-Instruct fp32, greedy, {args.tokens} new tokens per request; {machine}.\n",
-             "| setup | concurrency | median latency (s) | max latency (s) | generated tokens/s | vs direct |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r[0]} | {r[1]} | {r[2]:.2f} | {r[3]:.2f} | {r[4]:.1f} | {r[5]:.2f}× |" for r in rows]
+             "| setup | concurrency | median latency (s) | max latency (s) | generated tokens/s | vs direct | "
+             "vs max_batch 1 |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r[0]} | {r[1]} | {r[2]:.2f} | {r[3]:.2f} | {r[4]:.1f} | {r[5]:.2f}× | "
+              + (f"{r[6]:.2f}× |" if r[6] is not None else "— |") for r in rows]
     text = "\n".join(lines) + "\n"
     print(text)
     out = Path(args.out)

@@ -329,3 +329,52 @@ def test_server_exits_when_its_launcher_dies(tiny, tmp_path):
     else:
         os.kill(child, 9)
         pytest.fail("the server outlived its launcher")
+
+
+def test_concurrent_requests_are_batched_and_answer_as_if_alone(tiny):
+    """Requests that queue while the model is busy are decoded as one left-padded batch; each row keeps its own
+    prompt, settings and seeded generator, so greedy and seeded answers equal the ones the request gets alone."""
+    import threading
+    from dte_lib.server.engine import Registry
+    reg = Registry({"tiny": tiny}, threads=1, max_batch=8)
+    prompts = [[{"role": "user", "content": "Who are you?" + " really" * k}] for k in range(5)]  # 5 lengths
+    settings = [dict(temperature=0, max_tokens=10), dict(temperature=1.0, top_p=0.9, max_tokens=10, seed=3),
+                dict(temperature=1.0, max_tokens=4, seed=11), dict(temperature=0, max_tokens=10, stop=["e"]),
+                dict(temperature=1.0, max_tokens=10, n=2, seed=5)]
+    alone = [reg.chat("tiny", p, **kw) for p, kw in zip(prompts, settings)]
+    together: list = [None] * len(prompts)
+
+    def ask(i):
+        together[i] = reg.chat("tiny", prompts[i], **settings[i])
+
+    lm = reg.get("tiny")
+    before = len(lm.batch_rows)
+    with lm.lock:  # the model is busy: every request below has to queue
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
+        for t in threads:
+            t.start()
+        deadline = time.time() + 10
+        while len(lm.queue) < len(prompts) and time.time() < deadline:
+            time.sleep(0.01)
+    for t in threads:
+        t.join(timeout=60)
+    assert lm.batch_rows[before] == 6  # all five requests (one with n=2) in one batch
+    for (a_choices, a_prompt), (b_choices, b_prompt) in zip(alone, together):
+        assert a_prompt == b_prompt
+        assert [(c.text, c.finish_reason, c.completion_tokens) for c in a_choices] == \
+            [(c.text, c.finish_reason, c.completion_tokens) for c in b_choices]
+    assert alone[2][0][0].completion_tokens <= 4  # a row stops at its own max_tokens inside the batch
+    assert "e" not in alone[3][0][0].text
+
+
+def test_concurrent_sdk_requests_through_the_server(srv):
+    async def go():
+        ac = openai.AsyncOpenAI(base_url=srv.base_url, api_key=srv.api_key, max_retries=0, timeout=60)
+        msgs = [[{"role": "user", "content": f"Question {i}: who are you?"}] for i in range(6)]
+        one = [await ac.chat.completions.create(model="tiny", messages=m, max_tokens=8, temperature=0) for m in msgs]
+        many = await asyncio.gather(*[ac.chat.completions.create(model="tiny", messages=m, max_tokens=8,
+                                                                 temperature=0) for m in msgs])
+        return one, many
+    one, many = asyncio.run(go())
+    assert [r.choices[0].message.content for r in one] == [r.choices[0].message.content for r in many]
+    assert [r.usage.completion_tokens for r in one] == [r.usage.completion_tokens for r in many]

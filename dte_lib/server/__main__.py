@@ -24,6 +24,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default="outputs/server", help="uploaded files and fine-tuned models")
     ap.add_argument("--faults", default=None, help="opt-in fault injection, e.g. '429:0.2,latency_ms:300'")
     ap.add_argument("--threads", type=int, default=None, help="torch threads")
+    ap.add_argument("--max-batch", type=int, default=8,
+                    help="most rows (choices) of concurrent requests decoded together (1 = no batching)")
     ap.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body accepted")
     ap.add_argument("--train-defaults", default=None, help="JSON of fine-tune knobs for jobs (max_steps, ...)")
     ap.add_argument("--parent-pid", type=int, default=None,
@@ -54,6 +56,7 @@ def main(argv=None) -> int:
     from .app import create_app
     app = create_app(models, api_key=api_key, faults=args.faults, data_dir=args.data_dir,
                      max_body_bytes=int(args.max_body_mb * (1 << 20)), threads=args.threads,
+                     max_batch=args.max_batch,
                      train_defaults=json.loads(args.train_defaults) if args.train_defaults else None)
     print(f"serving {', '.join(models) or 'no models'} on http://{args.host}:{args.port}/v1", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

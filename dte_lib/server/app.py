@@ -247,10 +247,10 @@ def stream_chunks(registry: Registry, a: dict[str, Any]):
 # ---------------------------------------------------------------------------------------------- app
 def create_app(models: dict[str, str | Path], *, api_key: str | None = None, faults: str | None = None,
                data_dir: str | Path = "dte-server", max_body_bytes: int = 64 << 20, threads: int | None = None,
-               train_defaults: dict[str, Any] | None = None):
+               train_defaults: dict[str, Any] | None = None, max_batch: int = 8):
     """Build the ASGI app serving ``models`` (name → local HF directory); state lives under ``data_dir``."""
     data_dir = Path(data_dir)
-    registry = Registry(models, threads=threads)
+    registry = Registry(models, threads=threads, max_batch=max_batch)
     files = Files(data_dir)
     jobs = Jobs(data_dir, files, registry, train_defaults)
     batches = Batches(files, lambda body: complete(registry, body))

@@ -1,14 +1,20 @@
 """Model registry and generation for the local OpenAI-compatible server.
 
 A *served model* is a name mapped to a local Hugging Face causal-LM directory with a tokenizer. Models load lazily
-on their first request and stay cached; one lock per model serialises generation (a 2-core CPU gains nothing from
-running two ``generate`` calls at once, and the torch RNG must not be shared between a seeded and another request).
+on their first request and stay cached. One lock per model serialises the forward passes (a 2-core CPU gains
+nothing from two running at once), and whole (non-streamed) completions are **batched dynamically**: a request that
+arrives while the model is busy waits in the model's queue, and the next pass takes every waiting request (up to
+``max_batch`` rows) into one left-padded batch decoded together, each row with its own sampling settings, stop
+rules and random generator. On a CPU a batch of 8 rows costs far less than 8 single passes (benchmarks/
+RESULTS-server.md), so concurrent clients — the generation engine of notebooks 02–04 — get more answers per minute.
 
 What a chat completion does here, in OpenAI's terms:
 
 - the messages are rendered with the tokenizer's chat template (or the fallback format in ``dte_lib.teacher``);
-- ``n`` choices are sampled in one batched ``generate`` call (``num_return_sequences``);
-- ``temperature == 0`` means greedy decoding; ``top_p`` is nucleus sampling; ``seed`` seeds torch for the call;
+- ``n`` choices are ``n`` rows of a batch; ``temperature == 0`` means greedy decoding; ``top_p`` is nucleus
+  sampling; with ``seed``, choice ``i`` samples from its own generator seeded ``seed + i`` (as a stream does), so a
+  seeded request repeats whatever else shares its batch — up to float rounding, which padding can change in the
+  last bits (OpenAI, too, promises seeded determinism only on a best-effort basis);
 - ``stop`` strings end a choice early (the stop text is not returned, as in OpenAI's API);
 - ``finish_reason`` is ``"stop"`` (EOS, end-of-turn token or a stop string) or ``"length"`` (ran out of
   ``max_tokens``); ``usage`` counts the real prompt tokens and every generated token of every choice.
@@ -19,7 +25,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -37,6 +43,22 @@ class Loaded:
     stops: list[str]
     eos_ids: list[int]
     lock: threading.Lock
+    queue: list["_Pending"] = field(default_factory=list)  # whole completions waiting for the next batch
+    queue_lock: threading.Lock = field(default_factory=threading.Lock)
+    batch_rows: list[int] = field(default_factory=list)  # rows of every batch decoded so far (for tests, benchmarks)
+
+
+@dataclass
+class _Pending:
+    prompt: list[int]
+    n: int
+    temperature: float
+    top_p: float
+    max_tokens: int
+    stop: Sequence[str]
+    seed: int | None
+    choices: list["Choice"] | None = None
+    error: BaseException | None = None
 
 
 @dataclass
@@ -49,13 +71,15 @@ class Choice:
 class Registry:
     """Served model names → local directories; loads on first use, then keeps the model in memory."""
 
-    def __init__(self, models: dict[str, str | Path] | None = None, threads: int | None = None):
+    def __init__(self, models: dict[str, str | Path] | None = None, threads: int | None = None,
+                 max_batch: int = 8):
         self.paths: dict[str, Path] = {k: Path(v) for k, v in (models or {}).items()}
         self.created: dict[str, int] = {k: int(time.time()) for k in self.paths}
         self.owned_by: dict[str, str] = {k: "local" for k in self.paths}
         self._loaded: dict[str, Loaded] = {}
         self._lock = threading.Lock()
         self.threads = threads
+        self.max_batch = max(1, int(max_batch))  # rows (choices) decoded together at most
 
     def add(self, name: str, path: str | Path, owned_by: str = "local") -> None:
         with self._lock:
@@ -106,18 +130,86 @@ class Registry:
     def chat(self, name: str, messages: Sequence[dict[str, Any]], *, n: int = 1, temperature: float = 1.0,
              top_p: float = 1.0, max_tokens: int = 128, stop: Sequence[str] = (), seed: int | None = None
              ) -> tuple[list[Choice], int]:
-        """Generate ``n`` choices; returns (choices, prompt_tokens)."""
-        import torch
+        """Generate ``n`` choices; returns (choices, prompt_tokens).
+
+        The request joins the model's queue; whichever waiting thread gets the model lock next decodes everything
+        queued (up to ``max_batch`` rows, first come first served) and hands each request its choices.
+        """
         lm = self.get(name)
-        prompt = self.encode_prompt(lm, messages)
-        with lm.lock, torch.no_grad():
-            if seed is not None:
-                torch.manual_seed(int(seed))
-            ids = torch.tensor([prompt])
-            out = lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), num_return_sequences=n,
-                                    **self._gen_kwargs(lm, max_tokens, temperature, top_p))
-        choices = [self._finish(lm, row[len(prompt):].tolist(), max_tokens, stop) for row in out]
-        return choices, len(prompt)
+        req = _Pending(self.encode_prompt(lm, messages), n, temperature, top_p, max_tokens, list(stop), seed)
+        with lm.queue_lock:
+            lm.queue.append(req)
+        while req.choices is None and req.error is None:
+            with lm.lock:
+                if req.choices is not None or req.error is not None:
+                    break  # served by another thread's batch while this one waited for the lock
+                with lm.queue_lock:
+                    batch, rows = [], 0
+                    while lm.queue and (not batch or rows + lm.queue[0].n <= self.max_batch):
+                        rows += lm.queue[0].n
+                        batch.append(lm.queue.pop(0))
+                try:
+                    self._decode_batch(lm, batch)
+                except BaseException as e:  # every request of a failed batch gets the error, none hangs
+                    for r in batch:
+                        r.error = e
+        if req.error is not None:
+            raise req.error
+        return req.choices, len(req.prompt)
+
+    def _decode_batch(self, lm: Loaded, batch: Sequence[_Pending]) -> None:
+        """Left-pad every choice of every request into one batch and decode it with a KV cache, token by token.
+
+        A row stops at an end token, at a stop string, or at its own ``max_tokens``; the pass ends when every row
+        has stopped. Finished rows are fed their last token again (their outputs are ignored), so the batch keeps
+        its shape.
+        """
+        import torch
+        rows: list[tuple[_Pending, int]] = [(r, i) for r in batch for i in range(r.n)]
+        if not rows:
+            return
+        gens = []
+        for r, i in rows:
+            g = torch.Generator()
+            g.manual_seed(r.seed + i if r.seed is not None else int(torch.randint(0, 2**62, (1,))))
+            gens.append(g)
+        kws = [self._gen_kwargs(lm, r.max_tokens, r.temperature, r.top_p) for r, _ in rows]
+        stops = [list(r.stop) + lm.stops for r, _ in rows]
+        width = max(len(r.prompt) for r, _ in rows)
+        pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.eos_ids[0]
+        ids = torch.tensor([[pad] * (width - len(r.prompt)) + r.prompt for r, _ in rows])
+        attn = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r, _ in rows])
+        pos = (attn.cumsum(1) - 1).clamp_min(0)
+        out_ids: list[list[int]] = [[] for _ in rows]
+        done = [False] * len(rows)
+        past, step_ids, step_pos = None, ids, pos
+        with torch.no_grad():
+            for _ in range(max(r.max_tokens for r, _ in rows)):
+                out = lm.model(input_ids=step_ids, attention_mask=attn, position_ids=step_pos,
+                               cache=past, use_cache=True)
+                past = out.cache
+                logits = out.logits[:, -1].float()
+                nxt = []
+                for k, (r, _) in enumerate(rows):
+                    if done[k]:
+                        nxt.append(out_ids[k][-1] if out_ids[k] else pad)
+                        continue
+                    t = _sample(logits[k], kws[k], gens[k])
+                    out_ids[k].append(t)
+                    nxt.append(t)
+                    if t in lm.eos_ids or len(out_ids[k]) >= r.max_tokens or \
+                            _first_stop(lm.tokenizer.decode(out_ids[k], skip_special_tokens=True), stops[k]) is not None:
+                        done[k] = True
+                if all(done):
+                    break
+                step_ids = torch.tensor(nxt)[:, None]
+                step_pos = step_pos[:, -1:] + 1
+                attn = torch.cat([attn, torch.ones((len(rows), 1), dtype=attn.dtype)], dim=1)
+        lm.batch_rows.append(len(rows))
+        for r in batch:
+            r.choices = []
+        for k, (r, _) in enumerate(rows):
+            r.choices.append(self._finish(lm, out_ids[k], r.max_tokens, r.stop))
 
     def _finish(self, lm: Loaded, new_ids: list[int], max_tokens: int, stop: Sequence[str]) -> Choice:
         pad = lm.tokenizer.pad_token_id
@@ -159,8 +251,8 @@ class Registry:
             kw = self._gen_kwargs(lm, max_tokens, temperature, top_p)
             finish = "length"
             for _ in range(max_tokens):
-                out = lm.model(input_ids=step_input, attention_mask=attn, past_key_values=past, use_cache=True)
-                past = out.past_key_values
+                out = lm.model(input_ids=step_input, attention_mask=attn, cache=past, use_cache=True)
+                past = out.cache
                 logits = out.logits[0, -1].float()
                 nxt = _sample(logits, kw)
                 generated.append(nxt)
@@ -190,7 +282,7 @@ class Registry:
         yield "", finish, len(prompt), len(generated)
 
 
-def _sample(logits, kw: dict[str, Any]) -> int:
+def _sample(logits, kw: dict[str, Any], generator=None) -> int:
     import torch
     if not kw.get("do_sample"):
         return int(torch.argmax(logits))
@@ -200,7 +292,7 @@ def _sample(logits, kw: dict[str, Any]) -> int:
         sorted_p, idx = torch.sort(probs, descending=True)
         keep = torch.cumsum(sorted_p, 0) - sorted_p < top_p  # smallest set whose mass reaches top_p
         probs = torch.zeros_like(probs).scatter(0, idx[keep], sorted_p[keep])
-    return int(torch.multinomial(probs / probs.sum(), 1))
+    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
 
 
 def _first_stop(text: str, stops: Sequence[str]) -> int | None:
