@@ -108,7 +108,7 @@ class GenerateCfg:
     """Week 1 days 3–7 and month 1: synthetic corpus generation, filtering, dedup (issue: corpus engine)."""
     n_examples: int = 24  # week-1 synthetic examples to request from the teacher (notebook 02); ~9 tok/s locally
     n_month1: int = 40  # month-1 total after expansion (notebook 04 generates only the missing ones)
-    concurrency: int = 4  # requests in flight at once (OpenAI serves them in parallel; the local server queues)
+    concurrency: int = 8  # requests in flight at once (OpenAI serves them in parallel; the local server batches them)
     rpm: int = 0  # client-side requests-per-minute limit (0 = none; set to your OpenAI tier's limit)
     tpm: int = 0  # client-side tokens-per-minute limit (0 = none)
     max_tokens: int = 64  # max new tokens per answer (longer ones end with finish_reason "length")

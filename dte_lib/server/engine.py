@@ -5,7 +5,8 @@ on their first request and stay cached. One lock per model serialises the forwar
 nothing from two running at once), and whole (non-streamed) completions are **batched dynamically**: a request that
 arrives while the model is busy waits in the model's queue, and the next pass takes every waiting request (up to
 ``max_batch`` rows) into one left-padded batch decoded together, each row with its own sampling settings, stop
-rules and random generator. On a CPU a batch of 8 rows costs far less than 8 single passes (benchmarks/
+rules and random generator. A batch that is not full waits ``batch_wait_ms`` (20 ms) first, so a client's burst of
+requests lands in one batch instead of its first request decoding alone. On a CPU a batch of 8 rows costs far less than 8 single passes (benchmarks/
 RESULTS-server.md), so concurrent clients — the generation engine of notebooks 02–04 — get more answers per minute.
 
 What a chat completion does here, in OpenAI's terms:
@@ -72,7 +73,7 @@ class Registry:
     """Served model names → local directories; loads on first use, then keeps the model in memory."""
 
     def __init__(self, models: dict[str, str | Path] | None = None, threads: int | None = None,
-                 max_batch: int = 8):
+                 max_batch: int = 8, batch_wait_ms: float = 20.0):
         self.paths: dict[str, Path] = {k: Path(v) for k, v in (models or {}).items()}
         self.created: dict[str, int] = {k: int(time.time()) for k in self.paths}
         self.owned_by: dict[str, str] = {k: "local" for k in self.paths}
@@ -80,6 +81,9 @@ class Registry:
         self._lock = threading.Lock()
         self.threads = threads
         self.max_batch = max(1, int(max_batch))  # rows (choices) decoded together at most
+        # before decoding a batch that is not full, wait this long for requests sent at the same moment to arrive
+        # (a client's burst lands within milliseconds; without the wait its first request would decode alone)
+        self.batch_wait_s = max(0.0, batch_wait_ms) / 1000 if self.max_batch > 1 else 0.0
 
     def add(self, name: str, path: str | Path, owned_by: str = "local") -> None:
         with self._lock:
@@ -143,6 +147,8 @@ class Registry:
             with lm.lock:
                 if req.choices is not None or req.error is not None:
                     break  # served by another thread's batch while this one waited for the lock
+                if self.batch_wait_s and sum(r.n for r in lm.queue) < self.max_batch:
+                    time.sleep(self.batch_wait_s)
                 with lm.queue_lock:
                     batch, rows = [], 0
                     while lm.queue and (not batch or rows + lm.queue[0].n <= self.max_batch):
