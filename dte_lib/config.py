@@ -175,6 +175,7 @@ class TrainCfg:
     val_max_blocks: int = 32  # validation blocks used for the loss curve (per-stage metrics use the whole split)
     ckpt_every: int = 50  # steps between full-state checkpoints (stage ends always checkpoint)
     log_every: int = 5  # steps between history.jsonl / TensorBoard rows
+    wandb: str = "auto"  # also log to W&B: auto (if installed; offline unless $WANDB_MODE) | off | offline | online
     short_depths: str = "1,2"  # notebook 06's short demonstration run
     short_tokens: int = 30_000  # token budget per stage of notebook 06's short run
     sample_tokens: int = 60  # new tokens per sample generation

@@ -28,8 +28,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shutil
 import math
+import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -137,6 +138,7 @@ class ProgressiveTrainer:
         self._carry: dict[str, dict[str, torch.Tensor]] = {}
         self._flops_per_token = 0.0
         self._writer = None
+        self._wandb = None
         # what a saved state must match to be resumed: schedule, hyper-parameters, seed, tokenised data
         self.on_mismatch = on_mismatch
         self.fingerprint = hashlib.sha256(json.dumps(
@@ -257,10 +259,12 @@ class ProgressiveTrainer:
         with open(self.history_path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
         self.history_lines += 1
+        scalars = {f"train/{k}": v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
         if self._writer is not None:
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k not in ("step",):
-                    self._writer.add_scalar(f"train/{k}", v, self.global_step)
+            for k, v in scalars.items():
+                self._writer.add_scalar(k, v, self.global_step)
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=self.global_step)
 
     def full_model(self):
         """The model as one unsharded ``GPT2LMHeadModel`` for growth and export. Here that is ``self.model``; a
@@ -283,6 +287,7 @@ class ProgressiveTrainer:
         if self.main and self.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             self._writer = SummaryWriter(str(self.out / "tb"), purge_step=self.global_step if resumed else None)
+            self._wandb = wandb_run(self.tc.wandb, self.out, asdict(self.tc))
         total_steps = sum(self.stage_steps(s) for s in self.stages)
         done = sum(self.stage_steps(s) for s in self.stages[: self.stage_idx]) + self.step_in_stage
         from tqdm.auto import tqdm
@@ -343,10 +348,45 @@ class ProgressiveTrainer:
         bar.close()
         if self._writer is not None:
             self._writer.close()
+        if self._wandb is not None:
+            self._wandb.finish()
         return read_history(self.out)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+def wandb_run(mode: str, out: Path, run_config: dict[str, Any]):
+    """A Weights & Biases run that receives the same rows as TensorBoard, or None.
+
+    ``auto`` logs only when the ``wandb`` package is installed, and offline unless ``$WANDB_MODE`` says otherwise:
+    no account, no network; the run lands in ``<out>/wandb/offline-run-*`` and ``wandb sync`` uploads it later.
+    ``offline`` / ``online`` insist (an error if wandb is missing); ``off`` never logs.
+    """
+    if mode == "off":
+        return None
+    import importlib.util
+    if importlib.util.find_spec("wandb") is None:
+        if mode == "auto":
+            return None
+        raise RuntimeError(f"train.wandb={mode!r} but the wandb package is not installed: `pip install wandb`, "
+                           f"or set train.wandb=off")
+    if mode not in ("auto", "offline", "online"):
+        raise ValueError(f"train.wandb={mode!r}: use auto, off, offline or online")
+    import random
+
+    import numpy as np
+    import wandb
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "deep-tree-echo"), name=out.name, dir=str(out),
+                     mode=os.environ.get("WANDB_MODE", "offline") if mode == "auto" else mode,
+                     config=run_config, reinit="create_new",
+                     settings=wandb.Settings(console="off"))  # leave stdout to tqdm and the notebook
+    random.setstate(rng[0])  # whatever wandb drew (run ids) must not shift a resumable run's random streams
+    np.random.set_state(rng[1])
+    torch.set_rng_state(rng[2])
+    return run
+
+
 def read_history(out_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(out_dir) / "train" / "history.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -155,3 +156,30 @@ def test_init_model_starts_from_a_given_model_and_its_id_guards_resume(parts, tm
     with pytest.raises(CheckpointError, match="other settings"):  # another starting point: never resume stale state
         progressive.ProgressiveTrainer(tc, tok, train_ds, val_ds, tmp_path, progress=False, tensorboard=False,
                                        init_model=init, init_id="checkpoint-B").run()
+
+
+def test_wandb_offline_logs_the_tensorboard_rows_without_an_account(parts, tmp_path, monkeypatch):
+    import wandb  # noqa: F401 - part of the dev install: this test must run, not skip
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    tok, train_ds, val_ds = parts
+    tc = tiny_cfg(final_tokens=0, wandb="auto")  # auto = installed, so on, and offline without $WANDB_MODE
+    hist = progressive.ProgressiveTrainer(tc, tok, train_ds, val_ds, tmp_path, progress=False).run()
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    log = next(runs[0].glob("run-*.wandb")).read_bytes()  # wandb's record log: protobuf history items
+    assert log.startswith(b":W&B")
+
+    def logged(key: str) -> list[float]:  # HistoryItem: key (field 2), value_json (field 16), short strings
+        k = key.encode()
+        pat = re.compile(re.escape(b"\x12" + bytes([len(k)]) + k + b"\x82\x01") + b"([\x01-\x7f])")
+        return sorted({float(log[m.end(): m.end() + m.group(1)[0]]) for m in pat.finditer(log)})
+
+    losses = sorted({r["loss"] for r in hist if "loss" in r})
+    assert len(losses) > 3 and logged("train/loss") == pytest.approx(losses)
+    vals = sorted({r["val_loss"] for r in hist if r.get("val_loss") is not None})
+    assert logged("train/val_loss") == pytest.approx(vals)
+    assert logged("train/depth") == [1.0, 2.0]
+    off = tiny_cfg(final_tokens=0, wandb="off")
+    progressive.ProgressiveTrainer(off, tok, train_ds, val_ds, tmp_path / "off", progress=False).run()
+    assert not (tmp_path / "off" / "wandb").exists()

@@ -93,6 +93,12 @@ def test_streaming_matches_the_whole_answer(client):
     assert text == whole.choices[0].message.content
     assert finish == [whole.choices[0].finish_reason]
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    # sampled with a seed: a stream draws from the same seeded generator as the whole completion's row
+    kw = dict(model="tiny", messages=MSG, max_tokens=12, temperature=1.0, seed=3)
+    whole = client.chat.completions.create(**kw)
+    text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(stream=True, **kw)
+                   if c.choices)
+    assert text == whole.choices[0].message.content
 
 
 def test_async_client_and_stream(srv):

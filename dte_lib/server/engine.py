@@ -6,16 +6,17 @@ nothing from two running at once), and whole (non-streamed) completions are **ba
 arrives while the model is busy waits in the model's queue, and the next pass takes every waiting request (up to
 ``max_batch`` rows) into one left-padded batch decoded together, each row with its own sampling settings, stop
 rules and random generator. A batch that is not full waits ``batch_wait_ms`` (20 ms) first, so a client's burst of
-requests lands in one batch instead of its first request decoding alone. On a CPU a batch of 8 rows costs far less than 8 single passes (benchmarks/
-RESULTS-server.md), so concurrent clients — the generation engine of notebooks 02–04 — get more answers per minute.
+requests lands in one batch instead of its first request decoding alone. On a CPU a batch of 8 rows costs far less
+than 8 single passes (4.2× the tokens/s at 8 concurrent requests, benchmarks/RESULTS-server.md), so concurrent
+clients — the generation engine of notebooks 02–04 — get more answers per minute.
 
 What a chat completion does here, in OpenAI's terms:
 
 - the messages are rendered with the tokenizer's chat template (or the fallback format in ``dte_lib.teacher``);
 - ``n`` choices are ``n`` rows of a batch; ``temperature == 0`` means greedy decoding; ``top_p`` is nucleus
   sampling; with ``seed``, choice ``i`` samples from its own generator seeded ``seed + i`` (as a stream does), so a
-  seeded request repeats whatever else shares its batch — up to float rounding, which padding can change in the
-  last bits (OpenAI, too, promises seeded determinism only on a best-effort basis);
+  seeded request gives the same answer whatever else shares its batch — up to float rounding, which padding can
+  change in the last bits (OpenAI, too, promises seeded determinism only on a best-effort basis);
 - ``stop`` strings end a choice early (the stop text is not returned, as in OpenAI's API);
 - ``finish_reason`` is ``"stop"`` (EOS, end-of-turn token or a stop string) or ``"length"`` (ran out of
   ``max_tokens``); ``usage`` counts the real prompt tokens and every generated token of every choice.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -46,7 +48,7 @@ class Loaded:
     lock: threading.Lock
     queue: list["_Pending"] = field(default_factory=list)  # whole completions waiting for the next batch
     queue_lock: threading.Lock = field(default_factory=threading.Lock)
-    batch_rows: list[int] = field(default_factory=list)  # rows of every batch decoded so far (for tests, benchmarks)
+    batch_rows: deque[int] = field(default_factory=lambda: deque(maxlen=4096))  # rows of recent batches (tests)
 
 
 @dataclass
@@ -203,9 +205,8 @@ class Registry:
                     t = _sample(logits[k], kws[k], gens[k])
                     out_ids[k].append(t)
                     nxt.append(t)
-                    if t in lm.eos_ids or len(out_ids[k]) >= r.max_tokens or \
-                            _first_stop(lm.tokenizer.decode(out_ids[k], skip_special_tokens=True), stops[k]) is not None:
-                        done[k] = True
+                    done[k] = t in lm.eos_ids or len(out_ids[k]) >= r.max_tokens or _first_stop(
+                        lm.tokenizer.decode(out_ids[k], skip_special_tokens=True), stops[k]) is not None
                 if all(done):
                     break
                 step_ids = torch.tensor(nxt)[:, None]
@@ -249,9 +250,9 @@ class Registry:
         stops = list(stop) + lm.stops
         generated: list[int] = []
         sent = ""
+        gen = torch.Generator()  # its own generator, seeded as row i of a whole completion would be
+        gen.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,))))
         with lm.lock, torch.no_grad():
-            if seed is not None:
-                torch.manual_seed(int(seed))
             ids = torch.tensor([prompt])
             past, step_input, attn = None, ids, torch.ones_like(ids)
             kw = self._gen_kwargs(lm, max_tokens, temperature, top_p)
@@ -260,7 +261,7 @@ class Registry:
                 out = lm.model(input_ids=step_input, attention_mask=attn, cache=past, use_cache=True)
                 past = out.cache
                 logits = out.logits[0, -1].float()
-                nxt = _sample(logits, kw)
+                nxt = _sample(logits, kw, gen)
                 generated.append(nxt)
                 if nxt in lm.eos_ids:
                     finish = "stop"
