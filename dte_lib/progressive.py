@@ -361,6 +361,8 @@ def wandb_run(mode: str, out: Path, run_config: dict[str, Any]):
     no account, no network; the run lands in ``<out>/wandb/offline-run-*`` and ``wandb sync`` uploads it later.
     ``offline`` / ``online`` insist (an error if wandb is missing); ``off`` never logs.
     """
+    if mode not in ("auto", "off", "offline", "online"):
+        raise ValueError(f"train.wandb={mode!r}: use auto, off, offline or online")
     if mode == "off":
         return None
     import importlib.util
@@ -369,8 +371,6 @@ def wandb_run(mode: str, out: Path, run_config: dict[str, Any]):
             return None
         raise RuntimeError(f"train.wandb={mode!r} but the wandb package is not installed: `pip install wandb`, "
                            f"or set train.wandb=off")
-    if mode not in ("auto", "offline", "online"):
-        raise ValueError(f"train.wandb={mode!r}: use auto, off, offline or online")
     import random
 
     import numpy as np
