@@ -106,7 +106,7 @@ TEACHER = {
 @dataclass
 class GenerateCfg:
     """Week 1 days 3–7 and month 1: synthetic corpus generation, filtering, dedup (issue: corpus engine)."""
-    n_examples: int = 24  # week-1 synthetic examples to request from the teacher (notebook 02); ~9 tok/s locally
+    n_examples: int = 24  # week-1 synthetic examples to request from the teacher (notebook 02); ~17 tok/s locally
     n_month1: int = 40  # month-1 total after expansion (notebook 04 generates only the missing ones)
     concurrency: int = 8  # requests in flight at once (OpenAI serves them in parallel; the local server batches them)
     rpm: int = 0  # client-side requests-per-minute limit (0 = none; set to your OpenAI tier's limit)
