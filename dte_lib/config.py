@@ -5,6 +5,7 @@ each phase's ``ci`` / ``demo`` / ``full`` values sit right under its class so a 
 
 - ``ci``   — the whole course in minutes on 2 CPU cores with tiny models (what the tests run).
 - ``demo`` — the default: meaningful results on a laptop CPU, whole course in about 25 minutes.
+- ``long`` — one CPU machine for hours: a real week-1 corpus (thousands of clean examples) and a student trained on it.
 - ``full`` — the roadmap's real sizes, for a GPU.
 
 Override any field with a dotted key: ``config.load("demo", {"teacher.epochs": 2})`` (``None`` values are ignored,
@@ -27,7 +28,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-PRESET_NAMES = ("ci", "demo", "full")
+PRESET_NAMES = ("ci", "demo", "long", "full")
 DEFAULT_PRESET = "demo"
 
 # --------------------------------------------------------------------------------------------- paths
@@ -284,7 +285,7 @@ SCALE = {
 @dataclass
 class Preset:
     """Everything one run of the course needs to know; built by :func:`load`."""
-    name: str  # "ci", "demo" or "full"
+    name: str  # "ci", "demo", "long" or "full"
     seed: int = 1234  # one seed for Python, NumPy and torch; every phase derives its own from it
     threads: int = 2  # torch intra-op threads (the reference machine has 2 cores)
     cell_timeout_s: int = 1800  # papermill's per-cell timeout; a hung cell fails the notebook instead of the day
@@ -305,7 +306,10 @@ class Preset:
 
 
 _PHASES = {"data": DATA, "teacher": TEACHER, "generate": GENERATE, "train": TRAIN, "eval": EVAL, "scale": SCALE}
-_TOP = {"ci": {"cell_timeout_s": 600}, "demo": {}, "full": {"cell_timeout_s": 6 * 3600}}
+for _table in _PHASES.values():  # `long` starts from demo's values; each phase's table above overrides its own
+    _table.setdefault("long", dataclasses.replace(_table["demo"]))
+_TOP = {"ci": {"cell_timeout_s": 600}, "demo": {}, "long": {"cell_timeout_s": 4 * 3600},
+        "full": {"cell_timeout_s": 6 * 3600}}
 
 
 def resolve_preset_name(name: str | None = None) -> str:
