@@ -7,7 +7,14 @@ Formats read (detected per file, not by extension — users keep transcripts und
 - ``{"input": ..., "output": ...}`` and ``{"prompt": ..., "completion": ...}`` JSONL (optional ``system``).
 - Plain-text transcripts with chat tokens: ``<|system|> ... <|user|> ... <|echo|> ...`` (``<|assistant|>`` works
   too). Examples end at ``<|endoftext|>`` / ``<|end|>``, at a blank line followed by a role token, or — when every
-  line starts with a role token and holds an assistant turn — at the end of each line.
+  line starts with a role token and holds an assistant turn — at the end of each line. Your own tags work with a
+  role map, ``roles="<|persona|>=assistant,<|record|>=record"`` (``--roles`` on the command line,
+  ``$DTE_CORPUS_ROLES`` in a course run): a ``record`` (or ``start``) tag opens each example, an ``end`` tag closes
+  one. Unknown ``<|...|>`` tags are reported once per file with a proposed mapping (:func:`propose_roles`).
+
+Binary files (NUL bytes: an image, an archive, a checkpoint) are refused as a whole with one problem, not one per
+"line". When most records of a file fail for one reason, :meth:`LoadResult.summary` says once that the format looks
+misread and what to try, then shows a few examples and a count.
 
 Bad input never disappears silently: each malformed line becomes a :class:`Problem` with ``file:line``, what is
 wrong and how to fix it, and :class:`LoadResult` always says how many examples were kept and rejected. The table of
@@ -36,6 +43,12 @@ ROLE_ALIASES = {"echo": "assistant", "bot": "assistant", "model": "assistant", "
                 "gpt": "assistant", "human": "user", "person": "user", "developer": "system"}
 CHAT_TOKEN = re.compile(r"<\|(system|user|assistant|echo|endoftext|end)\|>")
 END_TOKENS = ("endoftext", "end")
+ANY_TAG = re.compile(r"<\|[A-Za-z0-9_.:/ -]{1,40}\|>")  # any chat-style tag, known or not
+TAG_ROLES = ROLES + ("record", "end")  # what --roles may map a tag to; "start" is an alias of "record"
+DEFAULT_TAGS = {"<|system|>": "system", "<|user|>": "user", "<|assistant|>": "assistant", "<|echo|>": "assistant",
+                "<|tool|>": "tool", "<|endoftext|>": "end", "<|end|>": "end",
+                **{f"<|{k}|>": v for k, v in ROLE_ALIASES.items()}}
+ROLES_ENV = "DTE_CORPUS_ROLES"  # `dte course run --roles` passes the role map to the notebooks through this
 DEFAULT_MAX_LINE_BYTES = 1_000_000
 
 
@@ -101,12 +114,20 @@ class CorpusError(ValueError):
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         super().__init__(f"{len(problems)} malformed record(s), {kept} example(s) valid:\n{shown}{more}")
 
+    def one_line(self) -> str:
+        first = self.problems[0] if self.problems else None
+        more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+        files = sorted({p.path for p in self.problems})
+        return (f"{len(self.problems)} malformed record(s), {self.kept} valid; first: {first}{more}. "
+                f"See them all: dte data check {' '.join(files)}")
+
 
 @dataclass
 class LoadResult:
     examples: list[ChatExample]
     problems: list[Problem]
     formats: dict[str, str]  # path -> detected format
+    proposals: dict[str, str] = field(default_factory=dict)  # path -> a --roles value to try (unknown tags seen)
 
     @property
     def kept(self) -> int:
@@ -116,11 +137,43 @@ class LoadResult:
     def rejected(self) -> int:
         return len(self.problems)
 
-    def summary(self) -> str:
+    def misread(self) -> dict[str, dict[str, Any]]:
+        """Files where most records fail for one reason: path -> {code, count, records, advice}."""
+        out = {}
+        for path in self.formats:
+            probs = [p for p in self.problems if p.path == path]
+            if len(probs) < 3:
+                continue
+            kept = sum(1 for ex in self.examples if ex.source.rsplit(":", 1)[0] == path)
+            code, count = Counter(p.code for p in probs).most_common(1)[0]
+            if count / (count + kept) <= 0.5:
+                continue
+            advice = ("try: dte data check " + path + f" --roles '{self.proposals[path]}'"
+                      if path in self.proposals else probs[0].hint)
+            out[path] = {"code": code, "count": count, "records": len(probs) + kept, "advice": advice}
+        return out
+
+    def summary(self, show: int = 5, all_problems: bool = False) -> str:
+        """Counts and formats, then problems grouped by code: the first ``show`` of each and a count of the rest
+        (``all_problems`` lists every one). A file whose records mostly fail for one reason gets one line saying
+        the format looks misread and what to try."""
         lines = [f"kept {self.kept} example(s), rejected {self.rejected} record(s)"]
         for path, fmt in self.formats.items():
             lines.append(f"  {path}: {fmt}")
-        lines += [f"  {p}" for p in self.problems]
+        for path, m in self.misread().items():
+            lines.append(f"  {path}: {m['count']} of {m['records']} records fail the same way ({m['code']}): "
+                         f"the format looks misread — {m['advice']}")
+        for path, proposal in self.proposals.items():
+            if path not in self.misread():
+                lines.append(f"  {path}: unknown tags; proposed mapping: --roles '{proposal}'")
+        by_code: dict[str, list[Problem]] = defaultdict(list)
+        for p in self.problems:
+            by_code[p.code].append(p)
+        for code, probs in by_code.items():
+            limit = len(probs) if all_problems else show
+            lines += [f"  {p}" for p in probs[:limit]]
+            if len(probs) > limit:
+                lines.append(f"  ... and {len(probs) - limit} more {code} problem(s) like these (all: --all)")
         return "\n".join(lines)
 
 
@@ -263,7 +316,144 @@ def _iter_lines(path: Path, max_line_bytes: int) -> Iterator[tuple[int, str | No
             yield n, text.rstrip("\r\n"), None
 
 
-def detect_format(path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> str:
+# ---------------------------------------------------------------------------------------------- role maps
+def parse_roles(spec: str | dict[str, str] | None) -> dict[str, str]:
+    """``"TAG=ROLE,TAG=ROLE"`` (or a dict) → {literal tag: role}. A bare name ``persona`` means the tag
+    ``<|persona|>``; anything else (``[Q]``, ``### Answer:``) is matched literally. Roles: system, user, assistant,
+    tool, ``record`` (alias ``start``: the tag opens an example and holds no text) and ``end`` (closes one).
+    Raises ValueError naming the bad entry and the fix."""
+    if not spec:
+        return {}
+    items = spec.items() if isinstance(spec, dict) else []
+    if isinstance(spec, str):
+        parsed = []
+        for part in filter(None, (x.strip() for x in spec.split(","))):
+            if "=" not in part:
+                raise ValueError(f"--roles entry {part!r} has no '=': write TAG=ROLE, e.g. "
+                                 "'<|persona|>=assistant,<|record|>=record'")
+            tag, role = part.rsplit("=", 1)
+            parsed.append((tag, role))
+        items = parsed
+    out = {}
+    for tag, role in items:
+        tag, role = tag.strip(), role.strip().lower()
+        role = {"start": "record", "begin": "record", "stop": "end"}.get(role, ROLE_ALIASES.get(role, role))
+        if role not in TAG_ROLES:
+            raise ValueError(f"--roles {tag}={role}: unknown role {role!r}; use one of {', '.join(TAG_ROLES)} "
+                             "(record = the tag opens each example)")
+        if not tag:
+            raise ValueError(f"--roles ={role}: empty tag; write TAG=ROLE, e.g. '<|persona|>={role}'")
+        out[_tag_literal(tag)] = role
+    return out
+
+
+def _tag_literal(tag: str) -> str:
+    return f"<|{tag}|>" if re.fullmatch(r"[A-Za-z0-9_.:-]+", tag) else tag
+
+
+def roles_from_env() -> dict[str, str]:
+    return parse_roles(os.environ.get(ROLES_ENV) or None)
+
+
+def format_roles(mapping: dict[str, str]) -> str:
+    return ",".join(f"{tag}={role}" for tag, role in mapping.items())
+
+
+def _tag_map(roles: dict[str, str] | None) -> dict[str, str]:
+    return {**DEFAULT_TAGS, **(roles or {})}
+
+
+def _tag_regex(tags: dict[str, str]) -> re.Pattern:
+    literal = "|".join(re.escape(t) for t in sorted(tags, key=len, reverse=True))
+    return re.compile(f"(?:{literal})|{ANY_TAG.pattern}")
+
+
+_ROLE_WORDS = [  # name fragments that suggest a role for an unknown tag (first match wins)
+    ("record", r"record|start|begin|example|conversation|convo|dialog|sample|entry|bos|sep|turns?$"),
+    ("end", r"^(end|eos|eot|stop|done|finish)"),
+    ("system", r"sys|instruction|context|setup"),
+    ("user", r"user|human|person|question|prompt|customer|visitor|guest|ask|^q$|^in$|input"),
+    ("assistant", r"assist|bot|^ai$|model|answer|response|reply|gpt|^a$|out"),
+]
+
+
+def propose_roles(text: str, roles: dict[str, str] | None = None) -> dict[str, str]:
+    """A role for each unknown ``<|...|>`` tag in ``text`` (empty dict when every tag is known).
+
+    Evidence, in order: a tag with no text after it that comes first → ``record`` (one after an answer →
+    ``end``); a name that says its role (``human`` → user, ``reply`` → assistant); position — a tag that follows
+    user turns is the answer (``assistant``), one that follows answers is the next ``user`` turn."""
+    tags = _tag_map(roles)
+    rx = _tag_regex(tags)
+    found = list(rx.finditer(text))
+    unknown = [m.group(0) for m in found if m.group(0) not in tags]
+    if not unknown:
+        return {}
+    stats: dict[str, dict[str, int]] = {}
+    for i, m in enumerate(found):
+        tag = m.group(0)
+        if tag in tags:
+            continue
+        st = stats.setdefault(tag, Counter())
+        st["n"] += 1
+        end = found[i + 1].start() if i + 1 < len(found) else len(text)
+        st["empty"] += not text[m.end():end].strip()
+        st["first"] += i == 0
+        st["last"] += i == len(found) - 1
+        prev = tags.get(found[i - 1].group(0), found[i - 1].group(0)) if i else "start"
+        nxt = tags.get(found[i + 1].group(0), found[i + 1].group(0)) if i + 1 < len(found) else "eof"
+        st["after_" + prev] += 1
+        st["before_" + nxt] += 1
+    proposal: dict[str, str] = {}
+    assigned = set(tags[m.group(0)] for m in found if m.group(0) in tags)
+    for tag, st in sorted(stats.items(), key=lambda kv: -kv[1]["n"]):
+        name = tag[2:-2].lower() if tag.startswith("<|") else tag.lower()
+        role = None
+        if st["empty"] >= 0.9 * st["n"]:
+            role = "end" if st["last"] and not st["first"] else "record"
+        if role is None:
+            role = next((r for r, pat in _ROLE_WORDS if r not in ("record", "end") and re.search(pat, name)), None)
+        if role is None:
+            if st["after_user"] >= st["n"] / 2 or "assistant" not in assigned:
+                role = "assistant"
+            elif st["after_assistant"] >= st["n"] / 2 or "user" not in assigned:
+                role = "user"
+            else:
+                role = "system"
+        proposal[tag] = role
+        assigned.add(role)
+    return proposal
+
+
+_MAGIC = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image", b"%PDF": "a PDF",
+          b"PK\x03\x04": "a zip archive (or .xlsx/.docx)", b"\x1f\x8b": "a gzip archive", b"BZh": "a bzip2 archive",
+          b"\x28\xb5\x2f\xfd": "a zstd archive", b"\x80\x02": "a Python pickle", b"\x80\x04": "a Python pickle",
+          b"SQLite format 3": "an SQLite database", b"PAR1": "a Parquet file", b"\x7fELF": "an executable"}
+
+
+def binary_problem(path: Path) -> Problem | None:
+    """A single ``binary_file`` problem when the file's first 64 KiB hold NUL bytes or are mostly undecodable."""
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    kind = next((name for magic, name in _MAGIC.items() if head.startswith(magic)), None)
+    nul = head.find(b"\x00")
+    if kind is None and nul < 0:
+        lines = head.split(b"\n")[:50]
+        bad = 0
+        for ln in lines:
+            try:
+                ln.decode("utf-8")
+            except UnicodeDecodeError:
+                bad += 1
+        if bad < max(3, len(lines) // 2):  # a few bad lines: reported one by one as not_utf8
+            return None
+    what = kind or (f"NUL byte at offset {nul}" if nul >= 0 else "most lines are not text in any UTF-8 sense")
+    return Problem(str(path), 0, "binary_file", f"binary file ({what}), not a text corpus",
+                   "pass a UTF-8 text file: JSONL ({\"messages\": [...]} per line) or a <|user|>/<|echo|> transcript")
+
+
+def detect_format(path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+                  roles: dict[str, str] | None = None) -> str:
     """'jsonl', 'transcript', 'json_array', 'empty' or 'plain_text', from the file's first non-blank line."""
     for _, text, problem in _iter_lines(path, max_line_bytes):
         if problem is not None:
@@ -279,11 +469,13 @@ def detect_format(path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> s
         return "empty"
     with open(path, "rb") as fh:
         head = fh.read(1 << 20).decode("utf-8", errors="replace")
-    return "transcript" if CHAT_TOKEN.search(head) else "plain_text"
+    return "transcript" if _tag_regex(_tag_map(roles)).search(head) else "plain_text"
 
 
-def read_jsonl(path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> tuple[list[ChatExample], list[Problem]]:
+def read_jsonl(path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, roles: dict[str, str] | None = None
+               ) -> tuple[list[ChatExample], list[Problem]]:
     examples, problems = [], []
+    names = {t[2:-2]: r for t, r in (roles or {}).items() if t.startswith("<|") and r in ROLES}
     for n, text, problem in _iter_lines(path, max_line_bytes):
         if problem:
             problems.append(problem)
@@ -299,6 +491,9 @@ def read_jsonl(path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> tupl
             problems.append(Problem(str(path), n, "invalid_json", f"invalid JSON ({e.msg} at column {e.colno})",
                                     hint))
             continue
+        if names and isinstance(obj, dict) and isinstance(obj.get("messages"), list):
+            obj = {**obj, "messages": [{**m, "role": names.get(m.get("role"), m.get("role"))}
+                                       if isinstance(m, dict) else m for m in obj["messages"]]}
         ex, code, msg, hint = _record_to_example(obj, f"{path}:{n}")
         if ex is None:
             problems.append(Problem(str(path), n, code, msg, hint))
@@ -307,93 +502,111 @@ def read_jsonl(path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> tupl
     return examples, problems
 
 
-def read_transcripts(path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
-                     ) -> tuple[list[ChatExample], list[Problem]]:
-    """Parse ``<|role|> text`` transcripts (see the module docstring for where examples end)."""
-    lines: list[tuple[int, str]] = []
+def read_transcripts(path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, roles: dict[str, str] | None = None
+                     ) -> tuple[list[ChatExample], list[Problem], dict[str, str]]:
+    """Parse tagged transcripts (see the module docstring for where examples end).
+
+    Returns (examples, problems, proposal): ``proposal`` maps the unknown tags seen to a guessed role (empty when
+    every tag is known); records holding an unknown tag are rejected with the proposal in their hint."""
+    texts: list[str] = []
     problems: list[Problem] = []
     for n, text, problem in _iter_lines(path, max_line_bytes):
         if problem:
             problems.append(problem)
+            texts.append("")
         else:
-            lines.append((n, text))
-    nonblank = [(n, t) for n, t in lines if t.strip()]
-    per_line = bool(nonblank) and all(
-        CHAT_TOKEN.match(t.lstrip()) and re.search(r"<\|(assistant|echo)\|>", t) for _, t in nonblank)
-    chunks: list[tuple[int, str]] = []  # (first line number, text)
-    if per_line:
-        chunks = nonblank
+            texts.append(text)
+    full = "\n".join(texts)
+    starts = [0]
+    for t in texts[:-1]:
+        starts.append(starts[-1] + len(t) + 1)
+    tags = _tag_map(roles)
+    rx = _tag_regex(tags)
+    proposal = propose_roles(full, roles)
+    guess = {**tags, **proposal}  # chunking uses the guesses too, so each misread record is reported once
+    found = list(rx.finditer(full))
+
+    def line_of(pos: int) -> int:
+        import bisect
+        return bisect.bisect_right(starts, pos)
+
+    cuts: list[int] = [0]  # positions where a new example starts
+    record_tags = [m for m in found if guess.get(m.group(0)) == "record"]
+    nonblank = [t for t in texts if t.strip()]
+    if record_tags:
+        cuts += [m.start() for m in record_tags]
+    elif nonblank and all(rx.match(t.lstrip()) and any(guess.get(m.group(0)) == "assistant" for m in rx.finditer(t))
+                          for t in nonblank):
+        cuts += [starts[i] for i in range(len(texts))]
     else:
-        start, buf, prev_blank = None, [], False
-        for n, t in lines:
-            if prev_blank and CHAT_TOKEN.match(t.lstrip()) and buf:
-                chunks.append((start, "\n".join(buf)))
-                start, buf = None, []
-            if start is None and t.strip():
-                start = n
-            if start is not None:
-                buf.append(t)
-            prev_blank = not t.strip()
-        if buf:
-            chunks.append((start, "\n".join(buf)))
+        for i in range(1, len(texts)):
+            if not texts[i - 1].strip() and rx.match(texts[i].lstrip()):
+                cuts.append(starts[i])
+    cuts += [m.end() for m in found if guess.get(m.group(0)) == "end"]
+    cuts = sorted(set(cuts)) + [len(full)]
     examples = []
-    for first_line, chunk in chunks:
-        for offset, piece in _split_on_end_tokens(chunk):
-            line_no = first_line + offset
-            ex, code, msg, hint = _parse_transcript(piece, f"{path}:{line_no}")
-            if ex is None:
-                problems.append(Problem(str(path), line_no, code, msg, hint))
-            else:
-                examples.append(ex)
-    return examples, problems
+    hint_roles = format_roles({**{t: r for t, r in (roles or {}).items()}, **proposal})
+    for a, b in zip(cuts, cuts[1:]):
+        piece = full[a:b]
+        if not piece.strip():
+            continue
+        lead = len(piece) - len(piece.lstrip())
+        line_no = line_of(a + lead)
+        ex, code, msg, hint = _parse_transcript(piece, f"{path}:{line_no}", tags, rx)
+        if ex is None:
+            if code == "unknown_tag":
+                hint = f"map your tags to roles: --roles '{hint_roles}' (roles: {', '.join(TAG_ROLES)})"
+            problems.append(Problem(str(path), line_no, code, msg, hint))
+        else:
+            examples.append(ex)
+    return examples, problems, proposal
 
 
-def _split_on_end_tokens(chunk: str) -> Iterator[tuple[int, str]]:
-    pos = 0
-    for m in re.finditer(r"<\|(endoftext|end)\|>", chunk):
-        piece = chunk[pos:m.start()]
-        if piece.strip():
-            yield _leading_lines(chunk, pos, piece), piece
-        pos = m.end()
-    rest = chunk[pos:]
-    if rest.strip():
-        yield _leading_lines(chunk, pos, rest), rest
-
-
-def _leading_lines(chunk: str, pos: int, piece: str) -> int:
-    skipped = len(piece) - len(piece.lstrip())
-    return chunk.count("\n", 0, pos + skipped)
-
-
-def _parse_transcript(text: str, source: str) -> tuple[ChatExample | None, str, str, str]:
-    tokens = list(CHAT_TOKEN.finditer(text))
+def _parse_transcript(text: str, source: str, tags: dict[str, str] | None = None, rx: re.Pattern | None = None
+                      ) -> tuple[ChatExample | None, str, str, str]:
+    tags = tags or DEFAULT_TAGS
+    rx = rx or _tag_regex(tags)
+    found = [m for m in rx.finditer(text)]
+    unknown = list(dict.fromkeys(m.group(0) for m in found if m.group(0) not in tags))
+    if unknown:
+        return None, "unknown_tag", f"unknown tag{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}", ""
+    tokens = [m for m in found if tags[m.group(0)] in ROLES]
     if not tokens:
         return None, "no_chat_tokens", "text without any <|role|> token", \
-            "start each turn with <|system|>, <|user|> or <|echo|> (or <|assistant|>)"
-    before = text[:tokens[0].start()].strip()
+            "start each turn with <|system|>, <|user|> or <|echo|> (or <|assistant|>), or map your own tags " \
+            "with --roles"
+    before = rx.sub("", text[:tokens[0].start()]).strip()
     if before:
         return None, "text_before_first_token", f"text before the first role token: {before[:40]!r}", \
             "begin the transcript with a role token such as <|user|>"
     msgs = []
     for i, m in enumerate(tokens):
         end = tokens[i + 1].start() if i + 1 < len(tokens) else len(text)
-        role = ROLE_ALIASES.get(m.group(1), m.group(1))
-        msgs.append({"role": role, "content": text[m.end():end]})
+        content = rx.sub("", text[m.end():end])  # a record/end tag inside a turn holds no text
+        msgs.append({"role": tags[m.group(0)], "content": content})
     msgs, code, msg, hint = check_messages(msgs)
     if msgs is None:
         return None, code, msg, hint
     return ChatExample(messages=msgs, source=source), "", "", ""
 
 
-def load_file(path: str | os.PathLike, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> LoadResult:
+def load_file(path: str | os.PathLike, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+              roles: dict[str, str] | None = None) -> LoadResult:
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    fmt = "empty" if path.stat().st_size == 0 else detect_format(path, max_line_bytes)
+        raise FileNotFoundError(f"{path}: no such file — check the path")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory with no *.jsonl, *.txt or *.json file in it")
+    fmt = "empty" if path.stat().st_size == 0 else None
+    binary = binary_problem(path) if fmt is None else None
+    proposal: dict[str, str] = {}
+    if binary:
+        return LoadResult([], [binary], {str(path): "binary"})
+    fmt = fmt or detect_format(path, max_line_bytes, roles)
     if fmt == "jsonl":
-        examples, problems = read_jsonl(path, max_line_bytes)
+        examples, problems = read_jsonl(path, max_line_bytes, roles)
     elif fmt == "transcript":
-        examples, problems = read_transcripts(path, max_line_bytes)
+        examples, problems, proposal = read_transcripts(path, max_line_bytes, roles)
     elif fmt == "empty":
         examples, problems = [], [Problem(str(path), 0, "empty_file", "the file is empty (or only blank lines)",
                                           "check the path; a corpus needs at least one example")]
@@ -405,30 +618,39 @@ def load_file(path: str | os.PathLike, max_line_bytes: int = DEFAULT_MAX_LINE_BY
         examples, problems = [], [Problem(str(path), 1, "plain_text",
                                           "plain text with no JSON objects and no chat tokens",
                                           "use JSONL ({\"messages\": [...]} per line) or mark turns with "
-                                          "<|user|> and <|echo|>")]
-    return LoadResult(examples, problems, {str(path): fmt})
+                                          "<|user|> and <|echo|> (your own tags: --roles)")]
+    proposals = {str(path): format_roles({**(roles or {}), **proposal})} if proposal else {}
+    return LoadResult(examples, problems, {str(path): fmt}, proposals)
 
 
 def load_corpus(paths: str | os.PathLike | Iterable[str | os.PathLike], *, strict: bool = False,
-                max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> LoadResult:
+                max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, roles: str | dict[str, str] | None = None
+                ) -> LoadResult:
     """Load one or more files (or directories of ``*.jsonl``/``*.txt``) into a :class:`LoadResult`.
 
-    ``strict=True`` raises :class:`CorpusError` listing every problem if any record is malformed.
+    ``roles``: your transcript tags, ``"TAG=ROLE,..."`` or a dict (:func:`parse_roles`); ``None`` reads
+    ``$DTE_CORPUS_ROLES`` (set by ``dte course run --roles``). ``strict=True`` raises :class:`CorpusError`
+    listing every problem if any record is malformed.
     """
+    role_map = parse_roles(roles) if roles is not None else roles_from_env()
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += sorted(q for q in p.iterdir() if q.suffix in (".jsonl", ".txt", ".json"))
+            inside = sorted(q for q in p.iterdir() if q.suffix in (".jsonl", ".txt", ".json"))
+            if not inside:
+                raise IsADirectoryError(f"{p} is a directory with no *.jsonl, *.txt or *.json file in it")
+            files += inside
         else:
             files.append(p)
     result = LoadResult([], [], {})
     for f in files:
-        r = load_file(f, max_line_bytes)
+        r = load_file(f, max_line_bytes, role_map)
         result.examples += r.examples
         result.problems += r.problems
         result.formats.update(r.formats)
+        result.proposals.update(r.proposals)
     if strict and result.problems:
         raise CorpusError(result.problems, result.kept)
     return result
@@ -566,20 +788,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     c = sub.add_parser("check", help="load files, report every problem with file:line, and duplicates")
     c.add_argument("paths", nargs="+")
     c.add_argument("--max-line-bytes", type=int, default=DEFAULT_MAX_LINE_BYTES)
+    c.add_argument("--roles", default=None, help="your transcript tags, e.g. '<|persona|>=assistant,<|record|>=record'")
+    c.add_argument("--all", action="store_true", help="list every problem (default: the first 5 of each kind)")
     s = sub.add_parser("split", help="write train/val/test JSONL files")
     s.add_argument("paths", nargs="+")
     s.add_argument("--out", required=True, help="directory for train.jsonl, val.jsonl, test.jsonl")
     s.add_argument("--val", type=float, default=0.1)
     s.add_argument("--test", type=float, default=0.1)
+    s.add_argument("--roles", default=None, help="your transcript tags (as for check)")
     args = ap.parse_args(argv)
     if args.cmd == "check":
-        res = load_corpus(args.paths, max_line_bytes=args.max_line_bytes)
-        print(res.summary())
+        res = load_corpus(args.paths, max_line_bytes=args.max_line_bytes, roles=args.roles)
+        print(res.summary(all_problems=args.all))
         dups = exact_duplicates(res.examples)
         for g in dups:
             print("exact duplicates: " + ", ".join(ex.source for ex in g))
         return 1 if res.problems else 0
-    res = load_corpus(args.paths, strict=True)
+    res = load_corpus(args.paths, strict=True, roles=args.roles)
     parts = split(res.examples, args.val, args.test)
     for name, rows in parts.items():
         write_jsonl(Path(args.out) / f"{name}.jsonl", rows)
