@@ -21,11 +21,13 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import config, runlog
+from . import config, data, runlog
 from .data import atomic_write_text
 
 STATE_FILE = "course.json"
-SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD", re.I)
+# parameter names that look like secrets: papermill writes every parameter into the saved notebook
+SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL|AUTH(?!OR)|BEARER|COOKIE|"
+                         r"PRIVATE", re.I)
 
 
 class CourseError(RuntimeError):
@@ -82,8 +84,12 @@ def _parse_value(text: str) -> Any:
 
 def run(preset: str | None = None, run_dir: str | os.PathLike | None = None, start: str | None = None,
         only: Sequence[str] | None = None, params: dict[str, Any] | None = None, force: bool = False,
-        notebook_dir: Path = config.NOTEBOOKS_DIR, progress: bool = True, corpus: str | None = None) -> Path:
-    """Execute the selected notebooks in order; returns the run directory. Raises :class:`CourseError`."""
+        notebook_dir: Path = config.NOTEBOOKS_DIR, progress: bool = True, corpus: str | None = None,
+        roles: str | None = None) -> Path:
+    """Execute the selected notebooks in order; returns the run directory. Raises :class:`CourseError`.
+
+    ``corpus`` / ``roles`` reach the notebooks' kernels as ``$DTE_CORPUS`` / ``$DTE_CORPUS_ROLES`` (a role map for
+    transcripts with your own tags, see :func:`dte_lib.data.parse_roles`)."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
     from tqdm.auto import tqdm
@@ -93,8 +99,10 @@ def run(preset: str | None = None, run_dir: str | os.PathLike | None = None, sta
     params = dict(params or {})
     secret = [k for k in params if SECRET_NAME.search(k)]
     if secret:
-        raise CourseError(f"refusing to pass {', '.join(secret)} as papermill parameters: papermill writes "
-                          "parameters into the saved notebook. Put secrets in the environment instead.")
+        raise CourseError(f"refusing to pass {', '.join(secret)} as papermill parameter(s): the name looks like a "
+                          f"secret (it matches {SECRET_NAME.pattern}), and papermill writes parameters into the "
+                          "saved notebook under outputs/. Put secrets in the environment instead (the kernel "
+                          "inherits it), e.g. export OPENAI_API_KEY=...")
     all_nbs = notebooks(notebook_dir)
     if not all_nbs:
         raise CourseError(f"no notebooks found in {notebook_dir}")
@@ -113,11 +121,19 @@ def run(preset: str | None = None, run_dir: str | os.PathLike | None = None, sta
     out_dir = rdir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    env_backup = {k: os.environ.get(k) for k in ("DTE_PRESET", "DTE_RUN_DIR", "PYTHONPATH", "DTE_CORPUS")}
+    env_backup = {k: os.environ.get(k) for k in ("DTE_PRESET", "DTE_RUN_DIR", "PYTHONPATH", "DTE_CORPUS",
+                                                 data.ROLES_ENV)}
+    if roles:
+        try:
+            data.parse_roles(roles)
+        except ValueError as e:
+            raise CourseError(str(e)) from None
     if corpus:
         if not Path(corpus).exists():
-            raise CourseError(f"--corpus {corpus}: no such file")
+            raise CourseError(f"--corpus {corpus}: no such file — check the path")
         os.environ["DTE_CORPUS"] = str(Path(corpus).resolve())  # kernels start in notebooks/: pass it absolute
+    if roles:
+        os.environ[data.ROLES_ENV] = roles
     os.environ["DTE_PRESET"], os.environ["DTE_RUN_DIR"] = cfg.name, str(rdir)
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(config.REPO_ROOT), env_backup["PYTHONPATH"]]))
     bar = tqdm(selected, desc=f"course[{cfg.name}]", unit="nb", disable=not progress)
@@ -222,6 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="a notebook parameter, passed to the notebooks that declare it")
     r.add_argument("--force", action="store_true", help="resume even if earlier notebooks did not succeed")
     r.add_argument("--corpus", default=None, help="your own examples (any format `dte data check` reads) for every phase")
+    r.add_argument("--roles", default=None,
+                   help="your transcript tags, e.g. '<|persona|>=assistant,<|record|>=record' (see dte data check)")
     r.add_argument("--no-progress", action="store_true")
     ls = sub.add_parser("list", help="list notebooks and their status in a run")
     ls.add_argument("--preset", default=None)
@@ -233,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             rdir = run(args.preset, args.run_dir, args.start, args.only,
                        {k: _parse_value(v) for k, v in args.param}, args.force, progress=not args.no_progress,
-                       corpus=args.corpus)
+                       corpus=args.corpus, roles=args.roles)
         except CourseError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
