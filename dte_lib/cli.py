@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module = importlib.import_module(COMMANDS[name][0])
         return int(module.main(rest) or 0)
+    except BrokenPipeError:  # `dte ... | head`: the reader left; nothing to explain
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"dte {name}: interrupted", file=sys.stderr)
         return 130

@@ -785,11 +785,15 @@ def load_persona(path: str | os.PathLike) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="dte data", description="Check and split chat corpora.")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("check", help="load files, report every problem with file:line, and duplicates")
+    c = sub.add_parser("check", help="what matters before spending: problems with file:line, lengths against the "
+                                     "context and fine-tune limits, duplicates, markup, language, the calibrated "
+                                     "filter's false-drop rate (dte_lib.datacheck)")
     c.add_argument("paths", nargs="+")
     c.add_argument("--max-line-bytes", type=int, default=DEFAULT_MAX_LINE_BYTES)
     c.add_argument("--roles", default=None, help="your transcript tags, e.g. '<|persona|>=assistant,<|record|>=record'")
     c.add_argument("--all", action="store_true", help="list every problem (default: the first 5 of each kind)")
+    c.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of the text report")
+    c.add_argument("--preset", default=None, help="whose limits to check against (default: $DTE_PRESET or demo)")
     s = sub.add_parser("split", help="write train/val/test JSONL files")
     s.add_argument("paths", nargs="+")
     s.add_argument("--out", required=True, help="directory for train.jsonl, val.jsonl, test.jsonl")
@@ -798,12 +802,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--roles", default=None, help="your transcript tags (as for check)")
     args = ap.parse_args(argv)
     if args.cmd == "check":
-        res = load_corpus(args.paths, max_line_bytes=args.max_line_bytes, roles=args.roles)
-        print(res.summary(all_problems=args.all))
-        dups = exact_duplicates(res.examples)
-        for g in dups:
-            print("exact duplicates: " + ", ".join(ex.source for ex in g))
-        return 1 if res.problems else 0
+        from . import datacheck
+        return datacheck.main(args.paths, roles=args.roles, preset=args.preset, as_json=args.json,
+                              max_line_bytes=args.max_line_bytes, all_problems=args.all)
     res = load_corpus(args.paths, strict=True, roles=args.roles)
     parts = split(res.examples, args.val, args.test)
     for name, rows in parts.items():
