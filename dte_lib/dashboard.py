@@ -153,8 +153,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv:
         print("usage: dte dashboard RUN_DIR [PRESET]")
         return 2
+    if not Path(argv[0]).is_dir():
+        raise FileNotFoundError(f"{argv[0]}: no such run directory — pass a run's directory, e.g. outputs/runs/demo")
+    rows = load(argv[0])
+    if not rows:
+        raise FileNotFoundError(f"{Path(argv[0]) / FILE}: no dashboard rows yet — run the course through notebook 08 "
+                                "(or `dte metrics` a checkpoint) first")
     cfg = config.load(argv[1] if len(argv) > 1 else None)
-    print(markdown(table(load(argv[0]), cfg)))
+    print(markdown(table(rows, cfg)))
     return 0
 
 

@@ -70,6 +70,8 @@ def report(run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
 
 
 def main(argv=None) -> int:
+    import argparse
+    argparse.ArgumentParser(prog="dte env", description="Print versions, threads, device, memory and disk.").parse_args(argv)
     info = report()
     for key, value in info.items():
         if key != "packages":

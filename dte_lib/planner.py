@@ -474,6 +474,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="measure it from your corpus (notebook 05); 400 is a placeholder")
     ap.add_argument("--utilisation", type=float, default=0.40)
     args = ap.parse_args(argv)
+    if not 0 < args.utilisation <= 1:
+        ap.error(f"--utilisation {args.utilisation}: must be in (0, 1], e.g. 0.4 for 40% of peak FLOP/s")
+    if min(args.width, args.vocab, args.context, args.batch) <= 0 or args.tokens_per_example <= 0:
+        ap.error("--width, --vocab, --context, --batch and --tokens-per-example must be positive")
+    if args.layers is not None and args.layers <= 0:
+        ap.error(f"--layers {args.layers}: a model needs at least one layer")
     if args.layers:
         m = gpt2(args.layers, args.width, args.vocab, args.context)
         mem = memory_bytes(m, args.batch, args.context, act_bytes=2)
