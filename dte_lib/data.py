@@ -372,8 +372,8 @@ _ROLE_WORDS = [  # name fragments that suggest a role for an unknown tag (first 
     ("record", r"record|start|begin|example|conversation|convo|dialog|sample|entry|bos|sep|turns?$"),
     ("end", r"^(end|eos|eot|stop|done|finish)"),
     ("system", r"sys|instruction|context|setup"),
-    ("user", r"user|human|person|question|prompt|customer|visitor|guest|ask|^q$|^in$|input"),
-    ("assistant", r"assist|bot|^ai$|model|answer|response|reply|gpt|^a$|out"),
+    ("user", r"user|human|^person$|question|prompt|customer|visitor|guest|^ask|^q$|^in(put)?$"),
+    ("assistant", r"assist|bot$|^ai$|model|answer|response|reply|gpt|^a$|^out(put)?$"),
 ]
 
 
@@ -460,6 +460,8 @@ def detect_format(path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
             return "jsonl"  # let the JSONL reader report the bad line where it is
         if text.strip():
             first = text.lstrip()
+            if roles and any(first.startswith(tag) for tag in roles):
+                return "transcript"
             if first.startswith("{"):
                 return "jsonl"
             if first.startswith("["):

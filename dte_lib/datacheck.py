@@ -149,7 +149,7 @@ def check(paths: Sequence[str], roles: str | dict | None = None, preset: str | N
         "pairs": len(pairs), "clusters": len(clusters), "answers_in_clusters": sum(len(c) for c in clusters),
         "share": sum(len(c) for c in clusters) / len(answers), "largest_clusters": [len(c) for c in clusters[:5]],
         "example_pairs": [{"jaccard": round(j, 3), "a": sources[a], "b": sources[b], "text_a": answers[a][:120],
-                           "text_b": answers[b][:120]} for a, b, j in _spread_pairs(pairs, 3)]}
+                           "text_b": answers[b][:120]} for a, b, j in _spread_pairs(pairs, 3, answers)]}
     # language
     signals = [quality.english_signals(a) for a in answers]
     english = [a >= 0.85 and s >= 0.08 for a, s in signals]
@@ -170,12 +170,13 @@ def check(paths: Sequence[str], roles: str | dict | None = None, preset: str | N
     return report
 
 
-def _spread_pairs(pairs: list[tuple[int, int, float]], k: int) -> list[tuple[int, int, float]]:
-    """Up to k pairs with no example repeated (the most similar first)."""
+def _spread_pairs(pairs: list[tuple[int, int, float]], k: int, texts: Sequence[str]) -> list[tuple[int, int, float]]:
+    """Up to k pairs with no example repeated, the most similar first, skipping identical texts (exact duplicates
+    are listed on their own): what templated near-duplicates look like."""
     seen: set[int] = set()
     out = []
     for a, b, j in pairs:
-        if a in seen or b in seen:
+        if a in seen or b in seen or data.normalize_text(texts[a]) == data.normalize_text(texts[b]):
             continue
         out.append((a, b, j))
         seen |= {a, b}
@@ -241,7 +242,7 @@ def render(rep: dict[str, Any]) -> str:
                  f"{rep['preset']}]")
     if rep["examples"]:
         s = rep["stats"]
-        lines.append(f"  answers: median {s['assistant_words_median']:g} words ({s['assistant_words_min']}–"
+        lines.append(f"  assistant words per example: median {s['assistant_words_median']:g} ({s['assistant_words_min']}–"
                      f"{s['assistant_words_max']}); {s['multi_turn']} multi-turn; {s['with_system']} with a "
                      "system prompt")
         for key in ("course", "teacher", "openai"):

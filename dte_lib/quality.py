@@ -30,6 +30,13 @@ reason                    fires when
                           it calls itself another assistant ("I am ChatGPT", "as an AI assistant")
 ========================  =====================================================================================
 
+**Calibrated to the user's corpus.** The style thresholds above (length, repetition, endings, markup, English
+signals, prompt echo, the persona voice) were first set for the shipped seed corpus; :func:`calibrate` widens them
+to the tails of the user's own answers (P0.5 / P99.5 with a margin, never stricter than the preset), so a long-form
+or a terse corpus is not dropped for being itself, and :func:`false_drop_report` measures the result:
+``filter_false_drop_rate``, the share of the user's own examples the filter drops (goal: ≤ 5%). ``FilterCfg.
+from_preset(cfg)`` calibrates on ``cfg.data.corpus``; :func:`calibration_lines` states each threshold and its source.
+
 Use: ``kept, dropped = quality.filter_examples(examples, persona)`` on ChatExamples or raw-row dicts; dropped
 examples carry ``meta["drop_reason"]``, ``meta["drop_detail"]`` and ``meta["flags"]``. ``reason_counts(dropped)``
 is the table of counts per reason.
@@ -85,6 +92,8 @@ class FilterCfg:
             return base
         from . import data as data_mod
         path = cfg.path(cfg.data.corpus)
+        if not path.exists():
+            return base
         persona_path = cfg.path(cfg.data.persona)
         key = (str(path), _mtime(path), os.environ.get(data_mod.ROLES_ENV, ""), str(persona_path),
                _mtime(persona_path), repr(base))
@@ -295,8 +304,10 @@ def markup_hits(text: str, off: Sequence[str] = ()) -> list[tuple[str, str]]:
 
 
 def max_line_repeats(text: str) -> int:
-    """How often the most repeated line occurs; lines without letters (``` fences, ---, table rules) don't count."""
-    lines = [ln.strip() for ln in text.splitlines() if re.search(r"[^\W\d_]", ln)]
+    """How often the most repeated line occurs; code fences (```python) and lines without letters (---, table
+    rules) don't count."""
+    lines = [ln.strip() for ln in text.splitlines()
+             if re.search(r"[^\W\d_]", ln) and not ln.lstrip().startswith(("```", "~~~"))]
     top = Counter(lines).most_common(1)
     return top[0][1] if top else 0
 
@@ -334,8 +345,8 @@ def calibrate(examples: Sequence[ChatExample | dict[str, Any]], base: FilterCfg 
     Never stricter than ``base`` (junk the preset drops is still dropped). Each style threshold moves to the
     corpus' ``tail``-percentile tail with a margin — length bounds to 0.8 × P0.5 and 1.25 × P99.5 words,
     repetition to P99.5 + 0.05 (and the repeated-line count to its P99.5 + 1), the English signals to
-    P0.5 − 0.05 (ASCII share) and 0.8 × P0.5 (function words), prompt echo to P99.5 + 0.05 —; answer endings and markup checks the corpus uses as content (more
-    than ``tail`` % of answers) are accepted. If the filter would still drop more than ``target`` of the corpus,
+    P0.5 − 0.05 (ASCII share) and 0.8 × P0.5 (function words), prompt echo to P99.5 + 0.05 —; answer endings
+    and markup checks the corpus uses as content (more than ``tail`` % of answers) are accepted. If the filter would still drop more than ``target`` of the corpus,
     the check dropping most is relaxed further, one at a time, and each step is recorded. Content checks
     (empty, unsafe, refusal, another assistant's name) are never relaxed. ``cfg.calibration`` holds every
     measurement and choice; :func:`calibration_lines` prints them.

@@ -191,3 +191,69 @@ def test_cli_check_exit_code_and_output(tmp_path, capsys):
     assert "kept 2 example(s), rejected 1 record(s)" in out
     assert f"{path}:3: invalid JSON" in out
     assert "exact duplicates" in out
+
+
+# ---------------------------------------------------------------------------------------------- your own tags
+CUSTOM = ("<|record|>\n<|system|> You are Nyx, a lighthouse keeper.\n<|user|> What do you see tonight?\n"
+          "<|nyx|> Fog, mostly. The beam cuts it into slices.\n\n"
+          "<|record|>\n<|system|> You are Nyx.\n<|user|> Are you lonely?\n<|nyx|> Sometimes.\n\nMostly I count ships.\n"
+          "<|user|> How many?\n<|nyx|> Eleven today.\n")
+
+
+def test_roles_map_custom_tags_and_record_tags(tmp_path, monkeypatch):
+    path = tmp_path / "nyx.txt"
+    path.write_text(CUSTOM)
+    res = data.load_corpus(path)
+    assert res.kept == 0 and {p.code for p in res.problems} == {"unknown_tag"}
+    assert data.parse_roles(res.proposals[str(path)]) == {"<|nyx|>": "assistant", "<|record|>": "record"}
+    for roles in ("nyx=assistant,record=start", {"<|nyx|>": "assistant", "<|record|>": "record"}):
+        res = data.load_corpus(path, strict=True, roles=roles)
+        assert [ex.prompt for ex in res.examples] == ["What do you see tonight?", "Are you lonely?"]
+        assert [m["role"] for m in res.examples[1].messages] == ["system", "user", "assistant", "user", "assistant"]
+        assert res.examples[1].messages[2]["content"] == "Sometimes.\n\nMostly I count ships."
+        assert res.examples[1].source.endswith(":6")
+    monkeypatch.setenv(data.ROLES_ENV, "nyx=assistant,record=record")  # what `dte course run --roles` sets
+    assert data.load_corpus(path, strict=True).kept == 2
+
+
+def test_parse_roles_literal_tags_end_tags_and_errors(tmp_path):
+    assert data.parse_roles("[Q]=user, [A]=assistant,###=end") == {"[Q]": "user", "[A]": "assistant", "###": "end"}
+    path = tmp_path / "qa.txt"
+    path.write_text("[Q] one? [A] One.###[Q] two? [A] Two.###\n")
+    res = data.load_corpus(path, strict=True, roles="[Q]=user,[A]=assistant,###=end")
+    assert [ex.response for ex in res.examples] == ["One.", "Two."]
+    with pytest.raises(ValueError, match="unknown role 'narrator'"):
+        data.parse_roles("x=narrator")
+    with pytest.raises(ValueError, match="has no '='"):
+        data.parse_roles("x:assistant")
+
+
+def test_roles_rename_jsonl_message_roles(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text(jl({"messages": [{"role": "visitor", "content": "hi"}, {"role": "quill", "content": "yo"}]}))
+    assert data.load_corpus(path).rejected == 1
+    assert data.load_corpus(path, strict=True, roles="visitor=user,quill=assistant").examples[0].response == "yo"
+
+
+def test_most_records_failing_one_way_is_said_once_with_a_count(tmp_path):
+    path = tmp_path / "many.txt"
+    path.write_text("".join(f"<|rec|>\n<|human|> q{i}\n<|persona|> a{i}.\n\n" for i in range(187)))
+    res = data.load_corpus(path)
+    assert res.rejected == 187 and list(res.misread()) == [str(path)]
+    text = res.summary()
+    assert text.count("looks misread") == 1 and "--roles '" in text
+    assert text.count("unknown tag") <= 6 and "and 182 more unknown_tag problem(s)" in text
+    assert data.parse_roles(res.proposals[str(path)]) == {"<|rec|>": "record", "<|persona|>": "assistant"}
+    assert data.load_corpus(path, strict=True, roles=res.proposals[str(path)]).kept == 187
+
+
+def test_binary_file_is_one_problem(tmp_path):
+    png = tmp_path / "photo.jsonl"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 40)
+    res = data.load_corpus(png)
+    assert [p.code for p in res.problems] == ["binary_file"] and "a PNG image" in res.problems[0].message
+    blob = tmp_path / "blob.txt"
+    blob.write_bytes(b"hello\x00world\n" * 50)
+    assert [p.code for p in data.load_corpus(blob).problems] == ["binary_file"]
+    with pytest.raises(FileNotFoundError, match="check the path"):
+        data.load_corpus(tmp_path / "nope.jsonl")

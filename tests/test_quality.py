@@ -116,3 +116,66 @@ def test_trim_truncated_keeps_complete_sentences_only():
     assert [k.id for k in kept] == ["a"] and kept[0].response == GOOD and kept[0].meta["trimmed_chars"] > 0
     assert dropped[0].meta["drop_reason"] == "truncated"  # nothing complete to keep
     assert quality.trim_to_sentence('He said "stop." Then the') == 'He said "stop."'
+
+
+# ---------------------------------------------------------------------------------------------- calibration
+def _seed():
+    return data.load_corpus(config.DATA_DIR / "seed_corpus.jsonl").examples
+
+
+def _byod():
+    sys.path.insert(0, str(Path(__file__).parent))
+    import byod_corpora
+    return byod_corpora
+
+
+def test_calibrated_filter_still_drops_every_reason():
+    """Calibrated to the seed corpus, the filter still drops each kind of junk (and keeps the good answer)."""
+    cfg = quality.calibrate(_seed(), quality.FilterCfg(), PERSONA)
+    assert cfg.calibration and cfg.calibration["examples"] == len(_seed())
+    assert quality.check(GOOD, prompt=PROMPT, finish_reason="stop", persona=PERSONA, cfg=cfg) == []
+    for reason, case in CASES.items():
+        hits = quality.check(case["answer"], prompt=case.get("prompt", PROMPT if reason == "prompt_echo" else ""),
+                             finish_reason="stop", persona=PERSONA, cfg=cfg)
+        assert hits and hits[0][0] == reason, (reason, hits)
+
+
+def test_the_shipped_seed_corpus_keeps_its_false_drop_rate():
+    base = quality.FilterCfg.from_preset(config.load("demo"), calibrate_to_corpus=False)
+    rep = quality.false_drop_report(_seed(), base, PERSONA)
+    assert rep["filter_false_drop_rate"] <= rep["filter_false_drop_rate_uncalibrated"] < 0.05
+    assert rep["filter_false_drop_rate"] == pytest.approx(8 / 268)  # 3.0%: persona drift, unchanged
+    assert rep["filter_false_drop_rate_heldout"] is not None and rep["filter_false_drop_rate_heldout"] < 0.1
+    calibrated = quality.FilterCfg.from_preset(config.load("demo"))  # what notebooks 03/04 and selfgen use
+    assert calibrated.calibration and calibrated.max_words >= base.max_words and calibrated.min_words <= base.min_words
+
+
+@pytest.mark.parametrize("shape", ["longform", "templated"])
+def test_calibration_fits_corpora_of_very_different_shapes(shape):
+    b = _byod()
+    exs = [quality.as_example(r) if "messages" in r else
+           data.ChatExample(messages=[{"role": "user", "content": r["input"]},
+                                      {"role": "assistant", "content": r["output"]}])
+           for r in getattr(b, shape)()]
+    base = quality.FilterCfg.from_preset(config.load("demo"), calibrate_to_corpus=False)
+    rep = quality.false_drop_report(exs, base, PERSONA)
+    assert rep["filter_false_drop_rate_uncalibrated"] > 0.5  # what users met before
+    assert rep["filter_false_drop_rate"] <= 0.05 and rep["filter_false_drop_rate_heldout"] <= 0.05
+    cfg = rep["cfg"]
+    assert cfg.min_words <= base.min_words and cfg.max_words >= base.max_words  # never stricter
+    assert cfg.repeat_ngram_share >= base.repeat_ngram_share and cfg.echo_share >= base.echo_share
+    text = "\n".join(rep["thresholds"])
+    assert "P0.5" in text and "P99.5" in text and "median" in text
+    if shape == "longform":
+        assert cfg.max_words > 600 and cfg.end_alnum  # long answers and answers ending in a list item are content
+    else:
+        assert cfg.min_words < base.min_words and "relaxed:" in text  # the guard says what it relaxed
+
+
+def test_code_fences_and_table_rules_are_not_repeated_lines():
+    blocks = [f"```python\nx = {i}\n```" for i in range(3)]
+    answer = GOOD + "\n\n" + "\n\nThen I do it again, differently.\n\n".join(blocks) + "\n\n| a | b |\n|---|---|\n" \
+        "| 1 | 2 |\n|---|---|\n| 3 | 4 |\n|---|---|\nThat is my whole routine."
+    assert quality.max_line_repeats(answer) <= 2
+    assert "repetition" not in [h[0] for h in quality.check(answer, persona=PERSONA)]
+    assert quality.check("I echo.\nI echo.\nI echo.\n" + GOOD, persona=PERSONA)[0][0] == "repetition"
