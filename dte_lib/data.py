@@ -368,9 +368,7 @@ def _tag_regex(tags: dict[str, str]) -> re.Pattern:
     return re.compile(f"(?:{literal})|{ANY_TAG.pattern}")
 
 
-_ROLE_WORDS = [  # name fragments that suggest a role for an unknown tag (first match wins)
-    ("record", r"record|start|begin|example|conversation|convo|dialog|sample|entry|bos|sep|turns?$"),
-    ("end", r"^(end|eos|eot|stop|done|finish)"),
+_ROLE_WORDS = [  # name fragments that suggest a role for a tag with text after it (first match wins)
     ("system", r"sys|instruction|context|setup"),
     ("user", r"user|human|^person$|question|prompt|customer|visitor|guest|^ask|^q$|^in(put)?$"),
     ("assistant", r"assist|bot$|^ai$|model|answer|response|reply|gpt|^a$|^out(put)?$"),
@@ -412,7 +410,7 @@ def propose_roles(text: str, roles: dict[str, str] | None = None) -> dict[str, s
         if st["empty"] >= 0.9 * st["n"]:
             role = "end" if st["last"] and not st["first"] else "record"
         if role is None:
-            role = next((r for r, pat in _ROLE_WORDS if r not in ("record", "end") and re.search(pat, name)), None)
+            role = next((r for r, pat in _ROLE_WORDS if re.search(pat, name)), None)
         if role is None:
             if st["after_user"] >= st["n"] / 2 or "assistant" not in assigned:
                 role = "assistant"
