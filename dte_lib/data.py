@@ -110,6 +110,7 @@ class CorpusError(ValueError):
 
     def __init__(self, problems: list[Problem], kept: int):
         self.problems = problems
+        self.kept = kept
         shown = "\n".join(f"  {p}" for p in problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         super().__init__(f"{len(problems)} malformed record(s), {kept} example(s) valid:\n{shown}{more}")
