@@ -222,3 +222,14 @@ def test_worked_solution_runs_on_the_ci_course(ci_run, stem):
     results = CHECKS[stem](answers)
     failed = [i for i, ok in enumerate(results) if not ok]
     assert not failed, f"{stem}: checks {failed} failed on:\n{proc.stdout}"
+
+
+def test_lora_picture_counts_what_lora_trains():
+    import matplotlib
+    matplotlib.use("Agg")
+    from dte_lib import plots
+    fig = plots.lora_update(576, 1536, 16, 32, "up_proj")
+    title = fig.axes[0].get_title()
+    assert f"{16 * (576 + 1536):,}" in title and f"{576 * 1536:,}" in title  # r·(d_in + d_out) of d_in·d_out
+    texts = " ".join(t.get_text() for t in fig.axes[0].texts)
+    assert "1536×16" in texts and "16×576" in texts and "32/16" in texts
