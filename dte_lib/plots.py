@@ -45,3 +45,35 @@ def histogram(values: Sequence[float], title: str, xlabel: str, bins: int = 30):
     ax.set_ylabel("count")
     fig.tight_layout()
     return fig
+
+
+
+def lora_update(d_in: int, d_out: int, rank: int, alpha: float, name: str = "W"):
+    """The LoRA picture for one projection: frozen ``W`` (d_out × d_in) beside the trainable ``B`` (d_out × r) and
+    ``A`` (r × d_in), drawn to scale, with each block's parameter count. The layer computes
+    ``x·(W + (alpha/r)·B·A)ᵀ``; only A and B train (notebook 01)."""
+    plt = _plt()
+    from matplotlib.patches import Rectangle
+    fig, ax = plt.subplots(figsize=(10, 3.8))
+    unit = 3.0 / max(d_in, d_out)  # the larger side of W is 3 units long
+    w_h, w_w, r_len = d_out * unit, d_in * unit, max(rank * unit, 0.05)
+    b_x = w_w + 2.0
+    a_x = b_x + r_len + 1.9
+    ax.add_patch(Rectangle((0, 0), w_w, w_h, color="#c9c9c9"))
+    ax.text(w_w / 2, w_h / 2, f"{name} (frozen)\n{d_out}×{d_in}\n{d_out * d_in:,}", ha="center", va="center",
+            fontsize=9)
+    ax.text(w_w + 1.0, w_h / 2, f"+  {alpha:g}/{rank} ·", ha="center", va="center", fontsize=12)
+    ax.add_patch(Rectangle((b_x, 0), r_len, w_h, color="#3b7a57"))
+    ax.text(b_x + r_len + 0.12, w_h / 2, f"B (trained)\n{d_out}×{rank}\n{d_out * rank:,}", ha="left",
+            va="center", fontsize=9)
+    ax.add_patch(Rectangle((a_x, w_h - r_len), w_w, r_len, color="#4a6fa5"))
+    ax.text(a_x + w_w / 2, w_h - r_len - 0.15, f"A (trained)\n{rank}×{d_in}\n{rank * d_in:,}", ha="center",
+            va="top", fontsize=9)
+    ax.set_xlim(-0.2, a_x + w_w + 0.2)
+    ax.set_ylim(-0.2, w_h + 0.2)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    ax.set_title(f"LoRA on {name}: W + (alpha/r)·B·A — trains r·(d_in + d_out) = {rank * (d_in + d_out):,} "
+                 f"of {d_in * d_out:,} ({rank * (d_in + d_out) / (d_in * d_out):.1%})", fontsize=10)
+    fig.tight_layout()
+    return fig
