@@ -269,7 +269,8 @@ def faulty(request, tiny, tmp_path_factory):
 
 
 def _stats(handle):
-    return httpx.get(handle.base_url.replace("/v1", "/dte/stats")).json()
+    return httpx.get(handle.base_url.replace("/v1", "/dte/stats"),
+                     headers={"Authorization": f"Bearer {handle.api_key}"}).json()
 
 
 def test_429_with_retry_after_ms_is_retried_by_the_sdk(faulty):

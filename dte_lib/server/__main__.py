@@ -39,7 +39,8 @@ def main(argv=None) -> int:
         if not (Path(path) / "config.json").exists():
             ap.error(f"--model {spec!r}: {path} has no config.json (not a Hugging Face model directory)")
         models[name] = path
-    api_key = args.api_key or os.environ.get("DTE_API_KEY_SERVE") or None
+    # a key of only whitespace is no key (it would protect nothing and must not open a public bind)
+    api_key = (args.api_key or "").strip() or (os.environ.get("DTE_API_KEY_SERVE") or "").strip() or None
     if args.host not in LOOPBACK and not api_key:
         print(f"dte serve: refusing to bind {args.host} without an API key: anyone on the network could use it. "
               "Pass --api-key (or set DTE_API_KEY_SERVE), or bind 127.0.0.1.", file=sys.stderr)

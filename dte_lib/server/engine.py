@@ -179,7 +179,7 @@ class Registry:
         gens = []
         for r, i in rows:
             g = torch.Generator()
-            g.manual_seed(r.seed + i if r.seed is not None else int(torch.randint(0, 2**62, (1,))))
+            g.manual_seed(seed_for(r.seed, i))
             gens.append(g)
         kws = [self._gen_kwargs(lm, r.max_tokens, r.temperature, r.top_p) for r, _ in rows]
         stops = [list(r.stop) + lm.stops for r, _ in rows]
@@ -251,7 +251,7 @@ class Registry:
         generated: list[int] = []
         sent = ""
         gen = torch.Generator()  # its own generator, seeded as row i of a whole completion would be
-        gen.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,))))
+        gen.manual_seed(seed_for(seed, 0))
         with lm.lock, torch.no_grad():
             ids = torch.tensor([prompt])
             past, step_input, attn = None, ids, torch.ones_like(ids)
@@ -287,6 +287,14 @@ class Registry:
                 if len(text) > len(sent):
                     yield text[len(sent):], None, len(prompt), len(generated)
         yield "", finish, len(prompt), len(generated)
+
+
+def seed_for(seed: int | None, i: int) -> int:
+    """The generator seed of choice ``i``: ``seed + i`` wrapped into 64 bits (a fresh random one without a seed)."""
+    import torch
+    if seed is None:
+        return int(torch.randint(0, 2**62, (1,)))
+    return (int(seed) + i) % 2**64
 
 
 def _sample(logits, kw: dict[str, Any], generator=None) -> int:

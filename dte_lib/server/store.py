@@ -55,9 +55,10 @@ def now() -> int:
 
 def check_filename(name: str) -> str:
     """Refuse names that could address anything but a plain file name (the disk path never uses them anyway)."""
-    if not name or len(name) > 255 or "/" in name or "\\" in name or "\x00" in name or name in (".", "..") \
-            or ".." in name.split("."):
-        raise APIError(400, f"invalid file name {name!r}: use a plain name without path separators or '..'",
+    if not name or len(name) > 255 or "/" in name or "\\" in name or any(ord(c) < 32 or ord(c) == 127 for c in name) \
+            or name in (".", "..") or ".." in name.split("."):
+        raise APIError(400, f"invalid file name {name!r}: use a plain name without path separators, control "
+                            "characters or '..'",
                        param="file", code="invalid_file_name")
     return name
 
@@ -156,13 +157,30 @@ class Jobs:
                    level="error" if status == "failed" else "info")
         return True
 
-    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+    def create(self, body: Any) -> dict[str, Any]:
         from .. import openai_prep
+        if not isinstance(body, dict):
+            raise APIError(400, "the request body must be a JSON object")
         model = body.get("model")
         if not isinstance(model, str) or model not in self.registry.paths:
             raise APIError(400, f"Model {model!r} is not available for fine-tuning or does not exist "
                                 f"(served here: {', '.join(self.registry.paths) or 'none'})",
                            param="model", code="model_not_available")
+        method = body.get("method") or {}
+        if not isinstance(method, dict) or not isinstance(method.get("supervised") or {}, dict):
+            raise APIError(400, "'method' must be an object such as {\"type\": \"supervised\", \"supervised\": "
+                                "{\"hyperparameters\": {...}}}", param="method")
+        method_hp = (method.get("supervised") or {}).get("hyperparameters") or {}
+        hp = body.get("hyperparameters") or {}
+        for where, d in (("hyperparameters", hp), ("method.supervised.hyperparameters", method_hp)):
+            if not isinstance(d, dict):
+                raise APIError(400, f"'{where}' must be an object", param=where)
+        hp = {**hp, **method_hp}
+        for k, v in hp.items():
+            if k not in ("n_epochs", "batch_size", "learning_rate_multiplier"):
+                raise APIError(400, f"unknown hyperparameter {k!r}", param=f"hyperparameters.{k}")
+            if v != "auto" and (not isinstance(v, (int, float)) or v <= 0):
+                raise APIError(400, f"hyperparameter {k} must be 'auto' or a positive number", param=k)
         for key in ("training_file", "validation_file"):
             fid = body.get(key)
             if fid is None and key == "validation_file":
@@ -174,14 +192,6 @@ class Jobs:
                 raise APIError(400, f"invalid {key}: {fid}", param=key, code="invalid_file")
             if meta["purpose"] != "fine-tune":
                 raise APIError(400, f"{key} {fid} has purpose {meta['purpose']!r}, not 'fine-tune'", param=key)
-        method = body.get("method") or {}
-        hp = dict(body.get("hyperparameters") or {})
-        hp.update(((method.get("supervised") or {}).get("hyperparameters")) or {})
-        for k, v in hp.items():
-            if k not in ("n_epochs", "batch_size", "learning_rate_multiplier"):
-                raise APIError(400, f"unknown hyperparameter {k!r}", param=f"hyperparameters.{k}")
-            if v != "auto" and (not isinstance(v, (int, float)) or v <= 0):
-                raise APIError(400, f"hyperparameter {k} must be 'auto' or a positive number", param=k)
         suffix = body.get("suffix")
         if suffix is not None and (not isinstance(suffix, str) or len(suffix) > 64):
             raise APIError(400, "suffix must be a string of at most 64 characters", param="suffix")
@@ -355,7 +365,9 @@ class Batches:
         self._lock = threading.Lock()
         threading.Thread(target=self._worker, name="dte-batches", daemon=True).start()
 
-    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+    def create(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise APIError(400, "the request body must be a JSON object")
         fid = body.get("input_file_id")
         if not isinstance(fid, str):
             raise APIError(400, "'input_file_id' is required", param="input_file_id")
