@@ -235,10 +235,8 @@ def _sse(obj: Any) -> str:
 
 
 def stream_chunks(registry: Registry, a: dict[str, Any]):
-    """SSE lines for a streamed completion: role chunk, content deltas, a finish chunk per choice, usage, [DONE].
-
-    With ``n > 1`` the choices are generated one after another, each streamed under its own ``index``.
-    """
+    """SSE lines for a streamed completion: a role chunk per choice, content deltas, a finish chunk per choice,
+    usage, [DONE]. With ``n > 1`` the choices decode together (rows of the shared batch), each under its ``index``."""
     cid, created = new_id("chatcmpl-"), now()
     base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": a["model"],
             "system_fingerprint": "dte-local"}
@@ -246,17 +244,15 @@ def stream_chunks(registry: Registry, a: dict[str, Any]):
     for i in range(a["n"]):
         yield _sse({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                          "logprobs": None, "finish_reason": None}]})
-        seed = None if a["seed"] is None else a["seed"] + i
-        for delta, finish, prompt_tokens, used in registry.stream(
-                a["model"], a["messages"], temperature=a["temperature"], top_p=a["top_p"],
-                max_tokens=a["max_tokens"], stop=a["stop"], seed=seed):
-            if finish:
-                completion_total += used
-                yield _sse({**base, "choices": [{"index": i, "delta": {}, "logprobs": None,
-                                                 "finish_reason": finish}]})
-            elif delta:
-                yield _sse({**base, "choices": [{"index": i, "delta": {"content": delta}, "logprobs": None,
-                                                 "finish_reason": None}]})
+    for i, delta, finish, prompt_tokens, used in registry.stream(
+            a["model"], a["messages"], n=a["n"], temperature=a["temperature"], top_p=a["top_p"],
+            max_tokens=a["max_tokens"], stop=a["stop"], seed=a["seed"]):
+        if delta:
+            yield _sse({**base, "choices": [{"index": i, "delta": {"content": delta}, "logprobs": None,
+                                             "finish_reason": None}]})
+        if finish:
+            completion_total += used
+            yield _sse({**base, "choices": [{"index": i, "delta": {}, "logprobs": None, "finish_reason": finish}]})
     if a["include_usage"]:
         yield _sse({**base, "choices": [], "usage": {"prompt_tokens": prompt_tokens,
                                                      "completion_tokens": completion_total,
