@@ -33,7 +33,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .engine import ModelNotFound, Registry
+from .engine import DEFAULT_MAX_BATCH, ModelNotFound, Registry
 from .store import APIError, Batches, Files, Jobs, new_id, now, page
 
 MAX_N = 16
@@ -285,10 +285,11 @@ class ClosingStream(StreamingResponse):
 # ---------------------------------------------------------------------------------------------- app
 def create_app(models: dict[str, str | Path], *, api_key: str | None = None, faults: str | None = None,
                data_dir: str | Path = "dte-server", max_body_bytes: int = 64 << 20, threads: int | None = None,
-               train_defaults: dict[str, Any] | None = None, max_batch: int = 8):
+               train_defaults: dict[str, Any] | None = None, max_batch: int = DEFAULT_MAX_BATCH,
+               prefix_cache: bool = True, device: str = "auto"):
     """Build the ASGI app serving ``models`` (name → local HF directory); state lives under ``data_dir``."""
     data_dir = Path(data_dir)
-    registry = Registry(models, threads=threads, max_batch=max_batch)
+    registry = Registry(models, threads=threads, max_batch=max_batch, prefix_cache=prefix_cache, device=device)
     files = Files(data_dir)
     jobs = Jobs(data_dir, files, registry, train_defaults)
     batches = Batches(files, lambda body: complete(registry, body))

@@ -372,7 +372,9 @@ class Engine:
         for j in torch.cat([short, full]).tolist():  # the pre-cut does not decide these rows: whole vocabulary
             p = probs[j]
             if top_p[j] < 1:
-                sp, si = torch.sort(p, descending=True)
+                sp, si = torch.topk(p, min(16 * TOP_K_PRECUT, p.shape[0]))  # a wider cut, then the full sort
+                if sp.sum() < top_p[j]:
+                    sp, si = torch.sort(p, descending=True)
                 keep_j = (torch.cumsum(sp, 0) - sp) < top_p[j]
                 sp, si = sp[keep_j], si[keep_j]
             else:
