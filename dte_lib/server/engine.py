@@ -221,14 +221,14 @@ class Engine:
                     self.rows, self.cache, self.mask = [], None, None
 
     # ------------------------------------------------------------------ prefill
-    def _lookup(self, prompt: list[int]) -> tuple[int, list | None]:
+    def _lookup(self, prompt: list[int], count: bool = True) -> tuple[int, list | None]:
         """The longest cached prefix of ``prompt`` (leaving at least one token to prefill): (length, layers)."""
         best, layers = 0, None
         for i, (key, kv) in enumerate(self.prefixes):
             n = len(key)
             if best < n < len(prompt) and tuple(prompt[:n]) == key:
                 best, layers, hit = n, kv, i
-        if layers is not None:
+        if layers is not None and count:
             self.prefixes.append(self.prefixes.pop(hit))  # most recently used last
             self.prefix_hits += 1
         return best, layers
@@ -236,6 +236,8 @@ class Engine:
     def _admit(self, new: list[_Row]) -> None:
         """Prefill the new rows (grouped by the cached prefix they start with) and append them to the batch."""
         torch = self._torch
+        if self.prefix_cache:
+            self._learn_common_prefix(new)
         groups: dict[int, tuple[list | None, list[_Row]]] = {}
         for r in new:
             n, kv = self._lookup(r.prompt) if self.prefix_cache else (0, None)
@@ -263,6 +265,31 @@ class Engine:
             self._merge(rows, cache, mask, first)
             self._advance(rows, first)
 
+    def _learn_common_prefix(self, new: list[_Row]) -> None:
+        """Before the first prefill of a burst: the prefix that all its prompts (and the previous prompt) share —
+        typically the system prompt — is prefilled once on its own and cached, so that every row of the burst
+        starts from it."""
+        prompts = [r.prompt for r in new] + ([self.last_prompt] if self.last_prompt else [])
+        if len(prompts) < 2:
+            return
+        n = min(len(p) for p in prompts) - 1
+        first = prompts[0]
+        for p in prompts[1:]:
+            n = next((i for i in range(n) if p[i] != first[i]), n)
+        if n < PREFIX_MIN_TOKENS or self._lookup(first, count=False)[0] >= n:
+            return
+        key = tuple(first[:n])
+        cache = _new_cache([_GrowingLayer() for _ in range(self._n_layers())])
+        ids = self._torch.tensor([list(key)], device=self.device)
+        self.model(input_ids=ids, attention_mask=self._torch.ones_like(ids), cache=cache, use_cache=True,
+                   logits_to_keep=1)
+        self._store(key, [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers])
+
+    def _store(self, key: tuple[int, ...], kv: list) -> None:
+        self.prefixes.append((key, kv))
+        if len(self.prefixes) > PREFIX_ENTRIES:
+            self.prefixes.pop(0)
+
     def _n_layers(self) -> int:
         return self.model.config.num_hidden_layers
 
@@ -284,9 +311,7 @@ class Engine:
             cols = torch.nonzero(mask[k]).flatten()[:n]
             kv = [(layer.keys[k:k + 1, :, cols].clone(), layer.values[k:k + 1, :, cols].clone())
                   for layer in cache.layers]
-            self.prefixes.append((tuple(r.prompt[:n]), kv))
-            if len(self.prefixes) > PREFIX_ENTRIES:
-                self.prefixes.pop(0)
+            self._store(tuple(r.prompt[:n]), kv)
 
     def _merge(self, rows: list[_Row], cache, mask, first) -> None:
         torch = self._torch
