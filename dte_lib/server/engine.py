@@ -243,27 +243,33 @@ class Engine:
             n, kv = self._lookup(r.prompt) if self.prefix_cache else (0, None)
             groups.setdefault(n, (kv, []))[1].append(r)
         for n, (kv, rows) in groups.items():
-            width = max(len(r.prompt) - n for r in rows)
-            ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), n + width), dtype=torch.long)
-            mask[:, :n] = 1
-            for k, r in enumerate(rows):
-                tail = r.prompt[n:]
-                ids[k, width - len(tail):] = torch.tensor(tail)
-                mask[k, n + width - len(tail):] = 1
-            pos = (mask.cumsum(1) - 1).clamp_min(0)[:, n:]
-            layers = [_GrowingLayer(k.expand(len(rows), -1, -1, -1), v.expand(len(rows), -1, -1, -1))
-                      for k, v in kv] if kv is not None else [_GrowingLayer() for _ in range(self._n_layers())]
-            cache = _new_cache(layers)
-            dev = self.device
-            out = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                             cache=cache, use_cache=True, logits_to_keep=1)
-            mask = mask.to(dev)
-            if self.prefix_cache:
-                self._remember(rows, cache, mask)
-            first = self._sample(out.logits[:, -1], rows)
-            self._merge(rows, cache, mask, first)
-            self._advance(rows, first)
+            for bucket in _length_buckets(rows, n):
+                self._prefill(n, kv, bucket)
+
+    def _prefill(self, n: int, kv: list | None, rows: list[_Row]) -> None:
+        """One forward pass over the prompts of ``rows`` after their first ``n`` tokens (cached as ``kv``)."""
+        torch = self._torch
+        width = max(len(r.prompt) - n for r in rows)
+        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), n + width), dtype=torch.long)
+        mask[:, :n] = 1
+        for k, r in enumerate(rows):
+            tail = r.prompt[n:]
+            ids[k, width - len(tail):] = torch.tensor(tail)
+            mask[k, n + width - len(tail):] = 1
+        pos = (mask.cumsum(1) - 1).clamp_min(0)[:, n:]
+        layers = [_GrowingLayer(k.expand(len(rows), -1, -1, -1), v.expand(len(rows), -1, -1, -1))
+                  for k, v in kv] if kv is not None else [_GrowingLayer() for _ in range(self._n_layers())]
+        cache = _new_cache(layers)
+        dev = self.device
+        out = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                         cache=cache, use_cache=True, logits_to_keep=1)
+        mask = mask.to(dev)
+        if self.prefix_cache:
+            self._remember(rows, cache, mask)
+        first = self._sample(out.logits[:, -1], rows)
+        self._merge(rows, cache, mask, first)
+        self._advance(rows, first)
 
     def _learn_common_prefix(self, new: list[_Row]) -> None:
         """Before the first prefill of a burst: the prefix that all its prompts (and the previous prompt) share —
@@ -603,6 +609,20 @@ class Registry:
         finally:
             for r in rows:
                 r.cancelled = True
+
+
+def _length_buckets(rows: list[_Row], n: int) -> list[list[_Row]]:
+    """Rows sorted by the length left to prefill and cut where padding to the bucket's longest would waste more than
+    a quarter of it (prefill pads every row to its bucket's longest; padding is compute spent on nothing)."""
+    rows = sorted(rows, key=lambda r: len(r.prompt) - n)
+    buckets: list[list[_Row]] = []
+    for r in rows:
+        size = len(r.prompt) - n
+        if buckets and size - (len(buckets[-1][0].prompt) - n) <= max(4, size // 4):
+            buckets[-1].append(r)
+        else:
+            buckets.append([r])
+    return buckets
 
 
 def seed_for(seed: int | None, i: int) -> int:
