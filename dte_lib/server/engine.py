@@ -34,6 +34,7 @@ Explained in notebook 01. Run it: ``dte serve --model teacher=PATH`` (see ``dte_
 """
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 import time
@@ -170,6 +171,7 @@ class Engine:
         self._torch = torch
         self.thread = threading.Thread(target=self._loop, name="dte-engine", daemon=True)
         self.thread.start()
+        atexit.register(self.stop, 5.0)  # a daemon thread killed inside torch at exit aborts the interpreter noisily
 
     # ------------------------------------------------------------------ API for request threads
     def submit(self, rows: list[_Row]) -> None:
@@ -177,10 +179,13 @@ class Engine:
             self.queue.extend(rows)
             self.cond.notify()
 
-    def stop(self) -> None:
+    def stop(self, wait_s: float = 0.0) -> None:
+        """End the scheduler thread after its current step (rows still in flight get no more tokens)."""
         with self.cond:
             self.stopped = True
             self.cond.notify()
+        if wait_s and self.thread is not threading.current_thread():
+            self.thread.join(wait_s)
 
     # ------------------------------------------------------------------ the loop
     def _loop(self) -> None:
@@ -192,7 +197,14 @@ class Engine:
             with self.cond:
                 while not self.queue and not self.rows and not self.stopped:
                     self.cond.wait()
-                if self.stopped:
+                if self.stopped:  # nobody waits forever: rows still queued or decoding get an error
+                    gone = RuntimeError("the model was unloaded while this request was running")
+                    for r in list(self.queue) + self.rows:
+                        if not r.done:
+                            r.done = True
+                            r.events.put((r.index, "", gone, len(r.out)))
+                    self.queue.clear()
+                    self.rows = []
                     return
                 if not self.rows and self.batch_wait_s and len(self.queue) < self.max_batch:
                     # idle, and a burst may be arriving: give its other requests a moment to join the first prefill
