@@ -9,7 +9,7 @@ Prompts: the persona's system prompt with the course's length hint, then a quest
 SmolLM2-135M-Instruct fp32 from the cache, 48 new tokens per request.
 
 Run it under the machine lock: ``/work/bin/heavy timeout 900 env PYTHONPATH=. .venv/bin/python
-benchmarks/bench_server.py`` (about 8 minutes on 2 cores). Results are appended to benchmarks/RESULTS-server.md
+benchmarks/bench_server.py`` (about 6 minutes on 2 cores). Results are appended to benchmarks/RESULTS-server.md
 with the machine and its load; the raw numbers to the same name with .json.
 """
 from __future__ import annotations
@@ -55,7 +55,7 @@ def direct(path: Path, batches: list[int], tokens: int, threads: int) -> dict[st
         model.generate(**tok(["hi"], return_tensors="pt"), max_new_tokens=2, pad_token_id=tok.pad_token_id)
         for b in batches:
             for name, kw in (("sampled", dict(do_sample=True, top_k=0, **SAMPLED)), ("greedy", dict(do_sample=False))):
-                if name == "greedy" and b != max(batches):
+                if name == "greedy" and b != max(batches):  # (greedy only at the largest batch: time)
                     continue
                 texts = [teacher.render_chat(tok, m, True) for m in prompts(b)]
                 enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -103,9 +103,12 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sweep", default="16,32,64,128", help="max-batch values to sweep at 128 concurrent")
-    ap.add_argument("--sweep-tokens", type=int, default=32)
+    ap.add_argument("--sweep-tokens", type=int, default=24)
     ap.add_argument("--sweep-concurrency", type=int, default=128)
     ap.add_argument("--concurrency", default="1,8,32,64", help="concurrent requests to measure (a smoke run: 1,2)")
+    ap.add_argument("--old-concurrency", default="1,8,64", help="... of them also with the old settings")
+    ap.add_argument("--direct-batches", default="8,64", help="model.generate batches (greedy at the largest)")
+    ap.add_argument("--course", action="store_true", help="add a row with the course's own requests (+1 min)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/RESULTS-server.md"))
     args = ap.parse_args()
     from dte_lib import teacher
@@ -116,13 +119,18 @@ def main() -> int:
     top, sweep_n = max(concs), args.sweep_concurrency
     ps = prompts(max(top, sweep_n))
     raw = Path(args.out).with_suffix(".json")
-    results: dict = {"direct": direct(path, concs, args.tokens, args.threads)}
+    old_concs = [int(x) for x in args.old_concurrency.split(",")]
+    results: dict = {"direct": direct(path, [int(x) for x in args.direct_batches.split(",")], args.tokens,
+                                      args.threads)}
     raw.write_text(json.dumps(results, indent=1))
     grid = [(f"{name}@{c}", c, s, ps) for c in concs for name, s in (("sampled", SAMPLED), ("greedy", GREEDY))]
-    results["old"] = served(path, args.threads, 8, False, [g for g in grid if g[0] != "greedy@1"], args.tokens)
+    results["old"] = served(path, args.threads, 8, False,
+                            [g for g in grid if g[1] in old_concs and (g[0].startswith("sampled") or g[1] == top)],
+                            args.tokens)
     raw.write_text(json.dumps(results, indent=1))
     results["new"] = served(path, args.threads, DEFAULT_MAX_BATCH, True,
-                            grid + [(f"course sampled@{top}", top, SAMPLED, course_prompts(top))], args.tokens)
+                            grid + ([(f"course sampled@{top}", top, SAMPLED, course_prompts(top))] if args.course else []),
+                            args.tokens)
     raw.write_text(json.dumps(results, indent=1))
     results["sweep"] = {}
     for mb in [int(x) for x in args.sweep.split(",") if x]:
@@ -152,10 +160,10 @@ def main() -> int:
             cells = [c, name, f"{o['tok_s']:.1f}" if o else "—", f"{n:.1f}", f"{n / o['tok_s']:.2f}×" if o else "—",
                      f"{g:.1f}" if g else "—", f"{n / g:.2f}×" if g else "—", f"{new[k]['median_latency_s']:.1f}"]
             lines.append("| " + " | ".join(str(x) for x in cells) + " |")
-    c = new[f"course sampled@{top}"]
+    c = new.get(f"course sampled@{top}")
     lines += ["", f"The course's own requests (demo plan: persona prompt + length hint + one few-shot turn, "
                   f"~210–340 prompt tokens), {top} concurrent, sampled, new engine: **{c['tok_s']:.1f} tok/s** "
-                  f"(wall {c['wall_s']:.1f} s, {c['stop_share']:.0%} ended on their own).", "",
+                  f"(wall {c['wall_s']:.1f} s, {c['stop_share']:.0%} ended on their own)." if c else "", "",
               f"`--max-batch` sweep, {sweep_n} concurrent sampled requests, {args.sweep_tokens} new tokens, prefix cache on:",
               "", "| max-batch | tok/s | median latency (s) |", "|---|---|---|"]
     lines += [f"| {mb} | {r['tok_s']:.1f} | {r['median_latency_s']:.1f} |" for mb, r in results["sweep"].items()]
