@@ -9,7 +9,7 @@ touch the model themselves. Every choice of every request (whole completions and
   batch's (both left-padded to the same length), so the rows already decoding wait one prefill, not a whole batch;
 - every step decodes one token for every row; a row that ends (an end token, a stop string, its ``max_tokens``, or
   a client that went away) leaves the batch at once and frees its slot for a waiting row;
-- at most ``max_batch`` rows decode together (default 64, chosen by the sweep in benchmarks/RESULTS-server.md);
+- at most ``max_batch`` rows decode together (default 32, chosen by a sweep of 16–128 in benchmarks/RESULTS-server.md);
 - **prefix caching**: the KV cache of the longest token prefix shared by consecutive prompts (the persona system
   prompt and the chat template around it) is kept per model (a few entries, least recently used dropped) and a
   later prompt that starts with it prefills only the rest;
@@ -45,7 +45,7 @@ from typing import Any, Iterator, Sequence
 
 from .. import teacher
 
-DEFAULT_MAX_BATCH = 64
+DEFAULT_MAX_BATCH = 32  # the --max-batch sweep in benchmarks/RESULTS-server.md (2026-12-02) picked 32 of 16–128
 TOP_K_PRECUT = 256  # top-p looks at a row's 256 most likely tokens first; the full sort only when they fall short
 PREFIX_MIN_TOKENS = 8  # a shared prefix shorter than this is not worth a cache entry
 PREFIX_ENTRIES = 8  # cached prefixes per model (least recently used dropped)
