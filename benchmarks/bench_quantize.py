@@ -1,4 +1,5 @@
-"""Would a ``dte serve --quantize int8`` be worth it? Dynamic int8 Linear layers (``torch.ao.quantization.quantize_dynamic``)
+"""Would a ``dte serve --quantize int8`` be worth it? Dynamic int8 Linear layers
+(``torch.ao.quantization.quantize_dynamic``)
 vs the fp32 model, on SmolLM2-135M-Instruct (the teacher's architecture): speed of one decode step at batch 1 and
 64 (CPU seconds of one thread, which a shared machine's load disturbs far less than wall time), greedy agreement on
 the seed corpus' VAL prompts (48 new tokens each) and the loss on the VAL answers.
@@ -100,7 +101,8 @@ def main() -> int:
              "| | fp32 | int8 | int8 speed-up |", "|---|---|---|---|",
              *[f"| decode step, batch {b} (CPU s) | {speed[('fp32', b)]:.3f} | {speed[('int8', b)]:.3f} | "
                f"{speed[('fp32', b)] / speed[('int8', b)]:.2f}× |" for b in (1, 64)],
-             f"| loss on {len(rows)} VAL answers ({'one at a time' if args.unpadded else 'padded batches of 8'}) | {loss['fp32']:.4f} | {loss['int8']:.4f} | "
+             f"| loss on {len(rows)} VAL answers ({'one at a time' if args.unpadded else 'padded batches of 8'}) "
+             f"| {loss['fp32']:.4f} | {loss['int8']:.4f} | "
              f"{loss['int8'] - loss['fp32']:+.4f} |",
              "",
              f"Greedy agreement on {len(prompts)} VAL prompts × {args.tokens} new tokens "

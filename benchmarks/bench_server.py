@@ -79,7 +79,8 @@ async def burst(base_url: str, key: str, msgs: list[list[dict]], tokens: int, sa
     wall = time.perf_counter() - t0
     await client.close()
     toks = sum(o[1] for o in out)
-    return {"tok_s": toks / wall, "wall_s": wall, "tokens": toks, "median_latency_s": statistics.median(o[0] for o in out),
+    return {"tok_s": toks / wall, "wall_s": wall, "tokens": toks,
+            "median_latency_s": statistics.median(o[0] for o in out),
             "stop_share": sum(o[2] == "stop" for o in out) / len(out)}
 
 
@@ -129,7 +130,8 @@ def main() -> int:
                             args.tokens)
     raw.write_text(json.dumps(results, indent=1))
     results["new"] = served(path, args.threads, DEFAULT_MAX_BATCH, True,
-                            grid + ([(f"course sampled@{top}", top, SAMPLED, course_prompts(top))] if args.course else []),
+                            grid + ([(f"course sampled@{top}", top, SAMPLED, course_prompts(top))]
+                                    if args.course else []),
                             args.tokens)
     raw.write_text(json.dumps(results, indent=1))
     results["sweep"] = {}
@@ -145,7 +147,8 @@ def main() -> int:
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {args.threads}; "
                f"load average {load_start:.2f} at the start; `uptime` at the end: {uptime}")
     lines = [f"\n## Continuous batching vs the old settings — {time.strftime('%Y-%m-%d %H:%M')}\n",
-             f"SmolLM2-135M-Instruct fp32, {args.tokens} new tokens per request (fewer where a request ends on its own), "
+             f"SmolLM2-135M-Instruct fp32, {args.tokens} new tokens per request (fewer where a request ends on its "
+             "own), "
              f"persona system prompt + one prompt-bank question per request; {machine}. One run, {minutes:.1f} min.\n",
              f"| concurrent | sampling | old settings (max-batch 8, no prefix cache) tok/s | new (max-batch "
              f"{DEFAULT_MAX_BATCH}, prefix cache) tok/s | new / old | model.generate same batch tok/s | new / generate "
@@ -157,14 +160,16 @@ def main() -> int:
             if k not in new:
                 continue
             o, g, n = old.get(k), d.get(k), new[k]["tok_s"]
-            cells = [c, name, f"{o['tok_s']:.1f}" if o else "—", f"{n:.1f}", f"{n / o['tok_s']:.2f}×" if o else "—",
+            cells = [c, name, f"{o['tok_s']:.1f}" if o else "—", f"{n:.1f}",
+                     f"{n / o['tok_s']:.2f}×" if o else "—",
                      f"{g:.1f}" if g else "—", f"{n / g:.2f}×" if g else "—", f"{new[k]['median_latency_s']:.1f}"]
             lines.append("| " + " | ".join(str(x) for x in cells) + " |")
     c = new.get(f"course sampled@{top}")
     lines += ["", f"The course's own requests (demo plan: persona prompt + length hint + one few-shot turn, "
                   f"~210–340 prompt tokens), {top} concurrent, sampled, new engine: **{c['tok_s']:.1f} tok/s** "
                   f"(wall {c['wall_s']:.1f} s, {c['stop_share']:.0%} ended on their own)." if c else "", "",
-              f"`--max-batch` sweep, {sweep_n} concurrent sampled requests, {args.sweep_tokens} new tokens, prefix cache on:",
+              f"`--max-batch` sweep, {sweep_n} concurrent sampled requests, {args.sweep_tokens} new tokens, "
+              "prefix cache on:",
               "", "| max-batch | tok/s | median latency (s) |", "|---|---|---|"]
     lines += [f"| {mb} | {r['tok_s']:.1f} | {r['median_latency_s']:.1f} |" for mb, r in results["sweep"].items()]
     text = "\n".join(lines) + "\n"

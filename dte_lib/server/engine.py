@@ -9,7 +9,8 @@ touch the model themselves. Every choice of every request (whole completions and
   batch's (both left-padded to the same length), so the rows already decoding wait one prefill, not a whole batch;
 - every step decodes one token for every row; a row that ends (an end token, a stop string, its ``max_tokens``, or
   a client that went away) leaves the batch at once and frees its slot for a waiting row;
-- at most ``max_batch`` rows decode together (default 32, chosen by a sweep of 16–128 in benchmarks/RESULTS-server.md);
+- at most ``max_batch`` rows decode together (default 32, chosen by a sweep of 16–128 in
+  benchmarks/RESULTS-server.md);
 - **prefix caching**: the KV cache of the longest token prefix shared by consecutive prompts (the persona system
   prompt and the chat template around it) is kept per model (a few entries, least recently used dropped) and a
   later prompt that starts with it prefills only the rest;
