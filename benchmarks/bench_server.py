@@ -1,15 +1,22 @@
-"""Server throughput and latency at 1, 4 and 8 concurrent chat requests, with dynamic batching off
-(``--max-batch 1``: one request at a time, as the server worked before) and on (the default, 8 rows), against
-calling ``model.generate`` directly in this process — same model, prompt, greedy decoding and new-token budget.
+"""Server throughput: generated tokens/s at 1, 8, 32 and 64 concurrent chat requests, with the course's sampling
+(temperature 0.8, top-p 0.95) and greedy, for the engine with the old settings (``--max-batch 8
+--no-prefix-cache``) and the new defaults, in one run, with the same prompts — plus in-process ``model.generate``
+at the same batch as the reference, a sweep of ``--max-batch`` (16–128) at 128 concurrent requests, and one row with
+the course's own requests (persona prompt + a few-shot turn, as notebook 02 sends them).
 
-Run it: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_server.py [--tokens 32] [--out benchmarks/RESULTS-server.md]``
-(SmolLM2-135M-Instruct from the cache; about 3–5 minutes on 2 cores). Results are appended to the output file
-with the machine's description; the machine is shared and noisy, so read the ratios and medians.
+Prompts: the persona's system prompt with the course's length hint, then a question from data/prompt_bank.jsonl
+(request i asks question i: different questions, one shared system prompt — the shape of notebook 02's traffic).
+SmolLM2-135M-Instruct fp32 from the cache, 48 new tokens per request.
+
+Run it under the machine lock: ``/work/bin/heavy timeout 900 env PYTHONPATH=. .venv/bin/python
+benchmarks/bench_server.py`` (about 6 minutes on 2 cores). Results are appended to benchmarks/RESULTS-server.md
+with the machine and its load; the raw numbers to the same name with .json.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import statistics
@@ -18,87 +25,156 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLED = {"temperature": 0.8, "top_p": 0.95}
+GREEDY = {"temperature": 0.0}
 
-MESSAGES = [{"role": "system", "content": "You are Deep Tree Echo."},
-            {"role": "user", "content": "Describe an echo state network in two sentences."}]
+
+def prompts(n: int) -> list[list[dict]]:
+    persona = json.loads((ROOT / "data/persona.json").read_text())["system_prompt"]
+    from dte_lib.config import GenerateCfg
+    system = f"{persona} {GenerateCfg().length_hint}".strip()
+    bank = [json.loads(line)["prompt"] for line in (ROOT / "data/prompt_bank.jsonl").read_text().splitlines() if line]
+    return [[{"role": "system", "content": system}, {"role": "user", "content": bank[i % len(bank)]}]
+            for i in range(n)]
 
 
-def direct(path: Path, tokens: int, reps: int, threads: int) -> list[float]:
-    """Seconds per call of model.generate (greedy, min_new_tokens=max_new_tokens so every call makes `tokens`)."""
+def course_prompts(n: int) -> list[list[dict]]:
+    from dte_lib import config, prompts as P
+    return [r.messages() for r in P.plan_from_config(config.load("demo"), n)]
+
+
+def direct(path: Path, batches: list[int], tokens: int, threads: int) -> dict[str, float]:
+    """tokens/s of model.generate on left-padded batches (min_new_tokens = max_new_tokens: every row makes `tokens`)."""
     import torch
     from dte_lib import teacher
     model, tok = teacher.load(path, threads=threads)
-    ids = torch.tensor([tok(teacher.render_chat(tok, MESSAGES, True), add_special_tokens=False)["input_ids"]])
-    times = []
+    tok.padding_side = "left"
+    res = {}
     with torch.no_grad():
-        model.generate(input_ids=ids, max_new_tokens=4, do_sample=False)  # warm-up
-        for _ in range(reps):
-            t = time.perf_counter()
-            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
-                           min_new_tokens=tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-            times.append(time.perf_counter() - t)
-    del model
-    return times
+        model.generate(**tok(["hi"], return_tensors="pt"), max_new_tokens=2, pad_token_id=tok.pad_token_id)
+        for b in batches:
+            for name, kw in (("sampled", dict(do_sample=True, top_k=0, **SAMPLED)), ("greedy", dict(do_sample=False))):
+                if name == "greedy" and b != max(batches):  # (greedy only at the largest batch: time)
+                    continue
+                texts = [teacher.render_chat(tok, m, True) for m in prompts(b)]
+                enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+                t = time.perf_counter()
+                model.generate(**enc, max_new_tokens=tokens, min_new_tokens=tokens, pad_token_id=tok.pad_token_id, **kw)
+                res[f"{name}@{b}"] = b * tokens / (time.perf_counter() - t)
+                print(f"generate {name} batch {b}: {res[f'{name}@{b}']:.1f} tok/s", flush=True)
+    return res
 
 
-async def through_server(base_url: str, key: str, tokens: int, concurrency: int) -> tuple[float, list[float], int]:
+async def burst(base_url: str, key: str, msgs: list[list[dict]], tokens: int, sampling: dict) -> dict[str, float]:
     import openai
-    client = openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=600)
+    client = openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=1200)
 
-    async def one():
+    async def one(i, m):
         t = time.perf_counter()
-        r = await client.chat.completions.create(model="teacher", messages=MESSAGES, max_tokens=tokens,
-                                                 temperature=0)
-        return time.perf_counter() - t, r.usage.completion_tokens
+        r = await client.chat.completions.create(model="teacher", messages=m, max_tokens=tokens, seed=i, **sampling)
+        return time.perf_counter() - t, r.usage.completion_tokens, r.choices[0].finish_reason
     t0 = time.perf_counter()
-    results = await asyncio.gather(*[one() for _ in range(concurrency)])
+    out = await asyncio.gather(*[one(i, m) for i, m in enumerate(msgs)])
     wall = time.perf_counter() - t0
     await client.close()
-    return wall, [r[0] for r in results], sum(r[1] for r in results)
+    toks = sum(o[1] for o in out)
+    return {"tok_s": toks / wall, "wall_s": wall, "tokens": toks,
+            "median_latency_s": statistics.median(o[0] for o in out),
+            "stop_share": sum(o[2] == "stop" for o in out) / len(out)}
+
+
+def served(path: Path, threads: int, max_batch: int, prefix_cache: bool, runs: list[tuple[str, int, dict, list]],
+           tokens: int) -> dict[str, dict]:
+    from dte_lib import server
+    res = {}
+    with server.launch({"teacher": path}, threads=threads, max_batch=max_batch, prefix_cache=prefix_cache,
+                       timeout=300) as srv:
+        asyncio.run(burst(srv.base_url, srv.api_key, prompts(2), 2, GREEDY))  # load and warm up
+        for label, conc, sampling, msgs in runs:
+            r = asyncio.run(burst(srv.base_url, srv.api_key, msgs[:conc], tokens, sampling))
+            res[label] = r
+            print(f"max_batch {max_batch} prefix_cache {prefix_cache} {label}: {r['tok_s']:.1f} tok/s "
+                  f"(wall {r['wall_s']:.1f} s, median latency {r['median_latency_s']:.1f} s)", flush=True)
+    return res
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--tokens", type=int, default=32)
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "RESULTS-server.md"))
+    ap.add_argument("--sweep", default="16,32,64,128", help="max-batch values to sweep at 128 concurrent")
+    ap.add_argument("--sweep-tokens", type=int, default=24)
+    ap.add_argument("--sweep-concurrency", type=int, default=128)
+    ap.add_argument("--concurrency", default="1,8,32,64", help="concurrent requests to measure (a smoke run: 1,2)")
+    ap.add_argument("--old-concurrency", default="1,8,64", help="... of them also with the old settings")
+    ap.add_argument("--direct-batches", default="8,64", help="model.generate batches (greedy at the largest)")
+    ap.add_argument("--course", action="store_true", help="add a row with the course's own requests (+1 min)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/RESULTS-server.md"))
     args = ap.parse_args()
-    from dte_lib import server, teacher
+    from dte_lib import teacher
+    from dte_lib.server.engine import DEFAULT_MAX_BATCH
     path = teacher.base_model_dir()
-    d = direct(path, args.tokens, args.reps, args.threads)
-    direct_tps = args.tokens / statistics.median(d)
-    rows = [("model.generate, in process", 1, statistics.median(d), statistics.median(d), direct_tps, 1.0, None)]
-    serial_tps: dict[int, float] = {}  # tokens/s with batching off, per concurrency
-    for max_batch in (1, 8):
-        with server.launch({"teacher": path}, threads=args.threads, max_batch=max_batch) as srv:
-            asyncio.run(through_server(srv.base_url, srv.api_key, 4, 1))  # load the model, warm up
-            for conc in (1, 4, 8):
-                walls, lats, toks = [], [], 0
-                for _ in range(args.reps):
-                    wall, lat, n = asyncio.run(through_server(srv.base_url, srv.api_key, args.tokens, conc))
-                    walls.append(wall)
-                    lats += lat
-                    toks += n
-                tps = toks / sum(walls)
-                if max_batch == 1:
-                    serial_tps[conc] = tps
-                rows.append((f"server, max_batch {max_batch}, {conc} concurrent", conc, statistics.median(lats),
-                             max(lats), tps, tps / direct_tps, tps / serial_tps[conc] if max_batch > 1 else None))
-    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
-               f"{args.threads}, load average {os.getloadavg()[0]:.1f} at the end (shared machine)")
-    lines = [f"\n## Server vs model.generate — {time.strftime('%Y-%m-%d %H:%M')}\n",
-             f"SmolLM2-135M-Instruct fp32, greedy, {args.tokens} new tokens per request; {machine}.\n",
-             "| setup | concurrency | median latency (s) | max latency (s) | generated tokens/s | vs direct | "
-             "vs max_batch 1 |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r[0]} | {r[1]} | {r[2]:.2f} | {r[3]:.2f} | {r[4]:.1f} | {r[5]:.2f}× | "
-              + (f"{r[6]:.2f}× |" if r[6] is not None else "— |") for r in rows]
+    t_start, load_start = time.time(), os.getloadavg()[0]
+    concs = [int(x) for x in args.concurrency.split(",")]
+    top, sweep_n = max(concs), args.sweep_concurrency
+    ps = prompts(max(top, sweep_n))
+    raw = Path(args.out).with_suffix(".json")
+    old_concs = [int(x) for x in args.old_concurrency.split(",")]
+    results: dict = {"direct": direct(path, [int(x) for x in args.direct_batches.split(",")], args.tokens,
+                                      args.threads)}
+    raw.write_text(json.dumps(results, indent=1))
+    grid = [(f"{name}@{c}", c, s, ps) for c in concs for name, s in (("sampled", SAMPLED), ("greedy", GREEDY))]
+    results["old"] = served(path, args.threads, 8, False,
+                            [g for g in grid if g[1] in old_concs and (g[0].startswith("sampled") or g[1] == top)],
+                            args.tokens)
+    raw.write_text(json.dumps(results, indent=1))
+    results["new"] = served(path, args.threads, DEFAULT_MAX_BATCH, True,
+                            grid + ([(f"course sampled@{top}", top, SAMPLED, course_prompts(top))]
+                                    if args.course else []),
+                            args.tokens)
+    raw.write_text(json.dumps(results, indent=1))
+    results["sweep"] = {}
+    for mb in [int(x) for x in args.sweep.split(",") if x]:
+        results["sweep"][mb] = served(path, args.threads, mb, True, [("sweep", sweep_n, SAMPLED, ps)],
+                                      args.sweep_tokens)["sweep"]
+        raw.write_text(json.dumps(results, indent=1))
+    minutes = (time.time() - t_start) / 60
+    uptime = os.popen("uptime").read().strip()
+    raw.write_text(json.dumps(results, indent=1))
+
+    d, old, new = results["direct"], results["old"], results["new"]
+    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {args.threads}; "
+               f"load average {load_start:.2f} at the start; `uptime` at the end: {uptime}")
+    lines = [f"\n## Continuous batching vs the old settings — {time.strftime('%Y-%m-%d %H:%M')}\n",
+             f"SmolLM2-135M-Instruct fp32, {args.tokens} new tokens per request (fewer where a request ends on its "
+             "own), "
+             f"persona system prompt + one prompt-bank question per request; {machine}. One run, {minutes:.1f} min.\n",
+             f"| concurrent | sampling | old settings (max-batch 8, no prefix cache) tok/s | new (max-batch "
+             f"{DEFAULT_MAX_BATCH}, prefix cache) tok/s | new / old | model.generate same batch tok/s | new / generate "
+             "| new median latency (s) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c in concs:
+        for name in ("sampled", "greedy"):
+            k = f"{name}@{c}"
+            if k not in new:
+                continue
+            o, g, n = old.get(k), d.get(k), new[k]["tok_s"]
+            cells = [c, name, f"{o['tok_s']:.1f}" if o else "—", f"{n:.1f}",
+                     f"{n / o['tok_s']:.2f}×" if o else "—",
+                     f"{g:.1f}" if g else "—", f"{n / g:.2f}×" if g else "—", f"{new[k]['median_latency_s']:.1f}"]
+            lines.append("| " + " | ".join(str(x) for x in cells) + " |")
+    c = new.get(f"course sampled@{top}")
+    lines += ["", f"The course's own requests (demo plan: persona prompt + length hint + one few-shot turn, "
+                  f"~210–340 prompt tokens), {top} concurrent, sampled, new engine: **{c['tok_s']:.1f} tok/s** "
+                  f"(wall {c['wall_s']:.1f} s, {c['stop_share']:.0%} ended on their own)." if c else "", "",
+              f"`--max-batch` sweep, {sweep_n} concurrent sampled requests, {args.sweep_tokens} new tokens, "
+              "prefix cache on:",
+              "", "| max-batch | tok/s | median latency (s) |", "|---|---|---|"]
+    lines += [f"| {mb} | {r['tok_s']:.1f} | {r['median_latency_s']:.1f} |" for mb, r in results["sweep"].items()]
     text = "\n".join(lines) + "\n"
     print(text)
-    out = Path(args.out)
-    if not out.exists():
-        out.write_text("# Local server benchmarks\n\nWritten by `benchmarks/bench_server.py`; newest last.\n")
-    with open(out, "a") as fh:
+    with open(args.out, "a") as fh:
         fh.write(text)
     return 0
 

@@ -269,7 +269,8 @@ def faulty(request, tiny, tmp_path_factory):
 
 
 def _stats(handle):
-    return httpx.get(handle.base_url.replace("/v1", "/dte/stats")).json()
+    return httpx.get(handle.base_url.replace("/v1", "/dte/stats"),
+                     headers={"Authorization": f"Bearer {handle.api_key}"}).json()
 
 
 def test_429_with_retry_after_ms_is_retried_by_the_sdk(faulty):
@@ -384,3 +385,19 @@ def test_concurrent_sdk_requests_through_the_server(srv):
     one, many = asyncio.run(go())
     assert [r.choices[0].message.content for r in one] == [r.choices[0].message.content for r in many]
     assert [r.usage.completion_tokens for r in one] == [r.usage.completion_tokens for r in many]
+
+
+def test_stream_with_n_choices_decodes_them_together(client):
+    """n > 1 in a stream: the choices are rows of the same batch, each streamed under its own index, and each
+    equals the whole completion's choice with the same seed."""
+    kw = dict(model="tiny", messages=MSG, max_tokens=10, temperature=1.0, seed=21, n=3)
+    whole = client.chat.completions.create(**kw)
+    texts, finishes = {}, {}
+    for c in client.chat.completions.create(stream=True, **kw):
+        for ch in c.choices:
+            texts[ch.index] = texts.get(ch.index, "") + (ch.delta.content or "")
+            if ch.finish_reason:
+                finishes[ch.index] = ch.finish_reason
+    assert sorted(texts) == [0, 1, 2] and sorted(finishes) == [0, 1, 2]
+    assert [texts[i] for i in range(3)] == [c.message.content for c in whole.choices]
+    assert [finishes[i] for i in range(3)] == [c.finish_reason for c in whole.choices]

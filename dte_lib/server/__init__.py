@@ -74,7 +74,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 def launch(models: dict[str, str | os.PathLike], *, host: str = "127.0.0.1", port: int = 0,
            api_key: str | None = None, faults: str | None = None, data_dir: str | os.PathLike | None = None,
            timeout: float = 120, threads: int | None = None, max_body_mb: float | None = None,
-           train_defaults: dict | None = None, max_batch: int | None = None) -> ServerHandle:
+           train_defaults: dict | None = None, max_batch: int | None = None, prefix_cache: bool = True,
+           device: str | None = None) -> ServerHandle:
     """Start ``python -m dte_lib.server`` as a subprocess and wait until ``/v1/models`` answers.
 
     ``models`` maps served names to local HF causal-LM directories (loaded lazily on first request). ``port=0``
@@ -82,7 +83,9 @@ def launch(models: dict[str, str | os.PathLike], *, host: str = "127.0.0.1", por
     ``faults`` is the opt-in fault spec documented in ``dte_lib.server.app``. ``data_dir`` holds uploaded files and
     fine-tuned models (default: a new temporary directory). ``train_defaults`` sets fine-tune knobs for jobs that
     do not send ``dte_training`` (max_steps, max_length, batch_size, lora_rank, learning_rate, eval_every, val_limit).
-    ``max_batch`` caps the rows (choices) decoded together when concurrent requests are batched (default 8).
+    ``max_batch`` caps the rows (choices) decoding together in the continuous batch (default
+    ``engine.DEFAULT_MAX_BATCH``); ``prefix_cache=False`` recomputes every prompt in full; ``device`` is
+    ``auto | cpu | cuda | mps`` (default auto).
     """
     import httpx
     port = port or free_port(host if host not in ("0.0.0.0", "::") else "127.0.0.1")
@@ -101,6 +104,10 @@ def launch(models: dict[str, str | os.PathLike], *, host: str = "127.0.0.1", por
         cmd += ["--max-body-mb", str(max_body_mb)]
     if max_batch:
         cmd += ["--max-batch", str(max_batch)]
+    if not prefix_cache:
+        cmd += ["--no-prefix-cache"]
+    if device:
+        cmd += ["--device", device]
     if train_defaults:
         import json
         cmd += ["--train-defaults", json.dumps(train_defaults)]

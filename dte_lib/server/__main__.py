@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from . import LOOPBACK
+from .engine import DEFAULT_MAX_BATCH
 
 
 def main(argv=None) -> int:
@@ -24,8 +25,12 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default="outputs/server", help="uploaded files and fine-tuned models")
     ap.add_argument("--faults", default=None, help="opt-in fault injection, e.g. '429:0.2,latency_ms:300'")
     ap.add_argument("--threads", type=int, default=None, help="torch threads")
-    ap.add_argument("--max-batch", type=int, default=8,
-                    help="most rows (choices) of concurrent requests decoded together (1 = no batching)")
+    ap.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+                    help="most rows (choices) decoding together in the continuous batch (1 = one at a time)")
+    ap.add_argument("--no-prefix-cache", action="store_true",
+                    help="recompute every prompt in full (default: reuse the KV of a shared prompt prefix)")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                    help="where the models run (auto: CUDA, then Apple MPS, else the CPU)")
     ap.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body accepted")
     ap.add_argument("--train-defaults", default=None, help="JSON of fine-tune knobs for jobs (max_steps, ...)")
     ap.add_argument("--parent-pid", type=int, default=None,
@@ -39,7 +44,8 @@ def main(argv=None) -> int:
         if not (Path(path) / "config.json").exists():
             ap.error(f"--model {spec!r}: {path} has no config.json (not a Hugging Face model directory)")
         models[name] = path
-    api_key = args.api_key or os.environ.get("DTE_API_KEY_SERVE") or None
+    # a key of only whitespace is no key (it would protect nothing and must not open a public bind)
+    api_key = (args.api_key or "").strip() or (os.environ.get("DTE_API_KEY_SERVE") or "").strip() or None
     if args.host not in LOOPBACK and not api_key:
         print(f"dte serve: refusing to bind {args.host} without an API key: anyone on the network could use it. "
               "Pass --api-key (or set DTE_API_KEY_SERVE), or bind 127.0.0.1.", file=sys.stderr)
@@ -50,13 +56,19 @@ def main(argv=None) -> int:
             Faults(args.faults)
         except ValueError as e:
             ap.error(str(e))
+    from ..device import resolve
+    try:
+        resolve(args.device)
+    except ValueError as e:
+        print(f"dte serve: {e}", file=sys.stderr)
+        return 2
     if args.parent_pid:
         _exit_with_parent(args.parent_pid)
     import uvicorn
     from .app import create_app
     app = create_app(models, api_key=api_key, faults=args.faults, data_dir=args.data_dir,
                      max_body_bytes=int(args.max_body_mb * (1 << 20)), threads=args.threads,
-                     max_batch=args.max_batch,
+                     max_batch=args.max_batch, prefix_cache=not args.no_prefix_cache, device=args.device,
                      train_defaults=json.loads(args.train_defaults) if args.train_defaults else None)
     print(f"serving {', '.join(models) or 'no models'} on http://{args.host}:{args.port}/v1", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

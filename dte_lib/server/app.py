@@ -31,13 +31,15 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .engine import ModelNotFound, Registry
+from .engine import DEFAULT_MAX_BATCH, ModelNotFound, Registry
 from .store import APIError, Batches, Files, Jobs, new_id, now, page
 
 MAX_N = 16
 MAX_TOKENS_CAP = 4096
 DEFAULT_MAX_TOKENS = 256
+SEED_MIN, SEED_MAX = -2**63, 2**64 - 1  # what a 64-bit generator seed can hold (int64 or uint64)
 MESSAGE_ROLES = {"system", "developer", "user", "assistant", "tool"}
 
 
@@ -95,15 +97,23 @@ class Faults:
 
 # ---------------------------------------------------------------------------------------------- body limit
 class BodyLimit:
-    """ASGI middleware: refuse request bodies over ``max_bytes`` with 413, by header or by counting chunks."""
+    """ASGI middleware, outermost: check the API key (on ``/v1`` and ``/dte`` routes) *before* reading any of the
+    body, then refuse bodies over ``max_bytes`` with 413, by header or by counting chunks."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, api_key: str | None = None):
+        self.app, self.max_bytes, self.api_key = app, max_bytes, api_key
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        if self.api_key and scope.get("path", "").startswith(("/v1", "/dte")) and \
+                headers.get(b"authorization", b"") != f"Bearer {self.api_key}".encode():
+            err = APIError(401, "Incorrect API key provided", code="invalid_api_key")
+            # the body is never read: close the connection after answering, so unread bytes cannot be a request
+            return await JSONResponse(err.body(), status_code=401, headers={"connection": "close"})(
+                scope, receive, send)
+        declared = headers.get(b"content-length")
         too_big = declared is not None and declared.isdigit() and int(declared) > self.max_bytes
         chunks, size = [], 0
         if not too_big:
@@ -167,7 +177,11 @@ def parse_chat(body: Any, registry: Registry) -> dict[str, Any]:
                            param=f"messages.[{i}].role")
         content = m.get("content")
         if isinstance(content, list):  # content parts: keep the text ones
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+            parts = [p for p in content if not isinstance(p, dict) or p.get("type") == "text"]
+            if not all(isinstance(p, dict) and isinstance(p.get("text"), str) for p in parts):
+                raise APIError(400, f"messages[{i}]: a text content part must be {{'type': 'text', 'text': STRING}}",
+                               param=f"messages.[{i}].content")
+            content = "".join(p["text"] for p in parts)
         if content is None and m["role"] == "assistant":
             content = ""
         if not isinstance(content, str):
@@ -183,9 +197,15 @@ def parse_chat(body: Any, registry: Registry) -> dict[str, Any]:
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = _num({key: mt}, key, DEFAULT_MAX_TOKENS, 1, MAX_TOKENS_CAP, integer=True)
     seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise APIError(400, "'seed' must be an integer", param="seed")
-    stream_options = body.get("stream_options") or {}
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not SEED_MIN <= seed <= SEED_MAX):
+        raise APIError(400, f"'seed' must be an integer from {SEED_MIN} to {SEED_MAX}", param="seed",
+                       code="invalid_value")
+    stream_options = body.get("stream_options")
+    if stream_options is None:
+        stream_options = {}
+    if not isinstance(stream_options, dict):
+        raise APIError(400, "'stream_options' must be an object such as {\"include_usage\": true}",
+                       param="stream_options")
     return {"model": model, "messages": clean, "n": _num(body, "n", 1, 1, MAX_N, integer=True),
             "temperature": _num(body, "temperature", 1.0, 0, 2), "top_p": _num(body, "top_p", 1.0, 0, 1),
             "max_tokens": max_tokens, "stop": stop or [], "seed": seed, "stream": bool(body.get("stream")),
@@ -215,10 +235,8 @@ def _sse(obj: Any) -> str:
 
 
 def stream_chunks(registry: Registry, a: dict[str, Any]):
-    """SSE lines for a streamed completion: role chunk, content deltas, a finish chunk per choice, usage, [DONE].
-
-    With ``n > 1`` the choices are generated one after another, each streamed under its own ``index``.
-    """
+    """SSE lines for a streamed completion: a role chunk per choice, content deltas, a finish chunk per choice,
+    usage, [DONE]. With ``n > 1`` the choices decode together (rows of the shared batch), each under its ``index``."""
     cid, created = new_id("chatcmpl-"), now()
     base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": a["model"],
             "system_fingerprint": "dte-local"}
@@ -226,17 +244,15 @@ def stream_chunks(registry: Registry, a: dict[str, Any]):
     for i in range(a["n"]):
         yield _sse({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                          "logprobs": None, "finish_reason": None}]})
-        seed = None if a["seed"] is None else a["seed"] + i
-        for delta, finish, prompt_tokens, used in registry.stream(
-                a["model"], a["messages"], temperature=a["temperature"], top_p=a["top_p"],
-                max_tokens=a["max_tokens"], stop=a["stop"], seed=seed):
-            if finish:
-                completion_total += used
-                yield _sse({**base, "choices": [{"index": i, "delta": {}, "logprobs": None,
-                                                 "finish_reason": finish}]})
-            elif delta:
-                yield _sse({**base, "choices": [{"index": i, "delta": {"content": delta}, "logprobs": None,
-                                                 "finish_reason": None}]})
+    for i, delta, finish, prompt_tokens, used in registry.stream(
+            a["model"], a["messages"], n=a["n"], temperature=a["temperature"], top_p=a["top_p"],
+            max_tokens=a["max_tokens"], stop=a["stop"], seed=a["seed"]):
+        if delta:
+            yield _sse({**base, "choices": [{"index": i, "delta": {"content": delta}, "logprobs": None,
+                                             "finish_reason": None}]})
+        if finish:
+            completion_total += used
+            yield _sse({**base, "choices": [{"index": i, "delta": {}, "logprobs": None, "finish_reason": finish}]})
     if a["include_usage"]:
         yield _sse({**base, "choices": [], "usage": {"prompt_tokens": prompt_tokens,
                                                      "completion_tokens": completion_total,
@@ -244,13 +260,36 @@ def stream_chunks(registry: Registry, a: dict[str, Any]):
     yield "data: [DONE]\n\n"
 
 
+class ClosingStream(StreamingResponse):
+    """An SSE response over a blocking generator that is *closed* however the response ends.
+
+    When the client goes away mid-stream, Starlette cancels the response and leaves a sync generator suspended; its
+    request would keep its hold on the model until a garbage collection. Closing it here (once the worker thread's
+    current step has returned: cancelling a thread call waits for it) lets the engine drop the request at once.
+    """
+
+    def __init__(self, chunks):
+        super().__init__(chunks, media_type="text/event-stream")
+        self._chunks = chunks
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                self._chunks.close()
+            except ValueError:  # still running in a worker thread (cannot happen with anyio's waiting cancel)
+                pass
+
+
 # ---------------------------------------------------------------------------------------------- app
 def create_app(models: dict[str, str | Path], *, api_key: str | None = None, faults: str | None = None,
                data_dir: str | Path = "dte-server", max_body_bytes: int = 64 << 20, threads: int | None = None,
-               train_defaults: dict[str, Any] | None = None, max_batch: int = 8):
+               train_defaults: dict[str, Any] | None = None, max_batch: int = DEFAULT_MAX_BATCH,
+               prefix_cache: bool = True, device: str = "auto"):
     """Build the ASGI app serving ``models`` (name → local HF directory); state lives under ``data_dir``."""
     data_dir = Path(data_dir)
-    registry = Registry(models, threads=threads, max_batch=max_batch)
+    registry = Registry(models, threads=threads, max_batch=max_batch, prefix_cache=prefix_cache, device=device)
     files = Files(data_dir)
     jobs = Jobs(data_dir, files, registry, train_defaults)
     batches = Batches(files, lambda body: complete(registry, body))
@@ -268,6 +307,11 @@ def create_app(models: dict[str, str | Path], *, api_key: str | None = None, fau
         return JSONResponse(APIError(404, f"Unknown route {request.method} {request.url.path}",
                                      code="unknown_url").body(), status_code=404)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, e: StarletteHTTPException):
+        err = APIError(e.status_code, str(e.detail), "invalid_request_error" if e.status_code < 500 else "server_error")
+        return JSONResponse(err.body(), status_code=e.status_code)
+
     @app.exception_handler(405)
     async def _bad_method(request: Request, e):
         return JSONResponse(APIError(405, f"Method {request.method} not allowed on {request.url.path}").body(),
@@ -276,11 +320,8 @@ def create_app(models: dict[str, str | Path], *, api_key: str | None = None, fau
     @app.middleware("http")
     async def _gate(request: Request, call_next):
         path = request.url.path
-        if path.startswith("/v1"):
+        if path.startswith("/v1"):  # (the API key was checked by BodyLimit, before the body was read)
             stats["requests"] += 1
-            if api_key and request.headers.get("authorization") != f"Bearer {api_key}":
-                e = APIError(401, "Incorrect API key provided", code="invalid_api_key")
-                return JSONResponse(e.body(), status_code=401)
             if fault.latency_ms:
                 await asyncio.sleep(fault.latency_ms / 1000)
             code = fault.pick(request.method, path)
@@ -293,8 +334,12 @@ def create_app(models: dict[str, str | Path], *, api_key: str | None = None, fau
     async def _json(request: Request) -> Any:
         try:
             return json.loads(await request.body() or b"null")
+        except UnicodeDecodeError:
+            raise APIError(400, "We could not parse the JSON body of your request (it is not UTF-8 text)",
+                           code="invalid_json") from None
         except json.JSONDecodeError as e:
-            raise APIError(400, f"We could not parse the JSON body of your request ({e.msg})", code="invalid_json")
+            raise APIError(400, f"We could not parse the JSON body of your request ({e.msg})",
+                           code="invalid_json") from None
 
     # -------------------------------------------------------------------------- models and chat
     def _model_obj(name: str) -> dict[str, Any]:
@@ -324,13 +369,17 @@ def create_app(models: dict[str, str | Path], *, api_key: str | None = None, fau
         a = parse_chat(body, registry)
         if a["stream"]:
             await run_in_threadpool(registry.get, a["model"])  # load errors surface before the stream starts
-            return StreamingResponse(stream_chunks(registry, a), media_type="text/event-stream")
+            return ClosingStream(stream_chunks(registry, a))
         return await run_in_threadpool(complete, registry, body)
 
     # -------------------------------------------------------------------------- files
     @app.post("/v1/files")
     async def upload(request: Request):
-        form = await request.form()
+        try:
+            form = await request.form()
+        except (StarletteHTTPException, ValueError) as e:  # a malformed multipart body (e.g. a CRLF in a name)
+            raise APIError(400, f"could not parse the multipart body: {getattr(e, 'detail', e)}",
+                           param="file", code="invalid_multipart") from None
         up, purpose = form.get("file"), form.get("purpose")
         if up is None or not hasattr(up, "read"):
             raise APIError(400, "multipart field 'file' is required", param="file")
@@ -402,4 +451,4 @@ def create_app(models: dict[str, str | Path], *, api_key: str | None = None, fau
         return {**stats, "faults": {str(k): v for k, v in fault.fired.items()}, "uptime_s": time.time() - started}
 
     started = time.time()
-    return BodyLimit(app, max_body_bytes)
+    return BodyLimit(app, max_body_bytes, api_key)

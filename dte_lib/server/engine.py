@@ -1,22 +1,32 @@
-"""Model registry and generation for the local OpenAI-compatible server.
+"""Model registry and the serving engine of the local OpenAI-compatible server: continuous batching.
 
 A *served model* is a name mapped to a local Hugging Face causal-LM directory with a tokenizer. Models load lazily
-on their first request and stay cached. One lock per model serialises the forward passes (a 2-core CPU gains
-nothing from two running at once), and whole (non-streamed) completions are **batched dynamically**: a request that
-arrives while the model is busy waits in the model's queue, and the next pass takes every waiting request (up to
-``max_batch`` rows) into one left-padded batch decoded together, each row with its own sampling settings, stop
-rules and random generator. A batch that is not full waits ``batch_wait_ms`` (20 ms) first, so a client's burst of
-requests lands in one batch instead of its first request decoding alone. On a CPU a batch of 8 rows costs far less
-than 8 single passes (4.2× the tokens/s at 8 concurrent requests, benchmarks/RESULTS-server.md), so concurrent
-clients — the generation engine of notebooks 02–04 — get more answers per minute.
+on their first request and stay cached. Each loaded model has one **scheduler thread** that owns it; requests never
+touch the model themselves. Every choice of every request (whole completions and streams alike) is a *row*:
+
+- a new row joins the running decode batch at the next step: the scheduler prefills the newcomers together (their
+  prompts left-padded, with an attention mask and explicit position ids), then appends their KV cache to the
+  batch's (both left-padded to the same length), so the rows already decoding wait one prefill, not a whole batch;
+- every step decodes one token for every row; a row that ends (an end token, a stop string, its ``max_tokens``, or
+  a client that went away) leaves the batch at once and frees its slot for a waiting row;
+- at most ``max_batch`` rows decode together (default 32, chosen by a sweep of 16–128 in
+  benchmarks/RESULTS-server.md);
+- **prefix caching**: the KV cache of the longest token prefix shared by consecutive prompts (the persona system
+  prompt and the chat template around it) is kept per model (a few entries, least recently used dropped) and a
+  later prompt that starts with it prefills only the rest;
+- sampling is vectorised over the batch: temperature per row, then top-p on a per-row top-k pre-cut (k = 256,
+  widened to the full sort for any row whose top 256 do not reach ``top_p``, so the nucleus is exactly the
+  smallest set whose mass reaches ``top_p``), and one uniform number per row from that row's own generator;
+- stop strings are checked incrementally: each step decodes only the last few tokens (a sliding detokeniser) and
+  searches only the new text's tail.
 
 What a chat completion does here, in OpenAI's terms:
 
 - the messages are rendered with the tokenizer's chat template (or the fallback format in ``dte_lib.teacher``);
-- ``n`` choices are ``n`` rows of a batch; ``temperature == 0`` means greedy decoding; ``top_p`` is nucleus
-  sampling; with ``seed``, choice ``i`` samples from its own generator seeded ``seed + i`` (as a stream does), so a
-  seeded request gives the same answer whatever else shares its batch — up to float rounding, which padding can
-  change in the last bits (OpenAI, too, promises seeded determinism only on a best-effort basis);
+- ``n`` choices are ``n`` rows; ``temperature == 0`` means greedy decoding; ``top_p`` is nucleus sampling; with
+  ``seed``, choice ``i`` draws from its own generator seeded ``seed + i`` (wrapped into 64 bits), so a seeded request
+  gives the same answer whatever else shares its batch — up to float rounding, which a different batch or a cached
+  prefix can change in the last bits (OpenAI, too, promises seeded determinism only on a best-effort basis);
 - ``stop`` strings end a choice early (the stop text is not returned, as in OpenAI's API);
 - ``finish_reason`` is ``"stop"`` (EOS, end-of-turn token or a stop string) or ``"length"`` (ran out of
   ``max_tokens``); ``usage`` counts the real prompt tokens and every generated token of every choice.
@@ -25,6 +35,8 @@ Explained in notebook 01. Run it: ``dte serve --model teacher=PATH`` (see ``dte_
 """
 from __future__ import annotations
 
+import atexit
+import queue
 import threading
 import time
 from collections import deque
@@ -34,34 +46,14 @@ from typing import Any, Iterator, Sequence
 
 from .. import teacher
 
+DEFAULT_MAX_BATCH = 32  # the --max-batch sweep in benchmarks/RESULTS-server.md (2026-12-02) picked 32 of 16–128
+TOP_K_PRECUT = 256  # top-p looks at a row's 256 most likely tokens first; the full sort only when they fall short
+PREFIX_MIN_TOKENS = 8  # a shared prefix shorter than this is not worth a cache entry
+PREFIX_ENTRIES = 8  # cached prefixes per model (least recently used dropped)
+
 
 class ModelNotFound(KeyError):
     pass
-
-
-@dataclass
-class Loaded:
-    model: Any
-    tokenizer: Any
-    stops: list[str]
-    eos_ids: list[int]
-    lock: threading.Lock
-    queue: list["_Pending"] = field(default_factory=list)  # whole completions waiting for the next batch
-    queue_lock: threading.Lock = field(default_factory=threading.Lock)
-    batch_rows: deque[int] = field(default_factory=lambda: deque(maxlen=4096))  # rows of recent batches (tests)
-
-
-@dataclass
-class _Pending:
-    prompt: list[int]
-    n: int
-    temperature: float
-    top_p: float
-    max_tokens: int
-    stop: Sequence[str]
-    seed: int | None
-    choices: list["Choice"] | None = None
-    error: BaseException | None = None
 
 
 @dataclass
@@ -71,11 +63,457 @@ class Choice:
     completion_tokens: int
 
 
+# ---------------------------------------------------------------------------------------------- rows
+@dataclass
+class _Row:
+    """One choice being generated: its prompt, settings, generator, output so far and where its events go."""
+    prompt: list[int]
+    index: int
+    temperature: float
+    top_p: float
+    max_tokens: int
+    stops: list[str]
+    seed: int
+    events: "queue.Queue[tuple]"  # (index, text delta, finish_reason or None, completion tokens so far)
+    out: list[int] = field(default_factory=list)
+    text: str = ""  # decoded output so far (stop text removed once found)
+    sent: int = 0  # characters of `text` already handed out as deltas
+    prefix_at: int = 0  # sliding detokeniser: decode out[prefix_at:] and compare with out[prefix_at:read_at]
+    read_at: int = 0
+    done: bool = False
+    cancelled: bool = False
+    gen: Any = None
+
+
+def _growing_layer_class():
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        """A ``DynamicLayer`` that appends into a pre-allocated buffer (amortised growth) instead of concatenating
+        the whole cache every step; ``keys``/``values`` are views of the filled part."""
+
+        def __init__(self, keys=None, values=None):
+            super().__init__()
+            self.buf_k = self.buf_v = None
+            self.length = 0
+            if keys is not None:
+                self.set(keys, values)
+
+        def lazy_initialization(self, key_states, value_states) -> None:
+            self.set(key_states[:, :, :0], value_states[:, :, :0])
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n = key_states.shape[-2]
+            if self.length + n > self.buf_k.shape[-2]:
+                self.set(self.keys, self.values, spare=max(64, n + (self.length + n) // 2))
+            self.buf_k[:, :, self.length:self.length + n] = key_states
+            self.buf_v[:, :, self.length:self.length + n] = value_states
+            self._view(self.length + n)
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.length
+
+        def set(self, keys, values, spare: int = 64) -> None:
+            b, h, t, d = keys.shape
+            buf_k, buf_v = keys.new_empty((b, h, t + spare, d)), values.new_empty((b, h, t + spare, d))
+            buf_k[:, :, :t] = keys
+            buf_v[:, :, :t] = values
+            self.buf_k, self.buf_v, self.device, self.is_initialized = buf_k, buf_v, keys.device, True
+            self._view(t)
+
+        def _view(self, t: int) -> None:
+            self.length = t
+            self.keys, self.values = self.buf_k[:, :, :t], self.buf_v[:, :, :t]
+    return GrowingLayer
+
+
+_LAYER = None
+
+
+def _GrowingLayer(keys=None, values=None):
+    global _LAYER
+    if _LAYER is None:
+        _LAYER = _growing_layer_class()
+    return _LAYER(keys, values)
+
+
+def _new_cache(layers):
+    from transformers.cache_utils import Cache
+    return Cache(layers=layers)
+
+
+# ---------------------------------------------------------------------------------------------- engine
+class Engine:
+    """The scheduler thread of one model: admits rows, prefills them, decodes the batch one token per step."""
+
+    def __init__(self, model, tokenizer, stops: list[str], eos_ids: list[int], *, max_batch: int,
+                 batch_wait_s: float, prefix_cache: bool, device):
+        import torch
+        self.model, self.tok, self.stops, self.eos_ids = model, tokenizer, stops, set(eos_ids)
+        self.max_batch, self.batch_wait_s, self.prefix_cache = max_batch, batch_wait_s, prefix_cache
+        self.device = device
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_ids or [0])[0]
+        self.lock = threading.Lock()  # held while the scheduler works on the model (a test holds it to queue rows)
+        self.queue: deque[_Row] = deque()  # rows waiting to join the batch
+        self.cond = threading.Condition()
+        self.rows: list[_Row] = []  # the running batch, in cache order
+        self.cache = None
+        self.mask = None  # [rows, cached length] 1 = a real token
+        self.next_pos = None  # [rows] position id of each row's next token
+        self.last = None  # [rows] each row's last sampled token (the next step's input)
+        self.prefixes: "list[tuple[tuple[int, ...], list]]" = []  # (token prefix, per-layer (k, v) with batch 1)
+        self.last_prompt: list[int] | None = None
+        self.batch_rows: deque[int] = deque(maxlen=4096)  # rows of each decode step (tests, stats)
+        self.prefix_hits = 0
+        self.stopped = False
+        self._torch = torch
+        self.thread = threading.Thread(target=self._loop, name="dte-engine", daemon=True)
+        self.thread.start()
+        atexit.register(self.stop, 5.0)  # a daemon thread killed inside torch at exit aborts the interpreter noisily
+
+    # ------------------------------------------------------------------ API for request threads
+    def submit(self, rows: list[_Row]) -> None:
+        with self.cond:
+            self.queue.extend(rows)
+            self.cond.notify()
+
+    def stop(self, wait_s: float = 0.0) -> None:
+        """End the scheduler thread after its current step (rows still in flight get no more tokens)."""
+        with self.cond:
+            self.stopped = True
+            self.cond.notify()
+        if wait_s and self.thread is not threading.current_thread():
+            self.thread.join(wait_s)
+
+    # ------------------------------------------------------------------ the loop
+    def _loop(self) -> None:
+        with self._torch.inference_mode():  # no autograd bookkeeping on the serving thread
+            self._serve()
+
+    def _serve(self) -> None:
+        while True:
+            with self.cond:
+                while not self.queue and not self.rows and not self.stopped:
+                    self.cond.wait()
+                if self.stopped:  # nobody waits forever: rows still queued or decoding get an error
+                    gone = RuntimeError("the model was unloaded while this request was running")
+                    for r in list(self.queue) + self.rows:
+                        if not r.done:
+                            r.done = True
+                            r.events.put((r.index, "", gone, len(r.out)))
+                    self.queue.clear()
+                    self.rows = []
+                    return
+                if not self.rows and self.batch_wait_s and len(self.queue) < self.max_batch:
+                    # idle, and a burst may be arriving: give its other requests a moment to join the first prefill
+                    deadline = time.monotonic() + self.batch_wait_s
+                    while len(self.queue) < self.max_batch and (left := deadline - time.monotonic()) > 0:
+                        self.cond.wait(left)
+            new: list[_Row] = []
+            with self.lock:
+                try:
+                    with self.cond:
+                        while self.queue and len(self.rows) + len(new) < self.max_batch:
+                            r = self.queue.popleft()
+                            if not r.cancelled:
+                                new.append(r)
+                    if new:
+                        self._admit(new)
+                    self._drop_finished()
+                    if self.rows:
+                        self._step()
+                        self._drop_finished()
+                except BaseException as e:  # every row in flight gets the error; the engine keeps serving
+                    for r in self.rows + new:
+                        if not r.done:
+                            r.done = True
+                            r.events.put((r.index, "", e, len(r.out)))
+                    self.rows, self.cache, self.mask = [], None, None
+
+    # ------------------------------------------------------------------ prefill
+    def _lookup(self, prompt: list[int], count: bool = True) -> tuple[int, list | None]:
+        """The longest cached prefix of ``prompt`` (leaving at least one token to prefill): (length, layers)."""
+        best, layers = 0, None
+        for i, (key, kv) in enumerate(self.prefixes):
+            n = len(key)
+            if best < n < len(prompt) and tuple(prompt[:n]) == key:
+                best, layers, hit = n, kv, i
+        if layers is not None and count:
+            self.prefixes.append(self.prefixes.pop(hit))  # most recently used last
+            self.prefix_hits += 1
+        return best, layers
+
+    def _admit(self, new: list[_Row]) -> None:
+        """Prefill the new rows (grouped by the cached prefix they start with) and append them to the batch."""
+        torch = self._torch
+        if self.prefix_cache:
+            self._learn_common_prefix(new)
+        groups: dict[int, tuple[list | None, list[_Row]]] = {}
+        for r in new:
+            n, kv = self._lookup(r.prompt) if self.prefix_cache else (0, None)
+            groups.setdefault(n, (kv, []))[1].append(r)
+        for n, (kv, rows) in groups.items():
+            for bucket in _length_buckets(rows, n):
+                self._prefill(n, kv, bucket)
+
+    def _prefill(self, n: int, kv: list | None, rows: list[_Row]) -> None:
+        """One forward pass over the prompts of ``rows`` after their first ``n`` tokens (cached as ``kv``)."""
+        torch = self._torch
+        width = max(len(r.prompt) - n for r in rows)
+        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), n + width), dtype=torch.long)
+        mask[:, :n] = 1
+        for k, r in enumerate(rows):
+            tail = r.prompt[n:]
+            ids[k, width - len(tail):] = torch.tensor(tail)
+            mask[k, n + width - len(tail):] = 1
+        pos = (mask.cumsum(1) - 1).clamp_min(0)[:, n:]
+        layers = [_GrowingLayer(k.expand(len(rows), -1, -1, -1), v.expand(len(rows), -1, -1, -1))
+                  for k, v in kv] if kv is not None else [_GrowingLayer() for _ in range(self._n_layers())]
+        cache = _new_cache(layers)
+        dev = self.device
+        out = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                         cache=cache, use_cache=True, logits_to_keep=1)
+        mask = mask.to(dev)
+        if self.prefix_cache:
+            self._remember(rows, cache, mask)
+        first = self._sample(out.logits[:, -1], rows)
+        self._merge(rows, cache, mask, first)
+        self._advance(rows, first)
+
+    def _learn_common_prefix(self, new: list[_Row]) -> None:
+        """Before the first prefill of a burst: the prefix that all its prompts (and the previous prompt) share —
+        typically the system prompt — is prefilled once on its own and cached, so that every row of the burst
+        starts from it."""
+        prompts = [r.prompt for r in new] + ([self.last_prompt] if self.last_prompt else [])
+        if len(prompts) < 2:
+            return
+        n = min(len(p) for p in prompts) - 1
+        first = prompts[0]
+        for p in prompts[1:]:
+            n = next((i for i in range(n) if p[i] != first[i]), n)
+        if n < PREFIX_MIN_TOKENS or self._lookup(first, count=False)[0] >= n:
+            return
+        key = tuple(first[:n])
+        cache = _new_cache([_GrowingLayer() for _ in range(self._n_layers())])
+        ids = self._torch.tensor([list(key)], device=self.device)
+        self.model(input_ids=ids, attention_mask=self._torch.ones_like(ids), cache=cache, use_cache=True,
+                   logits_to_keep=1)
+        self._store(key, [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers])
+
+    def _store(self, key: tuple[int, ...], kv: list) -> None:
+        self.prefixes.append((key, kv))
+        if len(self.prefixes) > PREFIX_ENTRIES:
+            self.prefixes.pop(0)
+
+    def _n_layers(self) -> int:
+        return self.model.config.num_hidden_layers
+
+    def _remember(self, rows: list[_Row], cache, mask) -> None:
+        """Cache the KV of the longest prefix a new prompt shares with the previous prompt seen."""
+        torch = self._torch
+        for k, r in enumerate(rows):
+            prev, self.last_prompt = self.last_prompt, r.prompt
+            if prev is None:
+                continue
+            n = 0
+            for a, b in zip(prev, r.prompt):
+                if a != b:
+                    break
+                n += 1
+            n = min(n, len(r.prompt) - 1)
+            if n < PREFIX_MIN_TOKENS or any(len(key) == n and key == tuple(r.prompt[:n]) for key, _ in self.prefixes):
+                continue
+            cols = torch.nonzero(mask[k]).flatten()[:n]
+            kv = [(layer.keys[k:k + 1, :, cols].clone(), layer.values[k:k + 1, :, cols].clone())
+                  for layer in cache.layers]
+            self._store(tuple(r.prompt[:n]), kv)
+
+    def _merge(self, rows: list[_Row], cache, mask, first) -> None:
+        torch = self._torch
+        pos = mask.sum(1)
+        if not self.rows:
+            self.rows, self.cache, self.mask, self.next_pos, self.last = list(rows), cache, mask, pos, first
+            return
+        t_old, t_new = self.mask.shape[1], mask.shape[1]
+        t = max(t_old, t_new)
+
+        def lpad(x, width):  # left-pad the sequence dimension (-2 for KV, -1 for the mask) to `width`
+            if x.dim() == 2:
+                return torch.nn.functional.pad(x, (width - x.shape[1], 0))
+            return torch.nn.functional.pad(x, (0, 0, width - x.shape[-2], 0))
+        layers = []
+        for old, new in zip(self.cache.layers, cache.layers):
+            layers.append(_GrowingLayer(torch.cat([lpad(old.keys, t), lpad(new.keys, t)]),
+                                        torch.cat([lpad(old.values, t), lpad(new.values, t)])))
+        self.cache = _new_cache(layers)
+        self.mask = torch.cat([lpad(self.mask, t), lpad(mask, t)])
+        self.next_pos = torch.cat([self.next_pos, pos])
+        self.last = torch.cat([self.last, first])
+        self.rows += rows
+
+    def _drop_finished(self) -> None:
+        """Rows that ended (or whose client left) leave the batch; columns no row uses any more are cut off."""
+        torch = self._torch
+        keep = [i for i, r in enumerate(self.rows) if not (r.done or r.cancelled)]
+        if len(keep) == len(self.rows):
+            return
+        if not keep:
+            self.rows, self.cache, self.mask, self.next_pos, self.last = [], None, None, None, None
+            return
+        idx = torch.tensor(keep, device=self.mask.device)
+        mask = self.mask.index_select(0, idx)
+        used = torch.nonzero(mask.any(0)).flatten()
+        start = int(used[0]) if len(used) else 0
+        self.cache = _new_cache([_GrowingLayer(layer.keys.index_select(0, idx)[:, :, start:],
+                                               layer.values.index_select(0, idx)[:, :, start:])
+                                 for layer in self.cache.layers])
+        self.mask = mask[:, start:]
+        self.next_pos = self.next_pos.index_select(0, idx)
+        self.last = self.last.index_select(0, idx)
+        self.rows = [self.rows[i] for i in keep]
+
+    # ------------------------------------------------------------------ decode
+    def _step(self) -> None:
+        torch = self._torch
+        b = len(self.rows)
+        self.batch_rows.append(b)
+        self.mask = torch.cat([self.mask, self.mask.new_ones((b, 1))], dim=1)
+        out = self.model(input_ids=self.last[:, None], attention_mask=self.mask, position_ids=self.next_pos[:, None],
+                         cache=self.cache, use_cache=True)
+        self.next_pos = self.next_pos + 1
+        nxt = self._sample(out.logits[:, -1], self.rows)
+        self.last = nxt
+        self._advance(self.rows, nxt)
+
+    def _sample(self, logits, rows: list[_Row]):
+        """One token per row: greedy where temperature is 0, else temperature + exact top-p, each row drawing its
+        uniform number from its own generator (so a row's draw does not depend on the other rows)."""
+        torch = self._torch
+        logits = logits.float()
+        temps = torch.tensor([r.temperature for r in rows], device=logits.device)
+        greedy = temps <= 0
+        choice = torch.argmax(logits, dim=-1)
+        if bool(greedy.all()):
+            return choice
+        sampled = torch.nonzero(~greedy).flatten()
+        x = logits.index_select(0, sampled) / temps.index_select(0, sampled)[:, None]
+        probs = torch.softmax(x, dim=-1)
+        top_p = torch.tensor([rows[int(i)].top_p for i in sampled], device=logits.device)
+        u = torch.stack([torch.rand((), generator=rows[int(i)].gen) for i in sampled]).to(logits.device)
+        k = min(TOP_K_PRECUT, probs.shape[-1])
+        vals, idx = torch.topk(probs, k, dim=-1)  # sorted, most likely first
+        short = torch.nonzero((vals.sum(-1) < top_p) & (top_p < 1)).flatten()
+        full = (top_p >= 1).nonzero().flatten()
+        keep = (vals.cumsum(-1) - vals) < top_p[:, None]  # smallest set whose mass reaches top_p
+        kept = vals * keep
+        cum = kept.cumsum(-1)
+        pick = torch.searchsorted(cum, (u * cum[:, -1])[:, None]).clamp_max(k - 1).squeeze(1)
+        tok = idx.gather(1, pick[:, None]).squeeze(1)
+        for j in torch.cat([short, full]).tolist():  # the pre-cut does not decide these rows: whole vocabulary
+            p = probs[j]
+            if top_p[j] < 1:
+                sp, si = torch.topk(p, min(16 * TOP_K_PRECUT, p.shape[0]))  # a wider cut, then the full sort
+                if sp.sum() < top_p[j]:
+                    sp, si = torch.sort(p, descending=True)
+                keep_j = (torch.cumsum(sp, 0) - sp) < top_p[j]
+                sp, si = sp[keep_j], si[keep_j]
+            else:
+                sp, si = p, torch.arange(p.shape[0], device=p.device)
+            c = sp.cumsum(0)
+            tok[j] = si[torch.searchsorted(c, (u[j] * c[-1]).reshape(1)).clamp_max(len(c) - 1)][0]
+        choice[sampled] = tok
+        return choice
+
+    def _advance(self, rows: list[_Row], tokens) -> None:
+        """Append each row's new token, detokenise incrementally, check ends and stop strings, send deltas."""
+        for r, t in zip(rows, tokens.tolist()):
+            if r.done:
+                continue
+            r.out.append(t)
+            if t in self.eos_ids:
+                self._finish(r, "stop", flush=True, drop_last=True)
+                continue
+            prev = self.tok.decode(r.out[r.prefix_at:r.read_at], skip_special_tokens=True)
+            now = self.tok.decode(r.out[r.prefix_at:], skip_special_tokens=True)
+            if len(now) > len(prev) and not now.endswith("\ufffd"):  # a whole new piece of text
+                old_len = len(r.text)
+                r.text += now[len(prev):]
+                r.prefix_at, r.read_at = r.read_at, len(r.out)
+                if self._cut_stop(r, old_len):
+                    continue
+            if len(r.out) >= r.max_tokens:
+                self._finish(r, "length", flush=True)
+                continue
+            self._send(r, hold=True)
+
+    def _cut_stop(self, r: _Row, old_len: int) -> bool:
+        """Search only the new text (and a stop string's length before it) for the first stop string."""
+        if not r.stops:
+            return False
+        longest = max(len(s) for s in r.stops)
+        start = max(0, old_len - longest + 1)
+        hits = [i for i in (r.text.find(s, start) for s in r.stops) if i >= 0]
+        if not hits:
+            return False
+        r.text = r.text[:min(hits)]
+        self._finish(r, "stop")
+        return True
+
+    def _finish(self, r: _Row, reason: str, flush: bool = False, drop_last: bool = False) -> None:
+        if flush:  # text still held by the detokeniser (an incomplete character at the very end)
+            end = len(r.out) - 1 if drop_last else len(r.out)
+            prev = self.tok.decode(r.out[r.prefix_at:r.read_at], skip_special_tokens=True)
+            now = self.tok.decode(r.out[r.prefix_at:end], skip_special_tokens=True)
+            if len(now) > len(prev):
+                old_len = len(r.text)
+                r.text += now[len(prev):]
+                if self._cut_stop(r, old_len):
+                    return
+        r.done = True
+        self._send(r, hold=False)
+        r.events.put((r.index, "", reason, len(r.out)))
+
+    def _send(self, r: _Row, hold: bool) -> None:
+        safe = len(r.text) - (_partial_stop_len(r.text, r.stops) if hold else 0)
+        if safe > r.sent:
+            r.events.put((r.index, r.text[r.sent:safe], None, len(r.out)))
+            r.sent = safe
+
+
+# ---------------------------------------------------------------------------------------------- registry
+@dataclass
+class Loaded:
+    model: Any
+    tokenizer: Any
+    stops: list[str]
+    eos_ids: list[int]
+    engine: Engine
+
+    # what tests and stats look at
+    @property
+    def lock(self) -> threading.Lock:
+        return self.engine.lock
+
+    @property
+    def queue(self) -> deque:
+        return self.engine.queue
+
+    @property
+    def batch_rows(self) -> deque:
+        return self.engine.batch_rows
+
+
 class Registry:
-    """Served model names → local directories; loads on first use, then keeps the model in memory."""
+    """Served model names → local directories; loads on first use, then keeps the model (and its engine)."""
 
     def __init__(self, models: dict[str, str | Path] | None = None, threads: int | None = None,
-                 max_batch: int = 8, batch_wait_ms: float = 20.0):
+                 max_batch: int = DEFAULT_MAX_BATCH, batch_wait_ms: float = 20.0, prefix_cache: bool = True,
+                 device: str = "auto"):
+        from ..device import resolve
         self.paths: dict[str, Path] = {k: Path(v) for k, v in (models or {}).items()}
         self.created: dict[str, int] = {k: int(time.time()) for k in self.paths}
         self.owned_by: dict[str, str] = {k: "local" for k in self.paths}
@@ -83,9 +521,11 @@ class Registry:
         self._lock = threading.Lock()
         self.threads = threads
         self.max_batch = max(1, int(max_batch))  # rows (choices) decoded together at most
-        # before decoding a batch that is not full, wait this long for requests sent at the same moment to arrive
-        # (a client's burst lands within milliseconds; without the wait its first request would decode alone)
+        # when idle, wait this long for the rest of a burst before the first prefill (a client's burst lands within
+        # milliseconds; later arrivals join the running batch at the next step anyway)
         self.batch_wait_s = max(0.0, batch_wait_ms) / 1000 if self.max_batch > 1 else 0.0
+        self.prefix_cache = prefix_cache
+        self.device = resolve(device)
 
     def add(self, name: str, path: str | Path, owned_by: str = "local") -> None:
         with self._lock:
@@ -96,7 +536,9 @@ class Registry:
     def remove(self, name: str) -> None:
         with self._lock:
             self.paths.pop(name, None)
-            self._loaded.pop(name, None)
+            lm = self._loaded.pop(name, None)
+        if lm is not None:
+            lm.engine.stop()
 
     def path(self, name: str) -> Path:
         if name not in self.paths:
@@ -108,6 +550,7 @@ class Registry:
         with self._lock:
             if name not in self._loaded:
                 model, tok = teacher.load(path, threads=self.threads)
+                model.to(self.device)
                 eos = model.generation_config.eos_token_id if model.generation_config else None
                 eos_ids = [e for e in ([eos] if isinstance(eos, int) else list(eos or [])) if e is not None]
                 if tok.eos_token_id is not None and tok.eos_token_id not in eos_ids:
@@ -116,7 +559,10 @@ class Registry:
                     tid = tok.convert_tokens_to_ids(s)
                     if isinstance(tid, int) and tid != tok.unk_token_id and tid not in eos_ids:
                         eos_ids.append(tid)
-                self._loaded[name] = Loaded(model, tok, teacher.stop_strings(tok), eos_ids, threading.Lock())
+                stops = teacher.stop_strings(tok)
+                engine = Engine(model, tok, stops, eos_ids, max_batch=self.max_batch,
+                                batch_wait_s=self.batch_wait_s, prefix_cache=self.prefix_cache, device=self.device)
+                self._loaded[name] = Loaded(model, tok, stops, eos_ids, engine)
             return self._loaded[name]
 
     # ------------------------------------------------------------------------------------------ generation
@@ -124,187 +570,80 @@ class Registry:
         text = teacher.render_chat(lm.tokenizer, messages, add_generation_prompt=True)
         return lm.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def _gen_kwargs(self, lm: Loaded, max_tokens: int, temperature: float, top_p: float) -> dict[str, Any]:
-        kw: dict[str, Any] = {"max_new_tokens": max_tokens, "eos_token_id": lm.eos_ids or None,
-                              "pad_token_id": lm.tokenizer.pad_token_id}
-        if temperature and temperature > 0:
-            kw.update(do_sample=True, temperature=float(temperature), top_p=float(top_p), top_k=0)
-        else:
-            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        return kw
+    def _rows(self, lm: Loaded, messages, n, temperature, top_p, max_tokens, stop, seed) -> tuple[list[_Row], int]:
+        import torch
+        prompt = self.encode_prompt(lm, messages)
+        events: queue.Queue = queue.Queue()
+        rows = []
+        for i in range(n):
+            r = _Row(prompt, i, float(temperature or 0), float(1.0 if top_p is None else top_p), int(max_tokens),
+                     [s for s in list(stop) + lm.stops if s], seed_for(seed, i), events)
+            r.gen = torch.Generator()
+            r.gen.manual_seed(r.seed)
+            rows.append(r)
+        return rows, len(prompt)
 
     def chat(self, name: str, messages: Sequence[dict[str, Any]], *, n: int = 1, temperature: float = 1.0,
              top_p: float = 1.0, max_tokens: int = 128, stop: Sequence[str] = (), seed: int | None = None
              ) -> tuple[list[Choice], int]:
-        """Generate ``n`` choices; returns (choices, prompt_tokens).
-
-        The request joins the model's queue; whichever waiting thread gets the model lock next decodes everything
-        queued (up to ``max_batch`` rows, first come first served) and hands each request its choices.
-        """
+        """Generate ``n`` choices; returns (choices, prompt_tokens). The rows join the model's running batch."""
         lm = self.get(name)
-        req = _Pending(self.encode_prompt(lm, messages), n, temperature, top_p, max_tokens, list(stop), seed)
-        with lm.queue_lock:
-            lm.queue.append(req)
-        while req.choices is None and req.error is None:
-            with lm.lock:
-                if req.choices is not None or req.error is not None:
-                    break  # served by another thread's batch while this one waited for the lock
-                if self.batch_wait_s and sum(r.n for r in lm.queue) < self.max_batch:
-                    time.sleep(self.batch_wait_s)
-                with lm.queue_lock:
-                    batch, rows = [], 0
-                    while lm.queue and (not batch or rows + lm.queue[0].n <= self.max_batch):
-                        rows += lm.queue[0].n
-                        batch.append(lm.queue.pop(0))
-                try:
-                    self._decode_batch(lm, batch)
-                except BaseException as e:  # every request of a failed batch gets the error, none hangs
-                    for r in batch:
-                        r.error = e
-        if req.error is not None:
-            raise req.error
-        return req.choices, len(req.prompt)
+        rows, prompt_tokens = self._rows(lm, messages, n, temperature, top_p, max_tokens, stop, seed)
+        lm.engine.submit(rows)
+        finished: dict[int, tuple[str, int]] = {}
+        while len(finished) < n:
+            i, _, finish, used = rows[0].events.get()
+            if isinstance(finish, BaseException):
+                raise finish
+            if finish:
+                finished[i] = (finish, used)
+        return [Choice(r.text, *finished[r.index]) for r in rows], prompt_tokens
 
-    def _decode_batch(self, lm: Loaded, batch: Sequence[_Pending]) -> None:
-        """Left-pad every choice of every request into one batch and decode it with a KV cache, token by token.
-
-        A row stops at an end token, at a stop string, or at its own ``max_tokens``; the pass ends when every row
-        has stopped. Finished rows are fed their last token again (their outputs are ignored), so the batch keeps
-        its shape.
-        """
-        import torch
-        rows: list[tuple[_Pending, int]] = [(r, i) for r in batch for i in range(r.n)]
-        if not rows:
-            return
-        gens = []
-        for r, i in rows:
-            g = torch.Generator()
-            g.manual_seed(r.seed + i if r.seed is not None else int(torch.randint(0, 2**62, (1,))))
-            gens.append(g)
-        kws = [self._gen_kwargs(lm, r.max_tokens, r.temperature, r.top_p) for r, _ in rows]
-        stops = [list(r.stop) + lm.stops for r, _ in rows]
-        width = max(len(r.prompt) for r, _ in rows)
-        pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.eos_ids[0]
-        ids = torch.tensor([[pad] * (width - len(r.prompt)) + r.prompt for r, _ in rows])
-        attn = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r, _ in rows])
-        pos = (attn.cumsum(1) - 1).clamp_min(0)
-        out_ids: list[list[int]] = [[] for _ in rows]
-        done = [False] * len(rows)
-        past, step_ids, step_pos = None, ids, pos
-        with torch.no_grad():
-            for _ in range(max(r.max_tokens for r, _ in rows)):
-                out = lm.model(input_ids=step_ids, attention_mask=attn, position_ids=step_pos,
-                               cache=past, use_cache=True)
-                past = out.cache
-                logits = out.logits[:, -1].float()
-                nxt = []
-                for k, (r, _) in enumerate(rows):
-                    if done[k]:
-                        nxt.append(out_ids[k][-1] if out_ids[k] else pad)
-                        continue
-                    t = _sample(logits[k], kws[k], gens[k])
-                    out_ids[k].append(t)
-                    nxt.append(t)
-                    done[k] = t in lm.eos_ids or len(out_ids[k]) >= r.max_tokens or _first_stop(
-                        lm.tokenizer.decode(out_ids[k], skip_special_tokens=True), stops[k]) is not None
-                if all(done):
-                    break
-                step_ids = torch.tensor(nxt)[:, None]
-                step_pos = step_pos[:, -1:] + 1
-                attn = torch.cat([attn, torch.ones((len(rows), 1), dtype=attn.dtype)], dim=1)
-        lm.batch_rows.append(len(rows))
-        for r in batch:
-            r.choices = []
-        for k, (r, _) in enumerate(rows):
-            r.choices.append(self._finish(lm, out_ids[k], r.max_tokens, r.stop))
-
-    def _finish(self, lm: Loaded, new_ids: list[int], max_tokens: int, stop: Sequence[str]) -> Choice:
-        pad = lm.tokenizer.pad_token_id
-        count, ended = 0, False
-        for t in new_ids:  # generated tokens up to and including the first EOS; padding after it is not output
-            count += 1
-            if t in lm.eos_ids:
-                ended = True
-                break
-        body = new_ids[:count - 1] if ended else new_ids[:count]
-        if not ended and pad is not None and pad not in lm.eos_ids:
-            while body and body[-1] == pad:
-                body.pop()
-        text = lm.tokenizer.decode(body, skip_special_tokens=True)
-        cut = _first_stop(text, list(stop) + lm.stops)
-        if cut is not None:
-            return Choice(text[:cut], "stop", count)
-        return Choice(text, "stop" if ended or count < max_tokens else "length", count)
-
-    def stream(self, name: str, messages: Sequence[dict[str, Any]], *, temperature: float = 1.0,
+    def stream(self, name: str, messages: Sequence[dict[str, Any]], *, n: int = 1, temperature: float = 1.0,
                top_p: float = 1.0, max_tokens: int = 128, stop: Sequence[str] = (), seed: int | None = None
-               ) -> Iterator[tuple[str, str | None, int, int]]:
-        """Yield (text delta, finish_reason or None, prompt_tokens, completion_tokens so far) for one choice.
+               ) -> Iterator[tuple[int, str, str | None, int, int]]:
+        """Yield (choice index, text delta, finish_reason or None, prompt_tokens, completion tokens so far).
 
-        Decodes token by token and holds back text that could still become a stop string, so a stop string is
-        never half-sent.
+        The ``n`` rows decode in the shared batch like any other; text that could still become a stop string is
+        held back, so a stop string is never half-sent. Closing the generator (a client that went away) takes the
+        rows out of the batch at the next step.
         """
-        import torch
         lm = self.get(name)
-        prompt = self.encode_prompt(lm, messages)
-        stops = list(stop) + lm.stops
-        generated: list[int] = []
-        sent = ""
-        gen = torch.Generator()  # its own generator, seeded as row i of a whole completion would be
-        gen.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,))))
-        with lm.lock, torch.no_grad():
-            ids = torch.tensor([prompt])
-            past, step_input, attn = None, ids, torch.ones_like(ids)
-            kw = self._gen_kwargs(lm, max_tokens, temperature, top_p)
-            finish = "length"
-            for _ in range(max_tokens):
-                out = lm.model(input_ids=step_input, attention_mask=attn, cache=past, use_cache=True)
-                past = out.cache
-                logits = out.logits[0, -1].float()
-                nxt = _sample(logits, kw, gen)
-                generated.append(nxt)
-                if nxt in lm.eos_ids:
-                    finish = "stop"
-                    break
-                text = lm.tokenizer.decode(generated, skip_special_tokens=True)
-                cut = _first_stop(text, stops)
-                if cut is not None:
-                    if cut > len(sent):
-                        yield text[len(sent):cut], None, len(prompt), len(generated)
-                    sent = text[:cut]
-                    finish = "stop"
-                    break
-                safe = len(text) - _partial_stop_len(text, stops)
-                if text.endswith("\ufffd"):  # an incomplete UTF-8 character: wait for its next byte
-                    safe = min(safe, len(text) - 1)
-                if safe > len(sent):
-                    yield text[len(sent):safe], None, len(prompt), len(generated)
-                    sent = text[:safe]
-                step_input = torch.tensor([[nxt]])
-                attn = torch.cat([attn, torch.ones((1, 1), dtype=attn.dtype)], dim=1)
-            else:
-                text = lm.tokenizer.decode(generated, skip_special_tokens=True)
-                if len(text) > len(sent):
-                    yield text[len(sent):], None, len(prompt), len(generated)
-        yield "", finish, len(prompt), len(generated)
+        rows, prompt_tokens = self._rows(lm, messages, n, temperature, top_p, max_tokens, stop, seed)
+        lm.engine.submit(rows)
+        left = n
+        try:
+            while left:
+                i, delta, finish, used = rows[0].events.get()
+                if isinstance(finish, BaseException):
+                    raise finish
+                left -= bool(finish)
+                yield i, delta, finish, prompt_tokens, used
+        finally:
+            for r in rows:
+                r.cancelled = True
 
 
-def _sample(logits, kw: dict[str, Any], generator=None) -> int:
+def _length_buckets(rows: list[_Row], n: int) -> list[list[_Row]]:
+    """Rows sorted by the length left to prefill and cut where padding to the bucket's longest would waste more than
+    a quarter of it (prefill pads every row to its bucket's longest; padding is compute spent on nothing)."""
+    rows = sorted(rows, key=lambda r: len(r.prompt) - n)
+    buckets: list[list[_Row]] = []
+    for r in rows:
+        size = len(r.prompt) - n
+        if buckets and size - (len(buckets[-1][0].prompt) - n) <= max(4, size // 4):
+            buckets[-1].append(r)
+        else:
+            buckets.append([r])
+    return buckets
+
+
+def seed_for(seed: int | None, i: int) -> int:
+    """The generator seed of choice ``i``: ``seed + i`` wrapped into 64 bits (a fresh random one without a seed)."""
     import torch
-    if not kw.get("do_sample"):
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits / kw["temperature"], dim=-1)
-    top_p = kw.get("top_p") or 1.0
-    if top_p < 1.0:
-        sorted_p, idx = torch.sort(probs, descending=True)
-        keep = torch.cumsum(sorted_p, 0) - sorted_p < top_p  # smallest set whose mass reaches top_p
-        probs = torch.zeros_like(probs).scatter(0, idx[keep], sorted_p[keep])
-    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
-
-
-def _first_stop(text: str, stops: Sequence[str]) -> int | None:
-    hits = [text.find(s) for s in stops if s and s in text]
-    return min(hits) if hits else None
+    if seed is None:
+        return int(torch.randint(0, 2**62, (1,)))
+    return (int(seed) + i) % 2**64
 
 
 def _partial_stop_len(text: str, stops: Sequence[str]) -> int:

@@ -24,11 +24,13 @@ import threading
 import time
 import traceback
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
 from ..data import atomic_write_text
 
+BATCH_CONCURRENCY = 64  # requests of one batch job in flight at once (the engine decodes them as one batch)
 FILE_PURPOSES = {"fine-tune", "batch", "assistants", "user_data", "evals", "vision"}
 
 
@@ -55,9 +57,10 @@ def now() -> int:
 
 def check_filename(name: str) -> str:
     """Refuse names that could address anything but a plain file name (the disk path never uses them anyway)."""
-    if not name or len(name) > 255 or "/" in name or "\\" in name or "\x00" in name or name in (".", "..") \
-            or ".." in name.split("."):
-        raise APIError(400, f"invalid file name {name!r}: use a plain name without path separators or '..'",
+    if not name or len(name) > 255 or "/" in name or "\\" in name or any(ord(c) < 32 or ord(c) == 127 for c in name) \
+            or name in (".", "..") or ".." in name.split("."):
+        raise APIError(400, f"invalid file name {name!r}: use a plain name without path separators, control "
+                            "characters or '..'",
                        param="file", code="invalid_file_name")
     return name
 
@@ -156,13 +159,30 @@ class Jobs:
                    level="error" if status == "failed" else "info")
         return True
 
-    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+    def create(self, body: Any) -> dict[str, Any]:
         from .. import openai_prep
+        if not isinstance(body, dict):
+            raise APIError(400, "the request body must be a JSON object")
         model = body.get("model")
         if not isinstance(model, str) or model not in self.registry.paths:
             raise APIError(400, f"Model {model!r} is not available for fine-tuning or does not exist "
                                 f"(served here: {', '.join(self.registry.paths) or 'none'})",
                            param="model", code="model_not_available")
+        method = body.get("method") or {}
+        if not isinstance(method, dict) or not isinstance(method.get("supervised") or {}, dict):
+            raise APIError(400, "'method' must be an object such as {\"type\": \"supervised\", \"supervised\": "
+                                "{\"hyperparameters\": {...}}}", param="method")
+        method_hp = (method.get("supervised") or {}).get("hyperparameters") or {}
+        hp = body.get("hyperparameters") or {}
+        for where, d in (("hyperparameters", hp), ("method.supervised.hyperparameters", method_hp)):
+            if not isinstance(d, dict):
+                raise APIError(400, f"'{where}' must be an object", param=where)
+        hp = {**hp, **method_hp}
+        for k, v in hp.items():
+            if k not in ("n_epochs", "batch_size", "learning_rate_multiplier"):
+                raise APIError(400, f"unknown hyperparameter {k!r}", param=f"hyperparameters.{k}")
+            if v != "auto" and (not isinstance(v, (int, float)) or v <= 0):
+                raise APIError(400, f"hyperparameter {k} must be 'auto' or a positive number", param=k)
         for key in ("training_file", "validation_file"):
             fid = body.get(key)
             if fid is None and key == "validation_file":
@@ -174,14 +194,6 @@ class Jobs:
                 raise APIError(400, f"invalid {key}: {fid}", param=key, code="invalid_file")
             if meta["purpose"] != "fine-tune":
                 raise APIError(400, f"{key} {fid} has purpose {meta['purpose']!r}, not 'fine-tune'", param=key)
-        method = body.get("method") or {}
-        hp = dict(body.get("hyperparameters") or {})
-        hp.update(((method.get("supervised") or {}).get("hyperparameters")) or {})
-        for k, v in hp.items():
-            if k not in ("n_epochs", "batch_size", "learning_rate_multiplier"):
-                raise APIError(400, f"unknown hyperparameter {k!r}", param=f"hyperparameters.{k}")
-            if v != "auto" and (not isinstance(v, (int, float)) or v <= 0):
-                raise APIError(400, f"hyperparameter {k} must be 'auto' or a positive number", param=k)
         suffix = body.get("suffix")
         if suffix is not None and (not isinstance(suffix, str) or len(suffix) > 64):
             raise APIError(400, "suffix must be a string of at most 64 characters", param="suffix")
@@ -355,7 +367,9 @@ class Batches:
         self._lock = threading.Lock()
         threading.Thread(target=self._worker, name="dte-batches", daemon=True).start()
 
-    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+    def create(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise APIError(400, "the request body must be a JSON object")
         fid = body.get("input_file_id")
         if not isinstance(fid, str):
             raise APIError(400, "'input_file_id' is required", param="input_file_id")
@@ -435,22 +449,31 @@ class Batches:
             return
         self._set(bid, status="in_progress", in_progress_at=now(),
                   request_counts={"total": len(lines), "completed": 0, "failed": 0})
-        out, err, done, failed = [], [], 0, 0
-        for req in lines:
+        results: list[tuple[str, dict] | None] = [None] * len(lines)
+        counts = {"done": 0, "failed": 0}
+        count_lock = threading.Lock()
+
+        def one(k: int) -> None:  # requests run concurrently: the engine batches them like any other clients'
             if bid in self._cancel:
-                break
-            rid = new_id("req_")
+                return
+            req, rid = lines[k], new_id("req_")
             try:
                 body = self.complete(req["body"])
-                out.append({"id": new_id("batch_req_"), "custom_id": req["custom_id"],
-                            "response": {"status_code": 200, "request_id": rid, "body": body}, "error": None})
-                done += 1
+                results[k] = ("out", {"id": new_id("batch_req_"), "custom_id": req["custom_id"],
+                                      "response": {"status_code": 200, "request_id": rid, "body": body},
+                                      "error": None})
             except APIError as e:
-                err.append({"id": new_id("batch_req_"), "custom_id": req["custom_id"],
-                            "response": {"status_code": e.status, "request_id": rid, "body": e.body()},
-                            "error": None})
-                failed += 1
-            self._set(bid, request_counts={"total": len(lines), "completed": done, "failed": failed})
+                results[k] = ("err", {"id": new_id("batch_req_"), "custom_id": req["custom_id"],
+                                      "response": {"status_code": e.status, "request_id": rid, "body": e.body()},
+                                      "error": None})
+            with count_lock:
+                counts["done" if results[k][0] == "out" else "failed"] += 1
+                self._set(bid, request_counts={"total": len(lines), "completed": counts["done"],
+                                               "failed": counts["failed"]})
+        with ThreadPoolExecutor(max_workers=BATCH_CONCURRENCY, thread_name_prefix="dte-batch") as pool:
+            list(pool.map(one, range(len(lines))))
+        out = [r[1] for r in results if r and r[0] == "out"]
+        err = [r[1] for r in results if r and r[0] == "err"]
         self._set(bid, status="finalizing", finalizing_at=now())
         fields: dict[str, Any] = {}
         if out:
