@@ -241,7 +241,10 @@ class ProgressiveTrainer:
             self._carry = ckpt.optimizer_state_by_name(self.opt)
         M.set_trainable(self.model, stage.policy, stage.new_layers)
         if self.tc.activation_checkpointing:  # HF's per-block recomputation (non-reentrant: works with frozen inputs)
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(self.model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.wrapped = self.wrap_model(self.model) if self.wrap_model else self.model
         if self.tc.compile:
             self.wrapped = torch.compile(self.wrapped)
