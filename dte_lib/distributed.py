@@ -63,19 +63,26 @@ def init(backend: str | None = None, device: Any = "cpu") -> dict[str, Any]:
     anything else trains on the CPU with gloo (``backend`` or ``$DTE_DIST_BACKEND`` override the backend)."""
     import torch
     import torch.distributed as dist
-    from .device import resolve
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    on_gpu = resolve(device).type == "cuda"
-    backend = backend or os.environ.get("DTE_DIST_BACKEND") or ("nccl" if on_gpu else "gloo")
-    device = torch.device("cuda", local) if on_gpu or backend == "nccl" else torch.device("cpu")
+    backend, device = placement(device, local, backend)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend)
     return {"rank": rank, "world_size": world, "local_rank": local, "device": str(device),
             "backend": dist.get_backend() if dist.is_initialized() else None}
+
+
+def placement(device: Any, local_rank: int, backend: str | None = None) -> tuple[str, Any]:
+    """(backend, torch device) for one rank: ``nccl`` and ``cuda:LOCAL_RANK`` when the setting resolves to CUDA,
+    else ``gloo`` and the CPU; ``backend`` or ``$DTE_DIST_BACKEND`` override the backend."""
+    import torch
+    from .device import resolve
+    on_gpu = resolve(device).type == "cuda"
+    backend = backend or os.environ.get("DTE_DIST_BACKEND") or ("nccl" if on_gpu else "gloo")
+    return backend, torch.device("cuda", local_rank) if on_gpu or backend == "nccl" else torch.device("cpu")
 
 
 def barrier() -> None:
