@@ -73,7 +73,7 @@ def autocast(device: str | torch.device, precision: str = "auto") -> contextlib.
 
 def configure(device: str | torch.device) -> torch.device:
     """Resolve ``device`` and set what runs faster there: on CUDA, TF32 tensor cores for fp32 matmuls and
-    convolutions (10-bit mantissa inputs, fp32 accumulate — what every large-model trainer uses). Nothing on CPU/MPS."""
+    convolutions (10-bit mantissa inputs, fp32 accumulate — what large-model trainers use). Nothing on CPU/MPS."""
     dev = resolve(device)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -188,7 +188,9 @@ def evaluate_texts(model, tok, texts: Sequence[str], batch_size: int = 8, precis
     """Every token of every text scored once: nats, tokens, bytes, loss, perplexity, bits per byte.
 
     Runs where the model's weights are (inputs are moved there); ``precision`` picks the autocast for that device
-    (dte_lib.device: ``fp32`` none, ``bf16``/``fp16``, ``auto`` = bf16/fp16 on CUDA, fp32 elsewhere). Each text is prefixed with ``<|endoftext|>`` so its first token is predicted too, then cut into windows of the
+    (dte_lib.device: ``fp32`` none, ``bf16``/``fp16``, ``auto`` = bf16/fp16 on CUDA, fp32 elsewhere).
+
+    Each text is prefixed with ``<|endoftext|>`` so its first token is predicted too, then cut into windows of the
     model's context that overlap by one token (the last token of one window is the first context of the next).
     """
     from . import device as device_mod

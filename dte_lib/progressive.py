@@ -155,8 +155,8 @@ class ProgressiveTrainer:
         self._wandb = None
         # what a saved state must match to be resumed: schedule, hyper-parameters, seed, tokenised data
         self.on_mismatch = on_mismatch
-        # (how a step is executed — micro-batches, recomputation, compilation — is not part of it: a state saved on a
-        # GPU with accumulation resumes on a CPU without, and back)
+        # (how a step is executed — micro-batches, recomputation, compilation — is not part of it: a state saved
+        # on a GPU with accumulation resumes on a CPU without, and back)
         settings = {k: v for k, v in asdict(tc).items() if k not in EXECUTION_FIELDS}
         self.fingerprint = hashlib.sha256(json.dumps(
             [settings, [asdict(s) for s in self.stages], seed, getattr(train_ds, "_fingerprint", ""),
