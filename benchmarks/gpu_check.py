@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import os
 import platform
@@ -127,6 +128,7 @@ def check_agreement(gpu: torch.device, steps: int, tmp: Path) -> dict[str, Any]:
 def measure(shape: Shape, dev: torch.device, micro: int, steps: int, warmup: int, tmp: Path, peak_tflops: float | None,
             **train: Any) -> dict[str, Any]:
     if dev.type == "cuda":
+        gc.collect()  # the previous run's trainer, so that its memory is not counted as this one's base
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
         base = torch.cuda.memory_allocated(dev)
