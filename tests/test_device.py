@@ -364,3 +364,16 @@ def test_gpu_check_dry_run_runs_every_path_on_the_cpu(tmp_path):
     assert res["fsdp"]["world_size"] == 2 and res["fsdp"]["backend"] == "gloo" and res["fsdp"]["ok"]
     assert [r["variant"] for r in res["speed"]["rows"]] == ["eager", "compile", "eager", "activation_checkpointing"]
     assert all(r["ok"] for r in res["agreement"]["rows"])
+
+
+def test_fp16_step_goes_through_the_grad_scaler(parts, tmp_path):
+    """The fp16 path a pre-Ampere GPU takes (autocast fp16 + GradScaler), run on the CPU: it trains."""
+    tok, train_ds, val_ds = parts
+    tr = progressive.ProgressiveTrainer(tiny_tc(depths="1", precision="fp16", grad_accum=2), tok, train_ds, val_ds,
+                                        tmp_path, progress=False, tensorboard=False)
+    tr._resume_or_start()
+    tr._enter_stage(tr.stages[0])
+    assert isinstance(tr.scaler, torch.amp.GradScaler)
+    losses = [tr.train_step(tr.loader.next_batch(), 3e-3)["loss"] for _ in range(6)]
+    assert all(loss == loss for loss in losses) and tr.scaler.get_scale() > 0
+    assert losses[-1] < max(losses)  # (the first batches of this tiny corpus score no assistant token: loss 0)
