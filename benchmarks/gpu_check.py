@@ -215,7 +215,7 @@ def check_fsdp(gpu: torch.device, tmp: Path) -> dict[str, Any]:
     # sharding, mixed precision, accumulation without gradient sync, recomputation and growth under FSDP2 at once
     sets = {"train.depths": "1,2", "train.batch_size": "16", "train.tokens_per_stage": "2048",
             "train.final_tokens": "0", "train.log_every": "1", "train.val_every": "0", "train.ckpt_every": "0",
-            "train.grad_accum": "2", "train.activation_checkpointing": "true",
+            "train.grad_accum": "2", "train.activation_checkpointing": "true", "train.wandb": "off",
             "train.precision": "auto" if gpu.type == "cuda" else "fp32"}
     base = ["--preset", "ci", "--run-dir", str(tmp / "dist-run"), "--no-progress", "--device", gpu.type]
     for k, v in sets.items():
