@@ -69,12 +69,17 @@ def optimizer_state_by_name(opt: torch.optim.Optimizer) -> dict[str, dict[str, t
 
 
 def load_optimizer_state_by_name(opt: torch.optim.Optimizer, states: dict[str, dict[str, torch.Tensor]]) -> int:
-    """Give each parameter found in ``states`` its saved moments; others start fresh. Returns how many matched."""
+    """Give each parameter found in ``states`` its saved moments; others start fresh. Returns how many matched.
+
+    Moments go to the parameter's device whatever device they were saved from; the ``step`` count stays on the
+    CPU, except for a fused or capturable AdamW, which keeps it on the parameter's device."""
     n = 0
     for group in opt.param_groups:
+        on_device = bool(group.get("fused") or group.get("capturable"))
         for name, p in zip(group["names"], group["params"]):
             if name in states and states[name]["exp_avg"].shape == p.shape:
-                opt.state[p] = {k: v.clone() for k, v in states[name].items()}
+                opt.state[p] = {k: v.to(p.device if k != "step" or on_device else "cpu", copy=True)
+                                for k, v in states[name].items()}
                 n += 1
     return n
 
@@ -85,7 +90,10 @@ def rng_state() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     npst = np.random.get_state()
     js = {"python": [py[0], list(py[1]), py[2]],
           "numpy": [npst[0], npst[1].tolist(), int(npst[2]), int(npst[3]), float(npst[4])]}
-    return js, {"torch_cpu": torch.get_rng_state()}
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # sampling and dropout on the GPU draw from it
+        tensors["torch_cuda"] = torch.cuda.get_rng_state()
+    return js, tensors
 
 
 def set_rng_state(js: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
@@ -94,6 +102,8 @@ def set_rng_state(js: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
     name, keys, pos, has_gauss, cached = js["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(tensors["torch_cpu"])
+    if "torch_cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["torch_cuda"])
 
 
 # ---------------------------------------------------------------------------------------------- save
@@ -133,6 +143,7 @@ def save(state_dir: str | Path, model, opt: torch.optim.Optimizer | None, state:
     scalars: dict[str, dict[str, list]] = {}
     for pname, st in (optimizer_state_by_name(opt) if opt is not None else {}).items():
         for k, v in st.items():
+            v = v.detach().cpu()  # written from the CPU, whatever device trained: the file is device-independent
             tensors[f"{pname}::{k}"] = v.contiguous().reshape(-1) if v.ndim == 0 else v.contiguous()
             scalars.setdefault(pname, {})[k] = list(v.shape)
     save_file(tensors, str(tmp / "optimizer.safetensors"))
@@ -197,19 +208,22 @@ def verify(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def load(path: str | Path) -> dict[str, Any]:
-    """Verify, then read: {"model_dir", "state", "optimizer" (by name), "rng_tensors"}. Nothing is applied yet."""
+def load(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Verify, then read: {"model_dir", "state", "optimizer" (by name), "rng_tensors"}. Nothing is applied yet.
+
+    Optimizer moments are read straight onto ``device`` (safetensors' ``device=``, the counterpart of
+    ``torch.load(map_location=...)``), whatever device wrote them; RNG states always come back on the CPU."""
     path = Path(path)
     verify(path)
     state = json.loads((path / "state.json").read_text())
-    flat = load_file(str(path / "optimizer.safetensors"))
+    flat = load_file(str(path / "optimizer.safetensors"), device=str(device))
     optimizer: dict[str, dict[str, torch.Tensor]] = {}
     for key, t in flat.items():
         pname, k = key.split("::")
         shape = state["optimizer_shapes"][pname][k]
         optimizer.setdefault(pname, {})[k] = t.reshape(shape)
     return {"model_dir": path / "model", "state": state, "optimizer": optimizer,
-            "rng_tensors": load_file(str(path / "rng.safetensors"))}
+            "rng_tensors": load_file(str(path / "rng.safetensors"), device="cpu")}
 
 
 def export_model(model, tok, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:

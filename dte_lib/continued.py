@@ -63,12 +63,13 @@ def train(cfg: Any, run_dir: Path, out_name: str, *, depths: Sequence[int], step
           init_dir: Path | None = None, examples: Sequence[Any] | None = None, persona: dict | None = None,
           persona_init: bool = False, self_ref_weight: float = 1.0, metacog_fraction: float = 0.0,
           identity_weight: float = 0.0, coherence_weight: float = 0.0, seed: int | None = None,
-          train_cfg: Any = None, progress: bool = False) -> dict[str, Any]:
+          train_cfg: Any = None, progress: bool = False, device: Any = None) -> dict[str, Any]:
     """Run one continued (or, with ``init_dir=None``, from-scratch) schedule into ``run_dir/out_name``.
 
     Returns ``{"dir": final checkpoint dir, "history": rows, "stages": names, "flops": total}``. The tokenizer is
     the run's (``run_dir/tokenizer``); ``examples`` default to the run's training examples (seed TRAIN split +
-    ``corpus/clean.jsonl``); the val split is the seed VAL split. Resumes if interrupted.
+    ``corpus/clean.jsonl``); the val split is the seed VAL split. Resumes if interrupted. Trains on ``device``
+    (default: the preset's ``device``).
     """
     from . import data
     tc = train_cfg or cfg.train
@@ -117,7 +118,7 @@ def train(cfg: Any, run_dir: Path, out_name: str, *, depths: Sequence[int], step
     trainer = progressive.ProgressiveTrainer(replace(tc), tok, train_ds, val_ds, out, seed=seed, stages=stages,
                                              aux_loss=aux, aux_wants_hidden=bool(identity_weight), progress=progress,
                                              tensorboard=False, on_mismatch="restart", init_model=init,
-                                             init_id=init_id)
+                                             init_id=init_id, device=device or cfg.device)
     hist = trainer.run()
     return {"dir": out / "checkpoints" / "final", "history": hist, "stages": [s.name for s in stages],
             "flops": trainer.flops, "train_examples": len(train_ex)}
@@ -126,18 +127,22 @@ def train(cfg: Any, run_dir: Path, out_name: str, *, depths: Sequence[int], step
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
     from . import config
+    from . import device as device_mod
     ap = argparse.ArgumentParser(prog="dte continue", description="Continue training from checkpoints/final.")
     ap.add_argument("--preset", default=None)
     ap.add_argument("--run-dir", default=None)
     ap.add_argument("--depths", default="", help="comma-separated depths (default: one more layer)")
     ap.add_argument("--steps", type=int, default=None)
+    device_mod.add_argument(ap)
     args = ap.parse_args(argv)
     cfg, run_dir = config.setup(args.preset, args.run_dir)
+    dev = device_mod.cli_resolve(args.device or cfg.device, "dte continue")
     base = base_checkpoint(cfg, run_dir)
     from transformers import AutoConfig
     d0 = AutoConfig.from_pretrained(str(base)).n_layer
     depths = [int(x) for x in args.depths.split(",") if x] or [d0 + 1]
-    res = train(cfg, run_dir, "continued", depths=depths, steps=args.steps or cfg.eval.stage_steps, init_dir=base)
+    res = train(cfg, run_dir, "continued", depths=depths, steps=args.steps or cfg.eval.stage_steps, init_dir=base,
+                device=dev)
     print(res["dir"])
     return 0
 

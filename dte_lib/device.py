@@ -5,6 +5,12 @@ one mixed-precision context the trainer, the metrics and the server use: on CUDA
 where the GPU supports it (Ampere and later) and fp16 otherwise; on the CPU it means fp32, because bf16 autocast is
 only faster on CPUs with AVX512-BF16 (notebook 05 measures it per machine). ``python -m dte_lib.device`` prints
 what ``auto`` resolves to here.
+
+What else a module needs to run on an accelerator lives here too, so every module does it the same way:
+:func:`configure` (TF32 matmuls on CUDA), :func:`to_device` (pinned-memory, non-blocking batch copies),
+:func:`model_device` (where a model's weights are: inference helpers put their inputs there),
+:func:`grad_scaler` (a ``GradScaler`` exactly when the autocast dtype is fp16) and :func:`fused_adamw` (the fused
+AdamW kernel on CUDA). On the CPU each of them is a no-op, so CPU runs are bit-identical to what they were.
 """
 from __future__ import annotations
 
@@ -51,7 +57,8 @@ def autocast_dtype(device: str | torch.device, precision: str = "auto") -> torch
     if p != "auto":
         raise ValueError(f"precision {precision!r} is not one of auto, fp32, bf16, fp16")
     if dev.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # native bf16 only (Ampere and later): torch's default also says yes for a V100/T4 that merely emulates it
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return None  # CPU and MPS: fp32 unless asked
 
 
@@ -62,6 +69,64 @@ def autocast(device: str | torch.device, precision: str = "auto") -> contextlib.
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=dev.type, dtype=dtype)
+
+
+def configure(device: str | torch.device) -> torch.device:
+    """Resolve ``device`` and set what runs faster there: on CUDA, TF32 tensor cores for fp32 matmuls and
+    convolutions (10-bit mantissa inputs, fp32 accumulate — what large-model trainers use). Nothing on CPU/MPS."""
+    dev = resolve(device)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        if dev.index is not None:
+            torch.cuda.set_device(dev)
+    return dev
+
+
+def model_device(model: Any) -> torch.device:
+    """The device of a model's first parameter (CPU for a model without parameters)."""
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def to_device(batch: dict[str, torch.Tensor], device: str | torch.device) -> dict[str, torch.Tensor]:
+    """A batch of CPU tensors on ``device``: unchanged on the CPU; on CUDA copied from pinned (page-locked) memory
+    with ``non_blocking=True``, so the copy overlaps the GPU's work on the step before."""
+    dev = device if isinstance(device, torch.device) else resolve(device)
+    if dev.type == "cpu":
+        return batch
+    pin = dev.type == "cuda"
+    return {k: (v.pin_memory() if pin and v.device.type == "cpu" else v).to(dev, non_blocking=pin)
+            for k, v in batch.items()}
+
+
+def grad_scaler(device: str | torch.device, precision: str = "auto"):
+    """``torch.amp.GradScaler`` when the autocast dtype is fp16 (its small exponent range underflows gradients
+    without loss scaling), else None: bf16 and fp32 need none."""
+    dev = resolve(device)
+    if autocast_dtype(dev, precision) is not torch.float16:
+        return None
+    return torch.amp.GradScaler(dev.type)
+
+
+def fused_adamw(device: str | torch.device) -> dict[str, bool]:
+    """Keyword arguments for ``torch.optim.AdamW``: ``fused=True`` on CUDA (one kernel for every parameter's
+    update instead of several per tensor), nothing elsewhere (the CPU keeps torch's default implementation)."""
+    return {"fused": True} if resolve(device).type == "cuda" else {}
+
+
+def add_argument(parser: Any) -> None:
+    """The ``--device`` option every model-running command shares (default: the preset's ``device``)."""
+    parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N | mps (default: the preset's)")
+
+
+def cli_resolve(choice: str | None, prog: str) -> torch.device:
+    """:func:`resolve` for a command line: a device this machine lacks exits with one line naming the fix."""
+    try:
+        return resolve(choice)
+    except ValueError as e:
+        raise SystemExit(f"{prog}: {e}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

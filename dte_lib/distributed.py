@@ -11,8 +11,11 @@ Definitions:
 - **world size W / rank r** — how many processes train together and which one this is. ``torchrun`` starts them
   and sets ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT`` for each.
 - **backend** — the library that moves tensors between processes: ``gloo`` on CPU, ``nccl`` between NVIDIA GPUs.
-  The course's trainer trains on the CPU (its step uses CPU autocast and CPU batches), so ``gloo`` is the default;
-  ``DTE_DIST_BACKEND=nccl`` selects nccl for a trainer that places model and batches on ``cuda:LOCAL_RANK``.
+  It follows the preset's ``device`` (``--device``): on CUDA each rank trains on ``cuda:LOCAL_RANK`` and talks nccl;
+  on the CPU, gloo. ``DTE_DIST_BACKEND`` overrides the choice.
+- **mixed precision under FSDP2** — on a GPU, ``fully_shard`` gets a ``MixedPrecisionPolicy``: parameters are
+  all-gathered in bf16 (fp16 where the GPU lacks bf16) for compute, gradients reduce-scattered in fp32, and the
+  sharded fp32 master weights are what AdamW updates and checkpoints hold.
 - **DDP** (DistributedDataParallel) — every rank holds the whole model; each computes gradients on its slice of the
   global batch; an all-reduce averages them, so every rank takes the same AdamW step. The global batch is the
   preset's ``train.batch_size`` at every W (``PackedLoader`` gives rank r its r-th slice), so a run at W=2 follows
@@ -53,23 +56,33 @@ class StopTraining(Exception):
 
 
 # ---------------------------------------------------------------------------------------------- process group
-def init(backend: str | None = None) -> dict[str, Any]:
-    """Join the process group torchrun set up (no-op for a plain ``python`` run); returns rank, world, device."""
+def init(backend: str | None = None, device: Any = "cpu") -> dict[str, Any]:
+    """Join the process group torchrun set up (no-op for a plain ``python`` run); returns rank, world, device.
+
+    ``device`` is the preset's setting: CUDA means this rank trains on ``cuda:LOCAL_RANK`` with the nccl backend;
+    anything else trains on the CPU with gloo (``backend`` or ``$DTE_DIST_BACKEND`` override the backend)."""
     import torch
     import torch.distributed as dist
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    # The progressive trainer keeps its model and batches on the CPU today (CPU autocast, CPU batches), so gloo is
-    # the default even where a GPU exists; nccl is for a trainer that places them on cuda:LOCAL_RANK.
-    backend = backend or os.environ.get("DTE_DIST_BACKEND") or "gloo"
-    device = torch.device("cuda", local) if backend == "nccl" else torch.device("cpu")
-    if backend == "nccl":
+    backend, device = placement(device, local, backend)
+    if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend)
     return {"rank": rank, "world_size": world, "local_rank": local, "device": str(device),
             "backend": dist.get_backend() if dist.is_initialized() else None}
+
+
+def placement(device: Any, local_rank: int, backend: str | None = None) -> tuple[str, Any]:
+    """(backend, torch device) for one rank: ``nccl`` and ``cuda:LOCAL_RANK`` when the setting resolves to CUDA,
+    else ``gloo`` and the CPU; ``backend`` or ``$DTE_DIST_BACKEND`` override the backend."""
+    import torch
+    from .device import resolve
+    on_gpu = resolve(device).type == "cuda"
+    backend = backend or os.environ.get("DTE_DIST_BACKEND") or ("nccl" if on_gpu else "gloo")
+    return backend, torch.device("cuda", local_rank) if on_gpu or backend == "nccl" else torch.device("cpu")
 
 
 def barrier() -> None:
@@ -96,22 +109,38 @@ def wrapper(strategy: str) -> Callable | None:
     if strategy == "ddp":
         def wrap(module):
             from torch.nn.parallel import DistributedDataParallel as DDP
+            from .device import model_device
             # DDP broadcasts rank 0's weights at construction, so every rank starts each stage identical
-            return DDP(module)
+            dev = model_device(module)
+            return DDP(module, device_ids=[dev] if dev.type == "cuda" else None)
         return wrap
 
     return shard_fsdp2
 
 
-def shard_fsdp2(module):
+def shard_fsdp2(module, mp_policy: Any = None):
     """FSDP2 in place: each block its own shard group (all-gathered one at a time in forward and backward, freed
-    after), then the root (embeddings, final norm, tied head). A module already sharded is returned as it is."""
+    after), then the root (embeddings, final norm, tied head). A module already sharded is returned as it is.
+    ``mp_policy`` is a ``MixedPrecisionPolicy`` (see :func:`mixed_precision`) or None for fp32 throughout."""
     from torch.distributed.fsdp import FSDPModule, fully_shard
+    kw = {"mp_policy": mp_policy} if mp_policy is not None else {}
     if not isinstance(module, FSDPModule):
         for block in module.transformer.h:
-            fully_shard(block)
-        fully_shard(module)
+            fully_shard(block, **kw)
+        fully_shard(module, **kw)
     return module
+
+
+def mixed_precision(device: Any, precision: str) -> Any:
+    """FSDP2's ``MixedPrecisionPolicy`` for a device and ``train.precision``: compute (all-gathered parameters) in
+    the autocast dtype, gradients reduced in fp32; None where training is fp32 (the CPU, or precision fp32)."""
+    import torch
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+    from .device import autocast_dtype
+    dtype = autocast_dtype(device, precision)
+    if dtype is None or torch.device(device).type == "cpu":
+        return None
+    return MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
 
 
 class _NamedStates:
@@ -134,9 +163,12 @@ class FSDPTrainer(progressive.ProgressiveTrainer):
         kwargs["wrap_model"] = self._shard
         super().__init__(*args, **kwargs)
 
+    def _param_shards(self) -> int:
+        return progressive._world_size()
+
     def _shard(self, module):
         from torch.distributed.tensor import DTensor, distribute_tensor
-        module = shard_fsdp2(module)
+        module = shard_fsdp2(module, mixed_precision(self.device, self.tc.precision))
         params = dict(module.named_parameters())
         for name, st in self._carry.items():  # full tensors from a checkpoint -> shards matching the parameter
             p = params.get(name)
@@ -144,7 +176,7 @@ class FSDPTrainer(progressive.ProgressiveTrainer):
                 continue
             for k, v in st.items():
                 if not isinstance(v, DTensor) and v.ndim > 0 and tuple(v.shape) == tuple(p.shape):
-                    st[k] = distribute_tensor(v, p.device_mesh, p.placements)
+                    st[k] = distribute_tensor(v.to(p.device), p.device_mesh, p.placements)
         return module
 
     def full_model(self):
@@ -179,9 +211,10 @@ class FSDPTrainer(progressive.ProgressiveTrainer):
 # ---------------------------------------------------------------------------------------------- training
 def train(cfg, run_dir: str | Path, out_dir: str | Path, strategy: str = "ddp", progress: bool = True,
           stop_after_step: int | None = None) -> dict[str, Any]:
-    """Run (or resume) the progressive trainer in this process group; returns a summary (rank 0 writes it)."""
+    """Run (or resume) the progressive trainer in this process group; returns a summary (rank 0 writes it).
+    Each rank trains on the device :func:`init` chose from ``cfg.device`` (``cuda:LOCAL_RANK`` + nccl on GPUs)."""
     import torch
-    info = init()
+    info = init(device=cfg.device)
     rank, world = info["rank"], info["world_size"]
     if world == 1:
         torch.set_num_threads(cfg.threads)
@@ -197,7 +230,8 @@ def train(cfg, run_dir: str | Path, out_dir: str | Path, strategy: str = "ddp", 
         if stop_after_step is not None and step >= stop_after_step:
             raise StopTraining(step)
 
-    common = dict(seed=cfg.seed, progress=progress and rank == 0, tensorboard=rank == 0, on_step=on_step)
+    common = dict(seed=cfg.seed, progress=progress and rank == 0, tensorboard=rank == 0, on_step=on_step,
+                  device=info["device"])
     if strategy == "fsdp" and world > 1:
         trainer = FSDPTrainer(cfg.train, prep["tokenizer"], prep["train"], prep["val"], out_dir, **common)
     else:
@@ -214,6 +248,7 @@ def train(cfg, run_dir: str | Path, out_dir: str | Path, strategy: str = "ddp", 
     seconds = time.perf_counter() - t0
     barrier()
     summary = {"world_size": world, "strategy": strategy if world > 1 else "single", "backend": info["backend"],
+               "device": info["device"],
                "steps": trainer.global_step, "tokens": trainer.tokens, "seconds": seconds,
                "tokens_per_s": (trainer.tokens - start_tokens) / max(seconds, 1e-9), "resumed_from_tokens": start_tokens,
                "stopped_at": stopped, "val_loss": next((r["val_loss"] for r in reversed(history)
@@ -379,8 +414,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--stop-after-step", type=int, default=None,
                     help="stop after this global step (after its checkpoint, if one is due): simulates a crash")
     ap.add_argument("--no-progress", action="store_true")
+    from . import device as device_mod
+    device_mod.add_argument(ap)
     args = ap.parse_args(argv)
     cfg, run_dir = config.setup(args.preset, args.run_dir, _parse_overrides(args.preset, args.set))
+    cfg.device = args.device or cfg.device
+    device_mod.cli_resolve(cfg.device, "python -m dte_lib.distributed")
     try:
         summary = train(cfg, run_dir, args.out_dir, args.strategy or cfg.scale.strategy,
                         progress=not args.no_progress, stop_after_step=args.stop_after_step)

@@ -64,11 +64,12 @@ class Inspector:
     def __init__(self, sources: dict[str, Any], *, persona: dict, evalset: metrics.EvalSet | None = None,
                  selected: Sequence[str] | None = None, prompt: str = "Who are you, and how do you remember things?",
                  temperature: float = 0.8, top_p: float = 0.95, max_new_tokens: int = 48,
-                 system: str | None = None, seed: int = 0):
+                 system: str | None = None, seed: int = 0, device: Any = "cpu"):
         if not sources:
             raise ValueError("Inspector needs at least one checkpoint or answer function")
         self.sources = dict(sources)
         self.persona, self.evalset, self.system, self.seed = persona, evalset, system, seed
+        self.device = device  # where checkpoints given as directories are loaded (auto | cpu | cuda | mps)
         self.selected = list(selected) if selected else list(self.sources)[-2:]
         self.prompt, self.temperature, self.top_p, self.max_new_tokens = prompt, temperature, top_p, max_new_tokens
         self.rows: list[dict[str, Any]] = []
@@ -100,8 +101,9 @@ class Inspector:
         if name not in self._loaded:
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
-            self._loaded[name] = (AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32),
-                                  AutoTokenizer.from_pretrained(str(src)))
+            from .device import resolve
+            self._loaded[name] = (AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
+                                  .to(resolve(self.device)), AutoTokenizer.from_pretrained(str(src)))
         model, tok = self._loaded[name]
         return metrics.hf_answerer(model, tok, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                                    top_p=self.top_p, system=self.system, seed=self.seed, batch_size=1)
@@ -182,7 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     cfg = config.load(argv[2] if len(argv) > 2 else None)
     persona = data.load_persona(cfg.path(cfg.data.persona))
-    ins = Inspector(find_checkpoints(argv[0]), persona=persona, prompt=argv[1], system=persona["system_prompt"])
+    ins = Inspector(find_checkpoints(argv[0]), persona=persona, prompt=argv[1], system=persona["system_prompt"],
+                    device=cfg.device)
     for r in ins.generate():
         print(f"--- {r['checkpoint']}: {r['answer']}\n    {({k: v for k, v in r.items() if k not in ('answer',)})}")
     return 0

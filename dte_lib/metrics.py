@@ -76,9 +76,11 @@ def hf_answerer(model: Any, tokenizer: Any, *, max_new_tokens: int = 80, tempera
 
     The prompt prefix is cut from the left to fit ``n_positions - max_new_tokens`` tokens, so a small-context model
     loses the start of the system prompt rather than failing. Answers are decoded without special tokens and cut at
-    the first stop token (see :func:`_stop_ids`). ``seed`` makes sampling repeatable per call.
+    the first stop token (see :func:`_stop_ids`). ``seed`` makes sampling repeatable per call. Generation runs
+    where the model's weights are (move the model to choose the device).
     """
     import torch
+    from .device import model_device
 
     ctx = int(getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 2048))
     room = max(8, ctx - max_new_tokens)
@@ -100,6 +102,7 @@ def hf_answerer(model: Any, tokenizer: Any, *, max_new_tokens: int = 80, tempera
             width = max(len(s) for s in seqs)
             ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in seqs])
             mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs])
+            ids, mask = ids.to(model_device(model)), mask.to(model_device(model))
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
             kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, pad_token_id=pad_id,
                                           eos_token_id=stops or None)
@@ -141,10 +144,12 @@ def lm_score(model: Any, tokenizer: Any, examples: Sequence[Any], *, system: str
     Range and caveats: ppl ≥ 1 (a uniform guess gives ppl = vocabulary size; random weights land near it). Perplexity
     depends on the tokenizer — a 512-token vocabulary and a 50,257-token one are not comparable — so the roadmap's
     "ppl < 20" is only meaningful at its own tokenizer; bits per byte is not (a byte-uniform guess is 8 bpb, good
-    English LMs reach ~1). The end token adds a little NLL that is not matched by any byte.
+    English LMs reach ~1). The end token adds a little NLL that is not matched by any byte. Scored where the
+    model's weights are.
     """
     import torch
     import torch.nn.functional as F
+    from .device import model_device
 
     ctx = int(getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024))
     stride = stride or max(1, ctx // 2)
@@ -167,12 +172,12 @@ def lm_score(model: Any, tokenizer: Any, examples: Sequence[Any], *, system: str
             while scored_upto < len(ids):
                 end = min(len(ids), scored_upto + stride)
                 start = max(0, end - ctx)
-                window = torch.tensor([ids[start:end]])
+                window = torch.tensor([ids[start:end]], device=model_device(model))
                 logits = model(input_ids=window).logits[0].float()
                 # logits at position j predict token j+1 (within the window)
                 targets = window[0, 1:]
                 logp = F.log_softmax(logits[:-1], dim=-1).gather(1, targets[:, None])[:, 0]
-                pos = torch.arange(start + 1, end)
+                pos = torch.arange(start + 1, end, device=window.device)
                 keep = pos >= scored_upto
                 total_nll -= float(logp[keep].sum())
                 total_tok += int(keep.sum())
@@ -506,13 +511,17 @@ def evaluate(answerer: Answerer, evalset: EvalSet, *, model: Any = None, tokeniz
     return out
 
 
-def evaluate_checkpoint(path: Any, evalset: EvalSet, cfg: Any, *, seed: int | None = None) -> dict[str, Any]:
-    """Load a Hugging Face causal-LM directory and run :func:`evaluate` with the preset's generation settings."""
+def evaluate_checkpoint(path: Any, evalset: EvalSet, cfg: Any, *, seed: int | None = None,
+                        device: Any = None) -> dict[str, Any]:
+    """Load a Hugging Face causal-LM directory and run :func:`evaluate` with the preset's generation settings, on
+    ``device`` (default: the preset's ``device``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     import torch
+    from .device import resolve
 
     tok = AutoTokenizer.from_pretrained(str(path))
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    model.to(resolve(device or getattr(cfg, "device", "cpu")))
     system = evalset.persona.get("system_prompt") if cfg.eval.system_prompt else None
     ans = hf_answerer(model, tok, max_new_tokens=cfg.eval.max_new_tokens, temperature=cfg.eval.temperature,
                       top_p=cfg.eval.top_p, system=system, seed=cfg.seed if seed is None else seed,
@@ -527,13 +536,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
     import json
     from . import config
+    from . import device as device_mod
     ap = argparse.ArgumentParser(prog="dte metrics", description="Score a checkpoint on the four success metrics.")
     ap.add_argument("checkpoint", help="a Hugging Face causal-LM directory (config.json + safetensors + tokenizer)")
     ap.add_argument("--preset", default="")
+    device_mod.add_argument(ap)
     args = ap.parse_args(argv)
     cfg = config.load(args.preset)
+    dev = device_mod.cli_resolve(args.device or cfg.device, "dte metrics")
     config.seed_everything(cfg.seed, cfg.threads)
-    res = evaluate_checkpoint(args.checkpoint, EvalSet.build(cfg), cfg)
+    res = evaluate_checkpoint(args.checkpoint, EvalSet.build(cfg), cfg, device=dev)
     print(json.dumps({k: v for k, v in res.items() if not k.startswith("_")}, indent=2))
     return 0
 

@@ -187,10 +187,15 @@ def evaluate_texts(model, tok, texts: Sequence[str], batch_size: int = 8, precis
                    ) -> dict[str, float]:
     """Every token of every text scored once: nats, tokens, bytes, loss, perplexity, bits per byte.
 
+    Runs where the model's weights are (inputs are moved there); ``precision`` picks the autocast for that device
+    (dte_lib.device: ``fp32`` none, ``bf16``/``fp16``, ``auto`` = bf16/fp16 on CUDA, fp32 elsewhere).
+
     Each text is prefixed with ``<|endoftext|>`` so its first token is predicted too, then cut into windows of the
     model's context that overlap by one token (the last token of one window is the first context of the next).
     """
+    from . import device as device_mod
     model.eval()
+    dev = device_mod.model_device(model)
     T = model.config.n_positions
     eos = tok.eos_token_id
     windows: list[list[int]] = []
@@ -210,7 +215,8 @@ def evaluate_texts(model, tok, texts: Sequence[str], batch_size: int = 8, precis
         for j, w in enumerate(chunk):
             ids[j, : len(w)] = torch.tensor(w)
             labels[j, 1: len(w)] = torch.tensor(w[1:])
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        ids, labels = ids.to(dev), labels.to(dev)
+        with device_mod.autocast(dev, precision):
             logits = model(input_ids=ids).logits
         nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1),
                               ignore_index=-100, reduction="sum")
@@ -223,13 +229,16 @@ def evaluate_texts(model, tok, texts: Sequence[str], batch_size: int = 8, precis
 @torch.no_grad()
 def generate(model, tok, prompts: Sequence[str], max_new_tokens: int = 60, system: str | None = None,
              do_sample: bool = False, seed: int = 0, temperature: float = 0.8) -> list[str]:
-    """Answer each user prompt through the chat template; returns the decoded answers (EOS stops)."""
+    """Answer each user prompt through the chat template; returns the decoded answers (EOS stops). Runs where the
+    model's weights are."""
+    from . import device as device_mod
     model.eval()
+    dev = device_mod.model_device(model)
     out = []
     for p in prompts:
         msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": p}]
         ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-        ids = ids["input_ids"][:, -(model.config.n_positions - max_new_tokens):]
+        ids = ids["input_ids"][:, -(model.config.n_positions - max_new_tokens):].to(dev)
         torch.manual_seed(seed)
         gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                              do_sample=do_sample, temperature=temperature if do_sample else None,

@@ -54,7 +54,7 @@ def info_nce(za: torch.Tensor, zb: torch.Tensor, tau: float = 0.1) -> torch.Tens
     """Symmetric InfoNCE: row i of ``za`` should match row i of ``zb`` and no other."""
     za, zb = F.normalize(za.float(), dim=-1), F.normalize(zb.float(), dim=-1)
     logits = za @ zb.T / tau
-    target = torch.arange(len(za))
+    target = torch.arange(len(za), device=za.device)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
@@ -67,6 +67,8 @@ def prefix_states(model: Any, tok: Any, prompts: Sequence[str], system: str | No
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])  # right padding: positions stay 0..n-1
     mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+    dev = next(model.parameters()).device  # the model's device (a GPU when the trainer runs there)
+    ids, mask = ids.to(dev), mask.to(dev)
     out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
     return pool(out.hidden_states[-1], mask)
 
@@ -93,7 +95,8 @@ def make_aux_loss(tok: Any, persona: dict, train_prompts: Sequence[str], *, iden
             d = h.shape[-1]
             if d not in projs:  # one fixed projection per width (the model may grow wider in other runs)
                 projs[d] = torch.randn(d, p.numel(), generator=gen) / d ** 0.5
-            res["identity"] = identity_weight * identity_loss(h, batch["labels"], projs[d], p)
+            res["identity"] = identity_weight * identity_loss(h, batch["labels"], projs[d].to(h.device),
+                                                              p.to(h.device))
         if coherence_weight and len(prompts) >= 2:
             qs = rng.sample(prompts, min(pairs, len(prompts)))
             za = prefix_states(model, tok, qs, system, max_prefix)

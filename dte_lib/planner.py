@@ -108,26 +108,69 @@ def width_for_params(target: float, n_layer: int, vocab_size: int = 50_257, n_po
 ADAMW_BYTES = {"weights": 4, "gradients": 4, "adamw_states": 8}  # fp32 master weights, grads, exp_avg + exp_avg_sq
 
 
-def activation_bytes(m: ModelShape, batch: int, context: int, act_bytes: int = 4) -> dict[str, float]:
-    """Activation memory saved for backward (Korthikanti et al. 2022 eq. 1, scaled to ``act_bytes``), plus logits."""
+def activation_bytes(m: ModelShape, batch: int, context: int, act_bytes: int = 4, checkpointing: bool = False,
+                     attention_scores: bool = True) -> dict[str, float]:
+    """Activation memory saved for backward (Korthikanti et al. 2022 eq. 1, scaled to ``act_bytes``), plus logits.
+
+    ``attention_scores=False`` drops the ``5·a·T/d`` term: fused attention kernels (PyTorch's SDPA flash and
+    memory-efficient kernels on a GPU) never store the T×T scores. ``checkpointing=True`` (activation
+    checkpointing: each block recomputed in the backward) keeps only every block's fp32 input, ``4·T·b·d`` bytes
+    per layer, plus one block's full activations while it is recomputed (Korthikanti's "full recomputation")."""
     t, d, a = context, m.n_embd, m.n_head
-    per_layer_2byte = t * batch * d * (34 + 5 * a * t / d)
-    blocks = m.n_layer * per_layer_2byte * act_bytes / 2
+    per_layer_2byte = t * batch * d * (34 + (5 * a * t / d if attention_scores else 0))
+    if checkpointing:
+        blocks = m.n_layer * t * batch * d * 4 + per_layer_2byte * act_bytes / 2
+    else:
+        blocks = m.n_layer * per_layer_2byte * act_bytes / 2
     logits = 3 * batch * t * m.vocab_size * 4  # logits, log-softmax and their gradient, fp32
     return {"blocks": blocks, "logits": logits, "total": blocks + logits}
 
 
-def memory_bytes(m: ModelShape, batch: int, context: int, act_bytes: int = 4, shards: int = 1) -> dict[str, float]:
+def memory_bytes(m: ModelShape, batch: int, context: int, act_bytes: int = 4, shards: int = 1,
+                 checkpointing: bool = False, attention_scores: bool = True) -> dict[str, float]:
     """Training memory per device: weights, gradients, AdamW states (divided by ``shards`` under FSDP/ZeRO-3) and
-    activations (each device keeps its own micro-batch's)."""
+    activations (each device keeps its own micro-batch's; see :func:`activation_bytes` for the two switches)."""
     n = param_count(m)
     out = {k: n * b / shards for k, b in ADAMW_BYTES.items()}
-    out["activations"] = activation_bytes(m, batch, context, act_bytes)["total"]
+    out["activations"] = activation_bytes(m, batch, context, act_bytes, checkpointing, attention_scores)["total"]
     out["total"] = sum(out.values())
     return out
 
 
 GIB = 2 ** 30
+CUDA_RESERVE_BYTES = 1.5 * GIB  # CUDA context, cuBLAS workspaces and allocator slack that no tensor accounts for
+
+
+def plan_batch(m: ModelShape, batch: int, context: int, device_bytes: float, act_bytes: int = 2, shards: int = 1,
+               checkpointing: bool = False, attention_scores: bool = False, headroom: float = 0.9) -> dict[str, Any]:
+    """The largest micro-batch that fits one device, and the gradient accumulation that keeps ``batch`` per step.
+
+    Tries ``accum = 1, 2, …`` over the divisors of ``batch`` (the per-device share of the global batch) and takes
+    the first whose :func:`memory_bytes` fits ``headroom · device_bytes − CUDA_RESERVE_BYTES``. With bf16 autocast
+    (``act_bytes=2``) the transient bf16 copies of the weights (2 B/parameter) are added. ``attention_scores``
+    defaults to False because on a GPU the trainer's attention is PyTorch's fused SDPA. When even one sequence
+    does not fit, returns the smallest micro-batch with ``fits=False``: turn on activation checkpointing or shard
+    over more devices (FSDP) instead."""
+    budget = headroom * device_bytes - CUDA_RESERVE_BYTES
+    casts = 2 * param_count(m) / shards if act_bytes == 2 else 0
+    est = 0.0
+    for accum in (a for a in range(1, batch + 1) if batch % a == 0):
+        micro = batch // accum
+        est = memory_bytes(m, micro, context, act_bytes, shards, checkpointing, attention_scores)["total"] + casts
+        if est <= budget:
+            return {"micro_batch": micro, "accum": accum, "estimated_bytes": est, "budget_bytes": budget,
+                    "fits": True}
+    return {"micro_batch": 1, "accum": batch, "estimated_bytes": est, "budget_bytes": budget, "fits": False}
+
+
+def device_memory_bytes(device: Any = None) -> float:
+    """Total memory of a CUDA device (``torch.cuda.get_device_properties``), else of this machine's RAM."""
+    import os
+    import torch
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type == "cuda":
+        return float(torch.cuda.get_device_properties(dev).total_memory)
+    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 # ---------------------------------------------------------------------------------------------- corpus tokens
 
@@ -223,6 +266,49 @@ GPUS: dict[str, Gpu] = {
                          "NVIDIA H100 Tensor Core GPU datasheet: BF16 1,979 TFLOPS with sparsity = 989.4 dense; "
                          "price: an assumption (not in the roadmap), edit it"),
 }
+
+
+# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) by the name torch.cuda.get_device_name() reports; the first
+# matching entry wins, so specific names (H100 PCIe, H200 NVL) come before general ones. Cards without bf16
+# (V100, T4) list their fp16 tensor peak, which is what their autocast (fp16) runs at.
+DATASHEET_PEAKS: list[tuple[str, float, str]] = [
+    ("B200", 2250.0, "NVIDIA HGX B200 datasheet: FP16/BF16 4.5 PFLOPS sparse per GPU = 2,250 dense"),
+    ("H200 NVL", 835.5, "NVIDIA H200 NVL datasheet: BF16 1,671 TFLOPS sparse = 835.5 dense"),
+    ("H200", 989.4, "NVIDIA H200 SXM datasheet: BF16 1,979 TFLOPS sparse = 989.4 dense"),
+    ("H100 PCIe", 756.0, "NVIDIA H100 PCIe datasheet: BF16 1,513 TFLOPS sparse = 756 dense"),
+    ("H100 NVL", 835.5, "NVIDIA H100 NVL datasheet: BF16 1,671 TFLOPS sparse = 835.5 dense"),
+    ("H100", 989.4, "NVIDIA H100 SXM datasheet: BF16 1,979 TFLOPS sparse = 989.4 dense"),
+    ("GH200", 989.4, "NVIDIA GH200 datasheet: the H100/H200 SXM tensor core, BF16 989 TFLOPS dense"),
+    ("A100", 312.0, "NVIDIA A100 datasheet: BF16 312 TFLOPS dense (40 GB and 80 GB, SXM and PCIe)"),
+    ("A800", 312.0, "NVIDIA A800 datasheet: BF16 312 TFLOPS dense"),
+    ("L40S", 362.05, "NVIDIA L40S datasheet: BF16 733 TFLOPS sparse = 362 dense"),
+    ("L40", 181.0, "NVIDIA L40 datasheet: BF16 362 TFLOPS sparse = 181 dense"),
+    ("L4", 121.0, "NVIDIA L4 datasheet: BF16 242 TFLOPS sparse = 121 dense"),
+    ("A10G", 70.0, "AWS A10G (g5): BF16 140 TFLOPS sparse = 70 dense"),
+    ("A10", 125.0, "NVIDIA A10 datasheet: BF16 250 TFLOPS sparse = 125 dense"),
+    ("RTX 4090", 165.2, "Ada whitepaper (RTX 4090): BF16, FP32 accumulate, 165.2 TFLOPS dense"),
+    ("RTX 6000 Ada", 364.2, "NVIDIA RTX 6000 Ada datasheet: BF16 728 TFLOPS sparse = 364 dense"),
+    ("RTX 3090", 71.0, "Ampere GA102 whitepaper (RTX 3090): BF16, FP32 accumulate, 71 TFLOPS dense"),
+    ("V100", 125.0, "NVIDIA V100 SXM2 datasheet: FP16 tensor 125 TFLOPS (no bf16)"),
+    ("T4", 65.0, "NVIDIA T4 datasheet: FP16 tensor 65 TFLOPS (no bf16)"),
+]
+
+
+def datasheet_peak(device_name: str) -> tuple[float, str] | None:
+    """(dense bf16 TFLOP/s, source) for a CUDA device name such as ``NVIDIA H200``, or None if it is not listed."""
+    low = device_name.lower()
+    for key, tflops, source in DATASHEET_PEAKS:
+        if key.lower() in low:
+            return tflops, source
+    return None
+
+
+def schedule_flops(tc: Any) -> float:
+    """Training FLOPs of a progressive-trainer schedule (``TrainCfg``): each stage's tokens at its depth's
+    :func:`flops_per_token` (every layer trainable — the upper bound; greedy stages cost less)."""
+    from .progressive import build_schedule
+    return sum(flops_per_token(gpt2(s.depth, tc.d_model, tc.vocab_size, tc.block_size, tc.n_head), tc.block_size)
+               * s.tokens for s in build_schedule(tc))
 
 
 def gpu_hours(flops: float, peak_tflops: float, utilisation: float) -> float:
@@ -463,6 +549,28 @@ def parallel_memory(m: ModelShape, batch_per_device: int, context: int, world_si
 
 
 # ---------------------------------------------------------------------------------------------- CLI
+def _print_schedule(preset: str, utilisation: float) -> int:
+    """``dte plan --preset full``: the progressive schedule's compute, hours on each listed GPU, and the batch
+    plan (micro-batch × accumulation) for the deepest model on each memory size."""
+    from . import config
+    tc = config.load(preset).train
+    flops = schedule_flops(tc)
+    deepest = max(int(d) for d in tc.depths.split(","))
+    m = gpt2(deepest, tc.d_model, tc.vocab_size, tc.block_size, tc.n_head)
+    print(f"{preset}: {deepest} layers x {tc.d_model}, vocab {tc.vocab_size:,}, context {tc.block_size}, "
+          f"{param_count(m) / 1e6:.1f}M params; schedule {flops:.3g} FLOPs "
+          f"(global batch {tc.batch_size} x {tc.block_size} tokens)")
+    print(f"{'GPU':14s} {'TFLOP/s':>8s} {'hours@' + format(utilisation, '.0%'):>10s}  plan at {deepest} layers")
+    mems = {"B200": 180, "H200": 141, "H100": 80, "A100": 80, "L40S": 48, "RTX 4090": 24, "L4": 24}
+    for name, gib in mems.items():
+        peak = datasheet_peak(name)[0]
+        plan = plan_batch(m, tc.batch_size, tc.block_size, gib * GIB, checkpointing=tc.activation_checkpointing)
+        print(f"{name + f' {gib}GB':14s} {peak:8.0f} {gpu_hours(flops, peak, utilisation):10.2f}  "
+              f"micro-batch {plan['micro_batch']} x accum {plan['accum']} "
+              f"({plan['estimated_bytes'] / GIB:.1f} GiB est.)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="dte plan", description=__doc__.split("\n\n")[0])
     ap.add_argument("--layers", type=int, help="print one GPT-2 model's figures instead of the roadmap tables")
@@ -473,6 +581,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--tokens-per-example", type=float, default=400.0,
                     help="measure it from your corpus (notebook 05); 400 is a placeholder")
     ap.add_argument("--utilisation", type=float, default=0.40)
+    ap.add_argument("--preset", help="print that preset's trainer schedule: FLOPs, hours per GPU, batch plan")
     args = ap.parse_args(argv)
     if not 0 < args.utilisation <= 1:
         ap.error(f"--utilisation {args.utilisation}: must be in (0, 1], e.g. 0.4 for 40% of peak FLOP/s")
@@ -480,6 +589,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error("--width, --vocab, --context, --batch and --tokens-per-example must be positive")
     if args.layers is not None and args.layers <= 0:
         ap.error(f"--layers {args.layers}: a model needs at least one layer")
+    if args.preset:
+        return _print_schedule(args.preset, args.utilisation)
     if args.layers:
         m = gpt2(args.layers, args.width, args.vocab, args.context)
         mem = memory_bytes(m, args.batch, args.context, act_bytes=2)

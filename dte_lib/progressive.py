@@ -20,6 +20,15 @@ Hooks: ``aux_loss(model, batch, outputs) -> {name: tensor}`` adds named losses (
 ``aux_wants_hidden=True`` asks the model for hidden states; ``wrap_model(module) -> module`` wraps for DDP/FSDP
 (re-applied after each growth); under ``torch.distributed`` the loader shards by rank and only rank 0 writes.
 
+Devices (``device=``, dte_lib.device): model, validation blocks and every batch live there. On CUDA the step runs
+under autocast (``train.precision``: ``auto`` = bf16 where the GPU has it, fp16 + ``GradScaler`` where not) with
+TF32 matmuls, fused AdamW and pinned, non-blocking batch copies; ``train.compile`` wraps the forward in
+``torch.compile``; ``train.activation_checkpointing`` recomputes each block in the backward. ``train.grad_accum``
+splits the global batch into micro-batches (each micro-batch's loss is weighted by its share of the batch's scored
+tokens, so the summed gradient is the whole batch's; aux losses are averaged over micro-batches); 0 asks the
+planner's memory model for the GPU found. On the CPU all of these are off and a step is what it always was.
+Checkpoints are device-independent: tensors are written from the CPU and loaded onto the trainer's device.
+
 Explained in notebooks 06 (a short run) and 07 (layers 1–4).
 Run it: ``python -m dte_lib.progressive --preset ci --run-dir outputs/runs/ci`` (resumes if state exists).
 """
@@ -40,6 +49,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from . import checkpoint as ckpt
+from . import device as device_mod
 from . import model as M
 from . import packing
 from . import tokenizer as toklib
@@ -114,24 +124,28 @@ class ProgressiveTrainer:
                  aux_wants_hidden: bool = False, wrap_model: Callable | None = None, progress: bool = True,
                  tensorboard: bool = True, on_step: Callable[[int], None] | None = None,
                  on_mismatch: str = "error", data_seed: int | None = None,
-                 init_model: Callable[[], Any] | None = None, init_id: str = ""):
+                 init_model: Callable[[], Any] | None = None, init_id: str = "",
+                 device: str | torch.device = "cpu"):
         """``init_model`` builds the first model (default: a fresh GPT-2 of the first stage's depth); months 5–12
         pass one that loads a checkpoint. ``init_id`` names that starting point: it joins the fingerprint a saved
-        state must match, so a changed starting checkpoint is never resumed from stale state."""
+        state must match, so a changed starting checkpoint is never resumed from stale state. ``device`` is where
+        the model trains (``auto | cpu | cuda | cuda:N | mps`` or a ``torch.device``; see the module docstring)."""
         self.tc, self.tok, self.seed = tc, tok, seed
+        self.device = device_mod.configure(device)
         self.init_model, self.init_id = init_model, init_id
         self.out = Path(out_dir)
         self.stages = list(stages) if stages is not None else build_schedule(tc)
         self.loader = packing.PackedLoader(train_ds, tc.block_size, tc.batch_size,
                                            seed if data_seed is None else data_seed,
                                            with_weights="loss_weights" in train_ds.column_names)
-        self.val = packing.eval_blocks(val_ds, tc.block_size, tc.val_max_blocks)
+        self.val = {k: v.to(self.device) for k, v in packing.eval_blocks(val_ds, tc.block_size,
+                                                                           tc.val_max_blocks).items()}
         self.aux_loss, self.aux_wants_hidden, self.wrap_model = aux_loss, aux_wants_hidden, wrap_model
         self.progress, self.tensorboard, self.on_step = progress, tensorboard, on_step
         self.main = _is_main()
         self.state_dir = self.out / "train" / "state"
         self.history_path = self.out / "train" / "history.jsonl"
-        self.model = self.wrapped = self.opt = None
+        self.model = self.wrapped = self.opt = self.scaler = None
         self.stage_idx = self.step_in_stage = self.global_step = self.history_lines = 0
         self.tokens = 0
         self.flops = 0.0
@@ -141,18 +155,46 @@ class ProgressiveTrainer:
         self._wandb = None
         # what a saved state must match to be resumed: schedule, hyper-parameters, seed, tokenised data
         self.on_mismatch = on_mismatch
+        # (how a step is executed — micro-batches, recomputation, compilation — is not part of it: a state saved
+        # on a GPU with accumulation resumes on a CPU without, and back)
+        settings = {k: v for k, v in asdict(tc).items() if k not in EXECUTION_FIELDS}
         self.fingerprint = hashlib.sha256(json.dumps(
-            [asdict(tc), [asdict(s) for s in self.stages], seed, getattr(train_ds, "_fingerprint", ""),
+            [settings, [asdict(s) for s in self.stages], seed, getattr(train_ds, "_fingerprint", ""),
              getattr(val_ds, "_fingerprint", "")] + ([init_id] if init_id else []),
             sort_keys=True, default=str).encode()).hexdigest()[:16]
+        self.accum = self._accumulation()
+
+    def _param_shards(self) -> int:
+        """Ranks the parameters, gradients and AdamW states are sharded over (1 here; W under FSDP)."""
+        return 1
+
+    def _accumulation(self) -> int:
+        """Micro-batches per optimizer step: ``train.grad_accum``, or with 0 the planner's choice for this GPU."""
+        tc = self.tc
+        local = tc.batch_size // _world_size()
+        accum = tc.grad_accum
+        if accum == 0:
+            accum = 1
+            if self.device.type == "cuda":
+                from . import planner
+                shape = planner.gpt2(max(s.depth for s in self.stages), tc.d_model, len(self.tok), tc.block_size,
+                                     n_head=tc.n_head)
+                accum = planner.plan_batch(shape, local, tc.block_size, planner.device_memory_bytes(self.device),
+                                           act_bytes=2 if device_mod.autocast_dtype(self.device, tc.precision)
+                                           else 4, shards=self._param_shards(),
+                                           checkpointing=tc.activation_checkpointing)["accum"]
+        if accum < 1 or local % accum:
+            raise ValueError(f"train.grad_accum={accum}: it must divide the per-rank batch {local} "
+                             f"(train.batch_size {tc.batch_size} / {_world_size()} ranks)")
+        return accum
 
     # ------------------------------------------------------------------------------------------ setup
     def _fresh_model(self):
         if self.init_model is not None:
-            return self.init_model()
+            return self.init_model().to(self.device)
         tc = self.tc
         return M.build(len(self.tok), tc.block_size, tc.d_model, self.stages[0].depth, tc.n_head, seed=self.seed,
-                       eos_id=self.tok.eos_token_id, dropout=tc.dropout)
+                       eos_id=self.tok.eos_token_id, dropout=tc.dropout).to(self.device)
 
     def _resume_or_start(self) -> bool:
         path = ckpt.latest(self.state_dir)
@@ -175,7 +217,7 @@ class ProgressiveTrainer:
             print(f"{path}: {why} — starting this run from scratch (old state, history and checkpoints removed)")
             self.clear()
             return self._resume_or_start()
-        self.model = GPT2LMHeadModel.from_pretrained(str(saved["model_dir"]))
+        self.model = GPT2LMHeadModel.from_pretrained(str(saved["model_dir"])).to(self.device)  # read on the CPU
         self._carry = saved["optimizer"]
         for k in ("stage_idx", "step_in_stage", "global_step", "tokens", "flops", "history_lines"):
             setattr(self, k, st[k])
@@ -198,10 +240,18 @@ class ProgressiveTrainer:
         if self.opt is not None:  # moving on from a stage in this process: inherit its moments by name
             self._carry = ckpt.optimizer_state_by_name(self.opt)
         M.set_trainable(self.model, stage.policy, stage.new_layers)
+        if self.tc.activation_checkpointing:  # HF's per-block recomputation (non-reentrant: works with frozen inputs)
+            if hasattr(self.model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.wrapped = self.wrap_model(self.model) if self.wrap_model else self.model
+        if self.tc.compile:
+            self.wrapped = torch.compile(self.wrapped)
         groups = M.param_groups(self.model, stage.lr, stage.policy, stage.new_layers, self.tc.lower_lr_factor,
                                 self.tc.weight_decay)
-        self.opt = torch.optim.AdamW(groups, lr=stage.lr, betas=(0.9, 0.95))
+        self.opt = torch.optim.AdamW(groups, lr=stage.lr, betas=(0.9, 0.95), **device_mod.fused_adamw(self.device))
+        self.scaler = device_mod.grad_scaler(self.device, self.tc.precision)
         ckpt.load_optimizer_state_by_name(self.opt, self._carry)
         self._carry = {}
         self._flops_per_token = M.flops_per_token(self.model, self.tc.block_size)
@@ -211,19 +261,38 @@ class ProgressiveTrainer:
 
     # ------------------------------------------------------------------------------------------ one step
     def train_step(self, batch: dict[str, torch.Tensor], lr: float) -> dict[str, float]:
-        """Forward, loss (+ aux losses), backward, clip, AdamW step — the only training code path."""
+        """Forward, loss (+ aux losses), backward, clip, AdamW step — the only training code path. ``batch`` may
+        live on the CPU (it is copied to the trainer's device); with ``self.accum`` > 1 it is split into that many
+        micro-batches whose gradients add up to the whole batch's."""
         for g in self.opt.param_groups:
             g["lr"] = lr * g["lr_scale"]
         self.wrapped.train()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.tc.precision == "bf16"):
-            out = self.wrapped(input_ids=batch["input_ids"], output_hidden_states=self.aux_wants_hidden)
-            lm = M.lm_loss(out.logits, batch["labels"], batch.get("loss_weights"))
-            aux = self.aux_loss(self.model, batch, out) if self.aux_loss else {}
-        total = lm + sum(aux.values()) if aux else lm
-        total.backward()
+        batch = device_mod.to_device(batch, self.device)
+        if self.accum == 1:
+            lm, aux = self._forward(batch)
+            self._backward(lm + sum(aux.values()) if aux else lm)
+        else:
+            scored = _scored(batch)
+            parts = {k: v.tensor_split(self.accum) for k, v in batch.items()}
+            micro = [{k: p[i] for k, p in parts.items()} for i in range(self.accum)]
+            lm, aux = 0.0, {}
+            for i, mb in enumerate(micro):
+                with self._grad_sync(i == len(micro) - 1):
+                    lm_i, aux_i = self._forward(mb)
+                    part = lm_i * (_scored(mb) / scored) + sum(v / self.accum for v in aux_i.values())
+                    self._backward(part)
+                lm = lm + lm_i.detach() * (_scored(mb) / scored)
+                for k, v in aux_i.items():
+                    aux[k] = aux.get(k, 0.0) + v.detach() / self.accum
         params = [p for g in self.opt.param_groups for p in g["params"]]
+        if self.scaler is not None:  # fp16: gradients were scaled up; bring them back before clipping
+            self.scaler.unscale_(self.opt)
         gnorm = torch.nn.utils.clip_grad_norm_(params, self.tc.grad_clip)
-        self.opt.step()
+        if self.scaler is not None:  # skips the step if a gradient overflowed, and adapts the scale
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         logged = torch.stack([lm.detach().float(), *(v.detach().float() for v in aux.values())])
         world = _world_size()
@@ -234,6 +303,27 @@ class ProgressiveTrainer:
         gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm  # FSDP2 returns a DTensor
         return {"loss": float(logged[0]), "grad_norm": float(gnorm),
                 **{k: float(v) for k, v in zip(aux, logged[1:])}}
+
+    def _forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with device_mod.autocast(self.device, self.tc.precision):
+            out = self.wrapped(input_ids=batch["input_ids"], output_hidden_states=self.aux_wants_hidden)
+            lm = M.lm_loss(out.logits, batch["labels"], batch.get("loss_weights"))
+            aux = self.aux_loss(self.model, batch, out) if self.aux_loss else {}
+        return lm, aux
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def _grad_sync(self, sync: bool):
+        """Gradient all-reduce only on the last micro-batch: DDP's ``no_sync``, FSDP2's
+        ``set_requires_gradient_sync``; nothing to do in one process."""
+        import contextlib
+        w = getattr(self.wrapped, "_orig_mod", self.wrapped)  # under torch.compile
+        if hasattr(w, "set_requires_gradient_sync"):
+            w.set_requires_gradient_sync(sync)
+        elif not sync and hasattr(w, "no_sync"):
+            return w.no_sync()
+        return contextlib.nullcontext()
 
     @torch.no_grad()
     def val_loss(self) -> float:
@@ -299,7 +389,7 @@ class ProgressiveTrainer:
                 before = self.val_loss()
                 old_depth = self.model.config.n_layer
                 self.model = M.grow(self.full_model(), stage.depth, tc.operator,
-                                    seed=self.seed * 1000 + self.stage_idx)
+                                    seed=self.seed * 1000 + self.stage_idx).to(self.device)
                 after = self.val_loss()
                 self._log({"event": "growth", "operator": tc.operator, "depth_before": old_depth,
                            "val_before": before, "val_after": after, "val_loss": after})
@@ -354,6 +444,17 @@ class ProgressiveTrainer:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+EXECUTION_FIELDS = ("grad_accum", "activation_checkpointing", "compile")  # TrainCfg fields outside the fingerprint
+
+
+def _scored(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The denominator of ``model.lm_loss`` on ``batch``: scored target tokens (summed weights when weighted)."""
+    valid = batch["labels"][:, 1:] != -100
+    if "loss_weights" in batch:
+        return (batch["loss_weights"][:, 1:].float() * valid).sum().clamp_min(1e-8)
+    return valid.sum().clamp_min(1)
+
+
 def wandb_run(mode: str, out: Path, run_config: dict[str, Any]):
     """A Weights & Biases run that receives the same rows as TensorBoard, or None.
 
@@ -409,19 +510,20 @@ def prepare(cfg, run_dir: str | Path, retrain_tokenizer: bool = False) -> dict[s
 
 def stage_report(out_dir: str | Path, tok, val_texts: Sequence[str], prompts: Sequence[str] = (),
                  max_new_tokens: int = 40, system: str | None = None,
-                 val_examples: Sequence[Any] = ()) -> list[dict[str, Any]]:
+                 val_examples: Sequence[Any] = (), device: str | torch.device = "cpu") -> list[dict[str, Any]]:
     """Reload every stage checkpoint with ``from_pretrained``; whole-val-split loss, perplexity, bits/byte, samples.
 
     Whole-conversation perplexity includes the persona's system prompt, identical in every conversation and soon
     nearly free to predict; with ``val_examples`` each row also gets ``answer_perplexity`` / ``answer_bits_per_byte``
     over the final answers only (:func:`dte_lib.metrics.lm_score`, the definition the success dashboard uses).
+    Each checkpoint is read on the CPU and scored on ``device``.
     """
     from transformers import AutoModelForCausalLM
     from . import metrics
     rows = []
     for d in sorted(p for p in (Path(out_dir) / "checkpoints").iterdir() if p.name.startswith("s")):
         meta = json.loads((d / "dte_stage.json").read_text())
-        model = AutoModelForCausalLM.from_pretrained(str(d))
+        model = AutoModelForCausalLM.from_pretrained(str(d)).to(device_mod.resolve(device))
         ev = M.evaluate_texts(model, tok, val_texts)
         row = {"stage": d.name, "depth": meta["depth"], "tokens": meta["tokens"], "flops": meta["flops"],
                "params": M.count_params(model), "val_loss": ev["loss"], "perplexity": ev["perplexity"],
@@ -474,14 +576,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="override a preset field, e.g. --set train.operator stack")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-progress", action="store_true")
+    device_mod.add_argument(ap)
     args = ap.parse_args(argv)
     overrides = {k: _parse_value(v) for k, v in args.set}
     cfg, run_dir = config.setup(args.preset, args.run_dir, overrides)
+    dev = device_mod.cli_resolve(args.device or cfg.device, "dte train")  # before any work: fail in one line
     if args.threads:
         torch.set_num_threads(args.threads)
     prep = prepare(cfg, run_dir)
     trainer = ProgressiveTrainer(cfg.train, prep["tokenizer"], prep["train"], prep["val"],
-                                 args.out_dir or run_dir, seed=cfg.seed, progress=not args.no_progress,
+                                 args.out_dir or run_dir, seed=cfg.seed, progress=not args.no_progress, device=dev,
                                  on_step=lambda s: print(f"step {s}", flush=True) if args.no_progress else None)
     t0 = time.time()
     hist = trainer.run()

@@ -30,10 +30,12 @@ from . import data, diversity, metrics, prompts, quality
 
 
 def self_generate(model_dir: str | Path, cfg: Any, run_dir: str | Path, existing: Sequence[Any] = (),
-                  n: int | None = None, seed: int | None = None) -> dict[str, Any]:
-    """Generate ``n`` examples with the checkpoint, filter, dedup; write and return the kept ones with counts."""
+                  n: int | None = None, seed: int | None = None, device: Any = None) -> dict[str, Any]:
+    """Generate ``n`` examples with the checkpoint, filter, dedup; write and return the kept ones with counts.
+    The model runs on ``device`` (default: the preset's ``device``)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from .device import resolve
 
     n = n or cfg.eval.selfgen_examples
     seed = cfg.seed if seed is None else seed
@@ -42,6 +44,7 @@ def self_generate(model_dir: str | Path, cfg: Any, run_dir: str | Path, existing
     reqs = prompts.plan(prompts.load_bank(cfg.path(cfg.data.prompt_bank)), n, seed=seed, system=system or "")
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    model.to(resolve(device or getattr(cfg, "device", "cpu")))
     user_prompts = [r.prompt for r in reqs]
     ans = metrics.hf_answerer(model, tok, max_new_tokens=cfg.eval.selfgen_max_new_tokens,
                               temperature=cfg.eval.temperature, top_p=cfg.eval.top_p, system=system, seed=seed,

@@ -213,6 +213,9 @@ def _collate(rows: list[dict[str, list[int]]], pad_id: int):
 def _sum_loss(model, ids, labels, mask):
     """(summed next-token cross-entropy over labelled positions, number of labelled positions)."""
     import torch.nn.functional as F
+    from .device import model_device
+    dev = model_device(model)  # the batch goes where the weights are
+    ids, labels, mask = ids.to(dev), labels.to(dev), mask.to(dev)
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
     target = labels[:, 1:]
     loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), target.reshape(-1), ignore_index=-100,
@@ -240,20 +243,23 @@ def finetune(base_dir: str | os.PathLike, train: Sequence[Sequence[dict]], val: 
              out_dir: str | os.PathLike, settings: LoraSettings | None = None, *,
              on_event: Callable[[dict[str, Any]], None] | None = None,
              should_stop: Callable[[], bool] | None = None,
-             checkpoint_dir: Callable[[int], Path | None] | None = None) -> dict[str, Any]:
+             checkpoint_dir: Callable[[int], Path | None] | None = None, device: Any = "cpu") -> dict[str, Any]:
     """LoRA-fine-tune the causal LM in ``base_dir`` on conversations (lists of message dicts); save it merged.
 
     ``on_event`` receives ``{"step", "train_loss", "val_loss" (or None), "tokens", "elapsed_s"}`` after each step
     (step 0 = the base model's validation loss). ``should_stop()`` is polled between steps (job cancellation).
     ``checkpoint_dir(epoch)`` may return a directory to save a merged checkpoint at the end of that epoch.
     Returns the history and the before/after validation losses; the merged model and tokenizer go to ``out_dir``.
+    ``device`` (``auto | cpu | cuda | mps``) is where the fine-tune runs; the saved model is device-independent.
     """
     import torch
     from peft import LoraConfig, get_peft_model
     s = settings or LoraSettings()
     torch.manual_seed(s.seed)
     rng = random.Random(s.seed)
+    from .device import resolve
     model, tok = load(base_dir, threads=s.threads)
+    model.to(resolve(device))
     rows = [encode_for_training(tok, m, s.max_length) for m in train]
     rows = [r for r in rows if any(l != -100 for l in r["labels"])]
     val_rows = [encode_for_training(tok, m, s.max_length) for m in list(val)[:s.val_limit or None]]
