@@ -185,6 +185,7 @@ class LoraSettings:
     batch_size: int = 4  # conversations per step
     max_length: int = 256  # tokens per conversation (longer ones are truncated)
     eval_every: int = 0  # validation loss every N steps (0: at each epoch's end only; always before step 1)
+    #                      (one due less than N/2 steps before an epoch's end is left to the end-of-epoch one)
     val_limit: int = 16  # validation conversations used for the loss, in file order (0 = all of them)
     seed: int = 0  # shuffling and LoRA init
     threads: int = 2  # torch threads
@@ -341,8 +342,11 @@ def finetune(base_dir: str | os.PathLike, train: Sequence[Sequence[dict]], val: 
             sched.step()
             step += 1
             tokens += int(mask.sum())
-            last = step == total_steps or b_index == len(epoch_batches) - 1  # end of run or of an epoch
-            do_eval = bool(val_rows) and (last or bool(s.eval_every and step % s.eval_every == 0))
+            remaining = len(epoch_batches) - 1 - b_index  # steps left in this epoch
+            last = step == total_steps or remaining == 0  # end of run or of an epoch: always validated
+            # a periodic validation just before an epoch's end would repeat the one at its end: skip it
+            periodic = bool(s.eval_every) and step % s.eval_every == 0 and remaining >= s.eval_every // 2
+            do_eval = bool(val_rows) and (last or periodic)
             val_loss = eval_loss(model, val_rows, tok.pad_token_id) if do_eval else None
             if val_loss is not None:
                 if best["val_loss"] is None or val_loss < best["val_loss"]:
