@@ -114,7 +114,7 @@ TEACHER = {
     "demo": TeacherCfg(max_length=192, eval_every=12, n_eval_prompts=3, answer_tokens=64),
     # long: up to 3 epochs on all 30 blocks at the corpus' full length, every validation conversation
     "long": TeacherCfg(epochs=3, max_length=512, lora_layers=0, learning_rate=1e-3, eval_every=12, val_limit=0,
-                       n_eval_prompts=8, answer_tokens=160),
+                       n_eval_prompts=4, answer_tokens=128),
     "full": TeacherCfg(epochs=3, max_length=1024, lora_layers=0, learning_rate=1e-3, eval_every=50, patience=3,
                        val_limit=0, n_eval_prompts=8, answer_tokens=300),
 }
