@@ -13,8 +13,9 @@ precision.") — drawn from a per-scenario permutation, so no scenario meets the
 
 Every request carries a deterministic id (``g<seed>-<index>-<bank id>``, plus ``-<angle id>`` from round 1 on) —
 the key that makes a killed run resume with no duplicate and no loss — and its own sampling seed, so the same
-scenario in a later round gets a different answer. Each request holds the persona's system prompt and, optionally, a few seed conversations from the TRAIN split
-only (never val/test: those judge the trained model later) as few-shot turns.
+scenario in a later round gets a different answer. Each request holds the persona's system prompt and, optionally,
+a few seed conversations from the TRAIN split only (never val/test: those judge the trained model later) as
+few-shot turns.
 
 Explained in notebook 02 (generate). Run it: ``python -m dte_lib.prompts 5`` prints the first five requests.
 """
@@ -205,7 +206,7 @@ def answer_budget(cfg: Any) -> AnswerBudget:
     fixed = g.max_tokens > 0
     max_tokens = g.max_tokens if fixed else min(pct, g.max_tokens_cap) if g.max_tokens_cap else pct
     n_words = max(5, int(max_tokens * g.hint_share * wpt) // 5 * 5)
-    hint = g.length_hint.format(words=n_words) if g.length_hint else ""
+    hint = g.length_hint.replace("{words}", str(n_words))
     return AnswerBudget(max_tokens=max_tokens, hint=hint, words=n_words, percentile=g.answer_percentile,
                         corpus_tokens=pct, cap=g.max_tokens_cap, median_tokens=counts[len(counts) // 2],
                         words_per_token=round(wpt, 3), answers=len(counts), fixed=fixed)
