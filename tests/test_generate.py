@@ -5,6 +5,7 @@ import asyncio
 import json
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -46,6 +47,45 @@ def test_few_shot_comes_from_the_train_split_only():
     r = reqs[0]
     assert [m["role"] for m in r.messages()] == ["system", "user", "assistant", "user", "assistant", "user"]
     assert [m["role"] for m in r.example_messages("hi")] == ["system", "user", "assistant"]
+
+
+def test_angles_scale_the_plan_to_thousands_of_distinct_requests(bank):
+    angles = prompts.load_angles(config.DATA_DIR / "prompt_angles.jsonl")
+    assert prompts.distinct_capacity(bank, angles) >= 4000
+    big = prompts.plan(bank, 4000, seed=1234, angles=angles)
+    assert len({r.prompt for r in big}) == 4000 and len({r.id for r in big}) == 4000
+    plain = prompts.plan(bank, len(bank), seed=1234)  # round 0 is the bank as written, same ids as before angles
+    assert [(r.id, r.prompt) for r in big[:len(bank)]] == [(r.id, r.prompt) for r in plain]
+    assert [r.id for r in prompts.plan(bank, 700, seed=1234, angles=angles)] == [r.id for r in big[:700]]
+    later = big[len(bank):]
+    assert all(r.angle_id and r.id.endswith(r.angle_id) for r in later)
+    by_scenario: dict[str, list[str]] = {}
+    for r in later:  # no scenario meets the same angle twice before every angle was used
+        by_scenario.setdefault(r.bank_id, []).append(r.angle_id)
+    assert all(len(set(a)) == len(a) for a in by_scenario.values())
+    with pytest.raises(ValueError, match="angle"):
+        prompts.load_angles(_bad_angles_file())
+
+
+def _bad_angles_file():
+    import tempfile
+    f = Path(tempfile.mkdtemp()) / "angles.jsonl"
+    f.write_text('{"id": "an-01"}\n')
+    return f
+
+
+def test_answer_budget_is_sized_from_the_seed_answers_and_the_hint_agrees():
+    cfg = config.load("demo", {"generate.max_tokens_cap": 0, "generate.answer_percentile": 90.0})
+    free = prompts.answer_budget(cfg)
+    assert free.max_tokens == free.corpus_tokens and free.median_tokens < free.max_tokens < 600
+    assert str(free.words) in free.hint and free.words < free.max_tokens
+    capped = prompts.answer_budget(config.load("demo", {"generate.max_tokens_cap": 100}))
+    assert capped.max_tokens == 100 and capped.words == int(100 * cfg.generate.hint_share
+                                                            * capped.words_per_token) // 5 * 5
+    fixed = prompts.answer_budget(config.load("demo", {"generate.max_tokens": 50}))
+    assert fixed.fixed and fixed.max_tokens == 50
+    reqs = prompts.plan_from_config(config.load("demo"), 3)
+    assert all(prompts.answer_budget(config.load("demo")).hint in r.messages()[0]["content"] for r in reqs)
 
 
 def test_bad_prompt_bank_names_the_line(tmp_path):

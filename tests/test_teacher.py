@@ -77,6 +77,34 @@ def test_lora_finetune_lowers_validation_loss_and_saves_a_plain_model(tiny, tmp_
     assert stopped["stopped"] and not (tmp_path / "never").exists()
 
 
+def test_early_stopping_keeps_the_best_adapter_not_the_last(tiny, tmp_path):
+    """A learning rate far too high makes validation worse; patience stops the run and the saved model is the
+    best one seen (its validation loss, measured again from disk, is the reported best, below the last one)."""
+    train = [r["messages"] for r in chat_rows(16)]
+    val = [r["messages"] for r in chat_rows(4, offset=50)]
+    s = teacher.LoraSettings(rank=4, alpha=8, learning_rate=0.5, epochs=5, batch_size=4, max_length=64,
+                             eval_every=1, patience=2, threads=1)
+    res = teacher.finetune(tiny, train, val, tmp_path / "out", s)
+    vals = [h["val_loss"] for h in res["history"] if h["val_loss"] is not None]
+    assert res["early_stopped"] and res["steps"] < 5 * 4
+    assert res["val_loss_final"] == min(vals) < res["val_loss_last"]
+    assert res["history"][-1]["best_val_loss"] == min(vals)
+    model, tok = teacher.load(tmp_path / "out")
+    rows = [teacher.encode_for_training(tok, m, 64) for m in val]
+    assert teacher.eval_loss(model, rows, tok.pad_token_id) == pytest.approx(res["val_loss_final"], rel=1e-4)
+
+
+def test_top_layer_lora_trains_only_the_last_blocks(tiny):
+    model, _ = teacher.load(tiny)
+    cfg_all = teacher.lora_config(model, teacher.LoraSettings(rank=4))
+    cfg_top = teacher.lora_config(model, teacher.LoraSettings(rank=4, layers=1, targets="c_attn"))
+    assert cfg_all.layers_to_transform is None and cfg_top.layers_to_transform == [1]
+    assert set(cfg_top.target_modules) == {"c_attn"}
+    from peft import get_peft_model
+    names = [n for n, p in get_peft_model(model, cfg_top).named_parameters() if p.requires_grad]
+    assert names and all(".h.1." in n and "c_attn" in n for n in names)
+
+
 def test_model_info_roundtrip(tmp_path):
     with pytest.raises(FileNotFoundError, match="notebook 01"):
         teacher.load_model_info(tmp_path)

@@ -290,7 +290,9 @@ class Jobs:
             max_steps=int(extra.get("max_steps", 0)), batch_size=int(batch),
             max_length=int(extra.get("max_length", 256)), eval_every=int(extra.get("eval_every", 0)),
             val_limit=int(extra.get("val_limit", 16)), seed=int(job["seed"]),
-            threads=extra.get("threads") or self.registry.threads or 2)
+            threads=extra.get("threads") or self.registry.threads or 2,
+            layers=int(extra.get("lora_layers", 0)), targets=str(extra.get("lora_targets", "")),
+            patience=int(extra.get("patience", 0)))
         with self._lock:
             self.jobs[jid]["hyperparameters"] = {"n_epochs": int(n_epochs), "batch_size": int(batch),
                                                  "learning_rate_multiplier": float(lr_mult)}
