@@ -324,10 +324,13 @@ def test_teacher_finetune_and_multitask_move_batches_to_the_model(tmp_path, monk
     assert seen == [META]
     model, tok = teacher.load(d)
     model.to(META)
-    handle = record_inputs(model, seen)
+    # _sum_loss calls the transformer body (the output layer runs on labelled positions only): watch that
+    body_handle = record_inputs(teacher._body_and_head(model)[0], seen)
     ids, labels, mask = teacher._collate([{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}], 0)
     with pytest.raises(Reached):
         teacher._sum_loss(model, ids, labels, mask)
+    body_handle.remove()
+    handle = record_inputs(model, seen)
     with pytest.raises(Reached):
         multitask.prefix_states(model, tok, ["Who are you?"], None, 16)
     handle.remove()
