@@ -5,7 +5,11 @@
   papermill writes parameters into the saved notebook — so keys stay in the environment, which the kernel inherits.
 - Executed copies land in ``<run>/notebooks/``; a failing notebook stops the run, and its saved copy, error
   included, is the error log. ``--from NN`` resumes at a notebook once the earlier ones have succeeded in that run.
-- At the end (and after a failure) ``<run>/report.md`` is rebuilt from ``metrics.json`` and ``course.json``.
+- An executed notebook is for reading: the kernels draw progress bars on this terminal, not into the notebook
+  (:func:`dte_lib.ui.progress`), third-party loading bars are off, and each notebook is signed as it is written, so
+  JupyterLab on this machine trusts it and draws its saved widgets.
+- At the end (and after a failure) ``<run>/report.md`` is rebuilt from ``metrics.json`` and ``course.json``: what
+  the run did and the roadmap's four metrics first, then every notebook's figures.
 
 Run it: ``dte course run --preset demo`` · ``dte course run --preset ci --from 03`` · ``dte course list``
 (or ``python -m dte_lib.course run ...``).
@@ -21,10 +25,13 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import config, runlog
+from . import config, runlog, ui
 from .data import atomic_write_text
 
 STATE_FILE = "course.json"
+# Third-party progress bars in the course's kernels: loading a checkpoint or mapping a small dataset takes a
+# fraction of a second, and a bar saved in a notebook is a widget frozen at 0% in every viewer.
+KERNEL_QUIET = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD", re.I)
 
 
@@ -73,6 +80,15 @@ def _save_state(run_dir: Path, state: dict[str, Any]) -> None:
     atomic_write_text(run_dir / STATE_FILE, json.dumps(state, indent=2) + "\n")
 
 
+def sign(path: Path) -> None:
+    """Sign an executed notebook with nbformat's notary (this user's key), so JupyterLab on this machine trusts it:
+    it then draws the widget state papermill saved instead of the widgets' text lines."""
+    import nbformat
+    from nbformat.sign import NotebookNotary
+    if path.exists():
+        NotebookNotary().sign(nbformat.read(path, as_version=4))
+
+
 def _parse_value(text: str) -> Any:
     try:
         return json.loads(text)
@@ -113,13 +129,15 @@ def run(preset: str | None = None, run_dir: str | os.PathLike | None = None, sta
     out_dir = rdir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    env_backup = {k: os.environ.get(k) for k in ("DTE_PRESET", "DTE_RUN_DIR", "PYTHONPATH", "DTE_CORPUS")}
+    kernel_env = {"DTE_PRESET": cfg.name, "DTE_RUN_DIR": str(rdir),
+                  "PYTHONPATH": os.pathsep.join(filter(None, [str(config.REPO_ROOT), os.environ.get("PYTHONPATH")])),
+                  **KERNEL_QUIET, ui.PROGRESS_ENV: "terminal" if progress else "off"}
+    env_backup = {k: os.environ.get(k) for k in [*kernel_env, "DTE_CORPUS"]}
     if corpus:
         if not Path(corpus).exists():
             raise CourseError(f"--corpus {corpus}: no such file")
         os.environ["DTE_CORPUS"] = str(Path(corpus).resolve())  # kernels start in notebooks/: pass it absolute
-    os.environ["DTE_PRESET"], os.environ["DTE_RUN_DIR"] = cfg.name, str(rdir)
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(config.REPO_ROOT), env_backup["PYTHONPATH"]]))
+    os.environ.update(kernel_env)  # the kernels inherit the runner's environment
     bar = tqdm(selected, desc=f"course[{cfg.name}]", unit="nb", disable=not progress)
     try:
         for nb in bar:
@@ -133,11 +151,14 @@ def run(preset: str | None = None, run_dir: str | os.PathLike | None = None, sta
             _save_state(rdir, state)
             t0 = time.perf_counter()
             try:
+                # the kernel's own stderr stays the runner's (uncaptured), so long work's bars draw here
                 pm.execute_notebook(str(nb), str(out), parameters=nb_params, kernel_name="python3",
                                     cwd=str(nb.parent), execution_timeout=cfg.cell_timeout_s,
-                                    progress_bar=progress, log_output=False, request_save_on_cell_execute=True)
+                                    progress_bar=False, log_output=False, request_save_on_cell_execute=True,
+                                    extra_arguments=["--IPKernelApp.capture_fd_output=False"])
             except PapermillExecutionError as e:
                 first_line = (e.source or "").strip().splitlines()[:1]
+                sign(out)
                 entry.update(status="failed", seconds=round(time.perf_counter() - t0, 1),
                              error={"cell": e.cell_index + 1, "execution_count": e.exec_count,
                                     "source": first_line[0] if first_line else "",
@@ -154,8 +175,11 @@ def run(preset: str | None = None, run_dir: str | os.PathLike | None = None, sta
                 _save_state(rdir, state)
                 write_report(rdir)
                 raise CourseError(f"{nb.name} failed: {type(e).__name__}: {e}\n  partial output: {out}") from None
+            sign(out)
             entry.update(status="ok", seconds=round(time.perf_counter() - t0, 1))
             _save_state(rdir, state)
+            if progress:
+                bar.write(f"{nb.stem}: ok in {entry['seconds']:.0f} s")
     finally:
         for k, v in env_backup.items():
             if v is None:

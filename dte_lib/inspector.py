@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import metrics, widgets
+from . import metrics, ui
 
 
 def find_checkpoints(run_dir: str | Path, teacher: bool = True, base_teacher: bool = False) -> dict[str, Any]:
@@ -171,7 +171,7 @@ class Inspector:
             self.generate()
 
         button.on_click(on_click)
-        return widgets.with_text(W.VBox([pick, prompt, W.HBox([temp, top_p, max_t]), button, out]),
+        return ui.with_text(W.VBox([pick, prompt, W.HBox([temp, top_p, max_t]), button, out]),
                                  f"[generation inspector: {len(self.sources)} checkpoints; run this cell with a "
                                  "kernel to compare answers]")
 

@@ -25,7 +25,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import widgets
+from . import ui
 from .data import ChatExample
 
 DECISIONS = ("accept", "reject", "flag")
@@ -176,7 +176,7 @@ class Reviewer:
 
     def show(self):
         """The widget; where it cannot be drawn (an untrusted or plain-text view) it reads as one line."""
-        return widgets.with_text(self.box, f"[review widget: {len(self.items)} sampled items, decisions saved to "
+        return ui.with_text(self.box, f"[review widget: {len(self.items)} sampled items, decisions saved to "
                                            f"{self.log.path.name}; run this cell with a kernel to review]")
 
 
