@@ -59,9 +59,9 @@ def count_params(model) -> int:
 
 
 def expected_params(vocab_size: int, n_positions: int, d_model: int, n_layer: int) -> int:
-    """The closed form in the module docstring (tied embeddings)."""
-    d = d_model
-    return vocab_size * d + n_positions * d + n_layer * (12 * d * d + 13 * d) + 2 * d
+    """The closed form in the module docstring (tied embeddings), as :func:`dte_lib.planner.param_count` counts it."""
+    from . import planner
+    return planner.param_count(planner.gpt2(n_layer, d_model, vocab_size, n_positions))
 
 
 # ---------------------------------------------------------------------------------------------- growth

@@ -56,10 +56,11 @@ class Stage:
     new_layers: tuple[int, ...] = ()  # layers added at the start of this stage
 
 
-def build_schedule(tc, depths: str | None = None, tokens_per_stage: int | None = None,
+def build_schedule(tc, depths: Any = None, tokens_per_stage: int | None = None,
                    final_tokens: int | None = None) -> list[Stage]:
     """Stages from a TrainCfg: one grow stage per depth, joint phases every ``joint_every`` layers, a final phase."""
-    ds = [int(x) for x in (depths or tc.depths).split(",") if x.strip()]
+    from .config import as_list
+    ds = as_list(depths or tc.depths)
     if ds != sorted(set(ds)) or ds[0] < 1:
         raise ValueError(f"depths {ds} must be increasing positive integers")
     tokens = tc.tokens_per_stage if tokens_per_stage is None else tokens_per_stage
