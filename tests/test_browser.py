@@ -81,6 +81,9 @@ def lab(ci_run, tmp_path):
     shutil.copy(ci_run / "notebooks" / f"{NB11}.ipynb", root / f"{NB11}-executed.ipynb")
     _trimmed(NB04, CELLS_04, root)
     _trimmed(NB11, CELLS_11, root)
+    news = tmp_path / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    news.parent.mkdir(parents=True)
+    news.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))  # no toast over the outputs
     port, token = _free_port(), secrets.token_hex(16)
     env = {**os.environ, "DTE_PRESET": "ci", "DTE_RUN_DIR": str(run_dir), "PYTHONPATH": str(config.REPO_ROOT),
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
@@ -132,6 +135,8 @@ def _open(lab, name: str):
 
 
 def _run_all(page) -> None:
+    # "Run All Cells" before the kernel is connected runs nothing: wait for it to say Idle
+    page.locator(".jp-StatusBar-TextItem", has_text="| Idle").first.wait_for(timeout=TIMEOUT_MS)
     page.locator(".jp-NotebookPanel .jp-Cell").first.click()
     page.get_by_role("menuitem", name="Run", exact=True).click()
     page.get_by_text("Run All Cells", exact=True).click()
