@@ -314,8 +314,10 @@ def narrative(rdir: Path, state: dict[str, Any], metrics: dict[str, Any]) -> lis
             out.append("The roadmap's answer to a failed check is to improve the generation and run week 1 again. "
                        "For this run that means:")
             out += [f"- **{f}**: {WEEK1_LEVERS.get(f, 'see notebook 03')}" for f in failing]
-            out += ["", "Then run notebooks 02–03 again (`dte course run --from 02`) until they say *proceed*. "
-                    "This run did not stop there: the course carried on with the corpus it has, so every later "
+            out += ["", "Then run week 1 again in a fresh run directory, until it says *proceed* (answers already in "
+                    "`corpus/raw.jsonl` are never asked for twice, so changed prompts need a new run): "
+                    f"`dte course run --preset {state.get('preset', 'demo')} --run-dir "
+                    f"outputs/runs/{state.get('preset', 'demo')}-v2 --only 00 01 02 03`. This run did not stop there: the course carried on with the corpus it has, so every later "
                     "number describes a model trained on a corpus week 1 judged not yet good enough — read them "
                     "as the course working end to end, not as what a refined corpus would give."]
         out.append("")

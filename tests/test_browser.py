@@ -198,5 +198,6 @@ def test_widgets_work_in_a_real_browser(lab):
     assert [c.splitlines()[0] for c in cells] == chosen
     teacher_answer = cells[chosen.index("teacher")].splitlines()[1]
     assert teacher_answer.strip() and teacher_answer != "(empty)"
+    out.scroll_into_view_if_needed()
     _shot(lab, "11-inspector")
     assert not lab["errors"], lab["errors"]
