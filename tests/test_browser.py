@@ -151,8 +151,10 @@ def _shot(lab, name: str) -> None:
 def test_widgets_work_in_a_real_browser(lab):
     page = _open(lab, f"{NB11}-executed.ipynb")
     # signed by the course runner: trusted, so the saved widget state is drawn, not the text line
-    page.get_by_role("button", name="Generate").first.wait_for(timeout=TIMEOUT_MS)
+    saved = page.get_by_role("button", name="Generate").first
+    saved.wait_for(timeout=TIMEOUT_MS)
     assert page.get_by_text("[generation inspector:").count() == 0
+    saved.scroll_into_view_if_needed()
     _shot(lab, "11-executed-signed")
 
     # the reviewer: a click on Accept is on disk at once
