@@ -34,8 +34,9 @@ test: $(STAMP)
 	DTE_CI_RUN=$(CI_RUN) $(BIN)/python -m pytest -n $(JOBS) --dist loadfile tests
 	DTE_PRESET=ci DTE_RUN_DIR=$(CI_RUN) $(BIN)/python -m pytest --nbval-lax notebooks
 
+# JupyterLab refuses to run as root unless told; a container's root user is the usual case.
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks
+	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks
 
 clean:
 	rm -rf outputs/runs/ci-test

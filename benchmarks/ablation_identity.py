@@ -38,7 +38,8 @@ def main(argv=None) -> int:
     cfg, run_dir = config.setup(args.preset, args.run_dir, {"eval.paraphrases": args.paraphrases,
                                                              "threads": args.threads})
     t0 = time.time()
-    rows = ablation.run(cfg, run_dir, arms=args.arms.split(","), seeds=args.seeds, steps=args.steps, progress=True)
+    rows = ablation.run(cfg, run_dir, arms=config.as_list(args.arms, str), seeds=args.seeds, steps=args.steps,
+                        progress=True)
     out = Path(__file__).with_name("ablation_identity.jsonl")
     data.write_jsonl(out, rows)
     df = ablation.summary(rows)

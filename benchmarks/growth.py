@@ -1,4 +1,4 @@
-"""Does growing pay? The growth protocol of issue 5, at a small scale on this corpus.
+"""Does growing pay? Growth schedules against fixed-depth baselines at equal FLOPs, at a small scale on this corpus.
 
 Baselines: A0 = the final depth trained from scratch with a tuned learning rate (swept on seed 0); A1 = the best
 fixed shallower depth at the same FLOPs. Methods, all at A0's FLOPs and learning rate, same data order:

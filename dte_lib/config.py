@@ -1,6 +1,7 @@
 """Presets, paths and run directories for the whole course.
 
-Every notebook starts with ``cfg = config.load(PRESET)``. A preset bundles one small dataclass per roadmap phase;
+Every notebook starts with ``cfg, run_dir = config.setup(PRESET, RUN_DIR, {...})`` (:func:`load`, seeding and the
+run directory in one call). A preset bundles one small dataclass per roadmap phase;
 each phase's ``ci`` / ``demo`` / ``full`` values sit right under its class so a phase's knobs live in one place.
 
 - ``ci``   — the whole course in minutes on 2 CPU cores with tiny models (what the tests run).
@@ -60,6 +61,24 @@ def run_dir_for(preset: str, run_dir: str | os.PathLike | None = None) -> Path:
     return path
 
 
+def as_list(value: Any, item: type = int) -> list:
+    """A list field's value as a list of ``item``: ``"1,2"``, ``"1"``, ``1``, ``[1, 2]`` and ``(1, 2)`` all work, so
+    ``dte train --set train.depths 1`` and ``{"train.depths": [1, 2]}`` mean what they say. The one parser of
+    list-valued preset fields (depth schedules) and list arguments."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",")]
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        parts = [value]
+    try:
+        return [item(p) for p in parts if not (isinstance(p, str) and not p)]
+    except (TypeError, ValueError):
+        raise ValueError(f"{value!r} is not a list of {item.__name__}: write it like 1,2,4") from None
+
+
 # --------------------------------------------------------------------------------------------- phases
 @dataclass
 class DataCfg:
@@ -78,7 +97,7 @@ DATA = {"ci": DataCfg(), "demo": DataCfg(), "full": DataCfg()}
 
 @dataclass
 class TeacherCfg:
-    """Week 1 days 1–2: the teacher model and its fine-tune (issue: teacher).
+    """Week 1 days 1–2: the teacher model and its fine-tune (notebook 01).
 
     The local fine-tune makes epochs over the WHOLE train split (193 seed conversations) and keeps the adapter with
     the best validation loss; ``patience`` validations without improvement end it early. Measured LoRA speed on
@@ -122,7 +141,7 @@ TEACHER = {
 
 @dataclass
 class GenerateCfg:
-    """Week 1 days 3–7 and month 1: synthetic corpus generation, filtering, dedup (issue: corpus engine)."""
+    """Week 1 days 3–7 and month 1: synthetic corpus generation, filtering, dedup (notebooks 02–04)."""
     n_examples: int = 24  # week-1 synthetic examples to request from the teacher (notebook 02)
     n_month1: int = 40  # month-1 total after expansion (notebook 04 generates only the missing ones)
     concurrency: int = 8  # requests in flight at once (OpenAI serves them in parallel; the local server batches them)
@@ -173,7 +192,7 @@ GENERATE = {
 
 @dataclass
 class TrainCfg:
-    """Months 3–4: tokenizer and progressive trainer (issue: progressive trainer)."""
+    """Months 3–4: tokenizer and progressive trainer (notebooks 06–07)."""
     vocab_size: int = 2048  # byte-level BPE vocabulary fitted to the corpus
     block_size: int = 128  # tokens per packed block = the model's context (n_positions)
     d_model: int = 128  # GPT-2 n_embd
@@ -235,7 +254,7 @@ ROADMAP_SCHEDULE = {"train.policy": "greedy", "train.operator": "roadmap", "trai
 
 @dataclass
 class EvalCfg:
-    """Months 5–12: metrics, identity mechanisms, multi-task loss (issue: evaluation and identity)."""
+    """Months 5–12: metrics, identity mechanisms, multi-task loss (notebooks 08–11)."""
     max_new_tokens: int = 80  # tokens generated per probe answer when scoring
     temperature: float = 0.8  # sampling temperature for scored answers (0 = greedy)
     top_p: float = 0.95  # nucleus sampling for scored answers
@@ -286,7 +305,7 @@ EVAL = {
 
 @dataclass
 class ScaleCfg:
-    """Month 2 and months 13–18: hardware check, planner, distributed training (issue: infrastructure)."""
+    """Month 2 and months 13–18: hardware check, planner, distributed training (notebooks 05 and 12)."""
     nproc: int = 2  # processes for the torchrun demonstration (CPU: gloo; one per GPU with nccl)
     dist_depths: str = "1,2"  # growth schedule of notebook 12's torchrun run (same trainer, same preset otherwise)
     dist_steps: int = 8  # optimizer steps of that run, split evenly over its stages

@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = base_checkpoint(cfg, run_dir)
     from transformers import AutoConfig
     d0 = AutoConfig.from_pretrained(str(base)).n_layer
-    depths = [int(x) for x in args.depths.split(",") if x] or [d0 + 1]
+    depths = config.as_list(args.depths) or [d0 + 1]
     res = train(cfg, run_dir, "continued", depths=depths, steps=args.steps or cfg.eval.stage_steps, init_dir=base,
                 device=dev)
     print(res["dir"])

@@ -43,12 +43,6 @@ class Endpoint:
     source: str  # a sentence saying which teacher this is and why
 
 
-def model_info(run_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """``<run>/teacher/model_info.json`` written by notebook 01, or None when notebook 01 has not run here."""
-    p = Path(run_dir) / "teacher" / "model_info.json"
-    return json.loads(p.read_text()) if p.exists() else None
-
-
 @contextlib.contextmanager
 def teacher_endpoint(run_dir: str | os.PathLike) -> Iterator[Endpoint]:
     """Start (local) or point at (OpenAI / compatible) the teacher notebook 01 chose; stop it on exit.
@@ -59,10 +53,11 @@ def teacher_endpoint(run_dir: str | os.PathLike) -> Iterator[Endpoint]:
     - ``"openai"``: api.openai.com with ``OPENAI_API_KEY`` from the environment.
     - ``"compatible"``: ``info["base_url"]`` (or ``$DTE_BASE_URL``) with ``$DTE_API_KEY`` (or ``OPENAI_API_KEY``).
     """
-    info = model_info(run_dir)
+    from . import teacher
+    info = teacher.load_model_info(run_dir, missing_ok=True)
     backend = (info or {}).get("backend", "local")
     if backend == "local":
-        from . import server, teacher
+        from . import server
         if info and info.get("path"):
             path, name = info["path"], info.get("model") or "teacher"
             source = f"local fine-tuned teacher {name} from notebook 01 ({path})"

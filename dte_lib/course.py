@@ -5,7 +5,11 @@
   papermill writes parameters into the saved notebook — so keys stay in the environment, which the kernel inherits.
 - Executed copies land in ``<run>/notebooks/``; a failing notebook stops the run, and its saved copy, error
   included, is the error log. ``--from NN`` resumes at a notebook once the earlier ones have succeeded in that run.
-- At the end (and after a failure) ``<run>/report.md`` is rebuilt from ``metrics.json`` and ``course.json``.
+- An executed notebook is for reading: the kernels draw progress bars on this terminal, not into the notebook
+  (:func:`dte_lib.ui.progress`), third-party loading bars are off, and each notebook is signed as it is written, so
+  JupyterLab on this machine trusts it and draws its saved widgets.
+- At the end (and after a failure) ``<run>/report.md`` is rebuilt from ``metrics.json`` and ``course.json``: what
+  the run did and the roadmap's four metrics first, then every notebook's figures.
 
 Run it: ``dte course run --preset demo`` · ``dte course run --preset ci --from 03`` · ``dte course list``
 (or ``python -m dte_lib.course run ...``).
@@ -21,10 +25,13 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import config, data, runlog
+from . import config, data, runlog, ui
 from .data import atomic_write_text
 
 STATE_FILE = "course.json"
+# Third-party progress bars in the course's kernels: loading a checkpoint or mapping a small dataset takes a
+# fraction of a second, and a bar saved in a notebook is a widget frozen at 0% in every viewer.
+KERNEL_QUIET = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
 # parameter names that look like secrets: papermill writes every parameter into the saved notebook
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL|AUTH(?!OR)|BEARER|COOKIE|"
                          r"PRIVATE", re.I)
@@ -75,6 +82,15 @@ def _save_state(run_dir: Path, state: dict[str, Any]) -> None:
     atomic_write_text(run_dir / STATE_FILE, json.dumps(state, indent=2) + "\n")
 
 
+def sign(path: Path) -> None:
+    """Sign an executed notebook with nbformat's notary (this user's key), so JupyterLab on this machine trusts it:
+    it then draws the widget state papermill saved instead of the widgets' text lines."""
+    import nbformat
+    from nbformat.sign import NotebookNotary
+    if path.exists():
+        NotebookNotary().sign(nbformat.read(path, as_version=4))
+
+
 def _parse_value(text: str) -> Any:
     try:
         return json.loads(text)
@@ -121,8 +137,10 @@ def run(preset: str | None = None, run_dir: str | os.PathLike | None = None, sta
     out_dir = rdir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    env_backup = {k: os.environ.get(k) for k in ("DTE_PRESET", "DTE_RUN_DIR", "PYTHONPATH", "DTE_CORPUS",
-                                                 data.ROLES_ENV)}
+    kernel_env = {"DTE_PRESET": cfg.name, "DTE_RUN_DIR": str(rdir),
+                  "PYTHONPATH": os.pathsep.join(filter(None, [str(config.REPO_ROOT), os.environ.get("PYTHONPATH")])),
+                  **KERNEL_QUIET, ui.PROGRESS_ENV: "terminal" if progress else "off"}
+    env_backup = {k: os.environ.get(k) for k in [*kernel_env, "DTE_CORPUS", data.ROLES_ENV]}
     if roles:
         try:
             data.parse_roles(roles)
@@ -134,8 +152,7 @@ def run(preset: str | None = None, run_dir: str | os.PathLike | None = None, sta
         os.environ["DTE_CORPUS"] = str(Path(corpus).resolve())  # kernels start in notebooks/: pass it absolute
     if roles:
         os.environ[data.ROLES_ENV] = roles
-    os.environ["DTE_PRESET"], os.environ["DTE_RUN_DIR"] = cfg.name, str(rdir)
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(config.REPO_ROOT), env_backup["PYTHONPATH"]]))
+    os.environ.update(kernel_env)  # the kernels inherit the runner's environment
     bar = tqdm(selected, desc=f"course[{cfg.name}]", unit="nb", disable=not progress)
     try:
         for nb in bar:
@@ -149,11 +166,14 @@ def run(preset: str | None = None, run_dir: str | os.PathLike | None = None, sta
             _save_state(rdir, state)
             t0 = time.perf_counter()
             try:
+                # the kernel's own stderr stays the runner's (uncaptured), so long work's bars draw here
                 pm.execute_notebook(str(nb), str(out), parameters=nb_params, kernel_name="python3",
                                     cwd=str(nb.parent), execution_timeout=cfg.cell_timeout_s,
-                                    progress_bar=progress, log_output=False, request_save_on_cell_execute=True)
+                                    progress_bar=False, log_output=False, request_save_on_cell_execute=True,
+                                    extra_arguments=["--IPKernelApp.capture_fd_output=False"])
             except PapermillExecutionError as e:
                 first_line = (e.source or "").strip().splitlines()[:1]
+                sign(out)
                 entry.update(status="failed", seconds=round(time.perf_counter() - t0, 1),
                              error={"cell": e.cell_index + 1, "execution_count": e.exec_count,
                                     "source": first_line[0] if first_line else "",
@@ -170,8 +190,11 @@ def run(preset: str | None = None, run_dir: str | os.PathLike | None = None, sta
                 _save_state(rdir, state)
                 write_report(rdir)
                 raise CourseError(f"{nb.name} failed: {type(e).__name__}: {e}\n  partial output: {out}") from None
+            sign(out)
             entry.update(status="ok", seconds=round(time.perf_counter() - t0, 1))
             _save_state(rdir, state)
+            if progress:
+                bar.write(f"{nb.stem}: ok in {entry['seconds']:.0f} s")
     finally:
         for k, v in env_backup.items():
             if v is None:
@@ -194,14 +217,144 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+# What a failing week-1 check means for the learner (the levers notebook 03 names).
+WEEK1_LEVERS = {
+    "keep_rate": "too many answers fail the quality filter: read the drop reasons (notebook 03) and fix their cause "
+                 "— usually max_tokens too low for the length hint, or a weak teacher",
+    "persona_rate": "too few answers speak as Deep Tree Echo: strengthen the persona system prompt or the few-shot "
+                    "examples, or fine-tune the teacher longer (notebook 01)",
+    "distinct_2": "the answers reuse the same phrases: widen the prompt bank (more topics, tasks, styles) or raise "
+                  "the temperature",
+    "self_bleu": "the answers resemble each other: widen the prompt bank or raise the temperature",
+    "near_dup_share": "many answers are near-duplicates: widen the prompt bank; dedup removes them, but they cost "
+                      "generation",
+}
+
+
+def _final_metrics(metrics: dict[str, Any]) -> tuple[str, str, dict[str, Any]] | None:
+    """(notebook, prefix, figures) of the latest evaluated model: notebook 11's ``final_`` if it ran, else the
+    latest stage any notebook scored on the four metrics (``<prefix>meets_perplexity`` keys)."""
+    for name in sorted((k for k in metrics if not k.startswith("_")), reverse=True):
+        m = metrics[name]
+        prefixes = [k[: -len("meets_perplexity")] for k in m if k.endswith("meets_perplexity")]
+        prefixes = [p for p in prefixes if p != "teacher_"]
+        if prefixes:
+            prefix = "final_" if "final_" in prefixes else sorted(prefixes)[-1]
+            return name, prefix, m
+    return None
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def narrative(rdir: Path, state: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
+    """The report's opening for a person: what the run did, the four metrics against the roadmap, the week-1
+    decision and what it means. Built from ``metrics.json``; a sentence whose numbers are missing is left out."""
+    from . import dashboard
+    nbs = state.get("notebooks", {})
+    ok = [n for n, e in nbs.items() if e.get("status") == "ok"]
+    failed = [n for n, e in nbs.items() if e.get("status") == "failed"]
+    seconds = sum(e.get("seconds") or 0 for e in nbs.values())
+    g = lambda nb, key: metrics.get(nb, {}).get(key)  # noqa: E731
+    out = ["## What this run did", ""]
+    did = [f"{len(ok)} of {len(course_notebooks(nbs))} notebooks ran"
+           + (f" (failed: {', '.join(failed)})" if failed else "") + f", {seconds / 60:.1f} minutes in all."]
+    if g("01_week1_teacher", "val_loss_finetuned") is not None:
+        did.append(f"The teacher ({g('01_week1_teacher', 'base_model') or 'base model'}, "
+                   f"{g('01_week1_teacher', 'backend')} backend) was fine-tuned on "
+                   f"{g('01_week1_teacher', 'train_examples')} examples: validation loss "
+                   f"{_num(g('01_week1_teacher', 'val_loss_base'))} → {_num(g('01_week1_teacher', 'val_loss_finetuned'))}.")
+    if g("04_month1_expand", "raw") is not None:
+        did.append(f"It wrote {g('04_month1_expand', 'raw')} synthetic answers; {g('04_month1_expand', 'kept')} passed "
+                   f"the quality filter and {g('04_month1_expand', 'clean')} remained after near-duplicate removal "
+                   f"(`corpus/clean.jsonl`).")
+    elif g("02_week1_generate", "generated") is not None:
+        did.append(f"It wrote {g('02_week1_generate', 'generated')} synthetic answers.")
+    if g("07_month4_layers_1_4", "final_depth") is not None:
+        did.append(f"A GPT-2 was grown from scratch to {g('07_month4_layers_1_4', 'final_depth')} layers "
+                   f"({g('07_month4_layers_1_4', 'final_params'):,} parameters, "
+                   f"{g('07_month4_layers_1_4', 'tokens_trained'):,} tokens) in month 4")
+        last_depth = g("11_months10_12_refine", "depth") or g("09_month6_identity_metrics", "depth")
+        did[-1] += (f"; the later phases grew it to {last_depth} layers and refined it." if last_depth else ".")
+    out += [" ".join(did), ""]
+
+    final = _final_metrics(metrics)
+    preset = state.get("preset")
+    if final and preset in config.PRESET_NAMES:
+        nb, prefix, m = final
+        cfg = config.load(preset)
+        model = m.get("final_model") if prefix == "final_" else prefix.rstrip("_")
+        met = [dashboard.passes(k, m.get(prefix + k), cfg) for k in dashboard.METRICS]
+        out += [f"## The roadmap's four success metrics — {sum(bool(x) for x in met)} of 4 met", "",
+                f"Model: `{model}` ({nb}). Floors and ceilings come from the references themselves (notebook 09): "
+                "a value below the floor is below what an on-persona answer to the wrong question reaches.", "",
+                "| metric | value | roadmap | met | floor – ceiling |", "|---|---|---|---|---|"]
+        for k, ok_ in zip(dashboard.METRICS, met):
+            op, thr = dashboard.thresholds(cfg)[k]
+            lo, hi = m.get(f"{prefix}{k}_floor"), m.get(f"{prefix}{k}_ceiling")
+            bounds = f"{_num(lo)} – {_num(hi)}" if lo is not None and hi is not None else "—"
+            if k == "diversity" and m.get(f"{prefix}diversity_references") is not None:
+                bounds = f"references' own: {_num(m[prefix + 'diversity_references'])}"
+            mark = "—" if ok_ is None else "✓" if ok_ else "✗"
+            out.append(f"| {k} | {_num(m.get(prefix + k), 1 if k == 'perplexity' else 3)} | {op} {thr:g} | {mark} "
+                       f"| {bounds} |")
+        for fig in m.get("_figures", []):
+            if "dashboard" in fig:
+                out += ["", f"![{Path(fig).stem}]({fig})"]
+        if m.get("teacher_perplexity") is not None:
+            out += ["", f"For reference, the fine-tuned teacher on the same yardstick: identity "
+                        f"{_num(m.get('teacher_identity'))}, diversity {_num(m.get('teacher_diversity'))}, coherence "
+                        f"{_num(m.get('teacher_coherence'))}, bits per byte {_num(m.get('teacher_bits_per_byte'))} "
+                        f"(the model's: {_num(m.get(prefix + 'bits_per_byte'))}; perplexities over different "
+                        "vocabularies do not compare)."]
+        out.append("")
+    elif not final:
+        out += ["## The roadmap's four success metrics", "", "Not measured yet: notebooks 08–11 score them.", ""]
+
+    decision = g("03_week1_evaluate", "decision")
+    if decision:
+        out += ["## The week-1 decision", "", f"**{decision}**", ""]
+        checks_file = rdir / "corpus" / "week1_decision.json"
+        checks = json.loads(checks_file.read_text()).get("checks", []) if checks_file.exists() else []
+        if checks:
+            out += ["| check | value | needs | passed |", "|---|---|---|---|"]
+            out += [f"| {c['check']} | {_num(c['value'])} | {c['needs']} | {'✓' if c['pass'] else '✗'} |"
+                    for c in checks]
+            out.append("")
+        failing = g("03_week1_evaluate", "failing_checks") or []
+        if decision == "proceed":
+            out.append("Every check passed: the synthetic corpus is fit to scale up, as notebook 04 did.")
+        else:
+            out.append("The roadmap's answer to a failed check is to improve the generation and run week 1 again. "
+                       "For this run that means:")
+            out += [f"- **{f}**: {WEEK1_LEVERS.get(f, 'see notebook 03')}" for f in failing]
+            out += ["", "Then run week 1 again in a fresh run directory, until it says *proceed* (answers already in "
+                    "`corpus/raw.jsonl` are never asked for twice, so changed prompts need a new run): "
+                    f"`dte course run --preset {state.get('preset', 'demo')} --run-dir "
+                    f"outputs/runs/{state.get('preset', 'demo')}-v2 --only 00 01 02 03`. This run did not stop there: the course carried on with the corpus it has, so every later "
+                    "number describes a model trained on a corpus week 1 judged not yet good enough — read them "
+                    "as the course working end to end, not as what a refined corpus would give."]
+        out.append("")
+    return out
+
+
+def course_notebooks(entries: dict[str, Any]) -> list[str]:
+    """The course's notebooks by stem (those of this checkout, plus any the run recorded)."""
+    return list(dict.fromkeys([p.stem for p in notebooks()] + list(entries)))
+
+
 def write_report(run_dir: str | os.PathLike) -> Path:
-    """Rebuild ``report.md``: status and time per notebook, its key figures, and its plots."""
+    """Rebuild ``report.md``: a short narrative for a person (what the run did, the four success metrics against
+    the roadmap's thresholds, the week-1 decision and what it means), then status and time per notebook, each
+    notebook's key figures and its plots."""
     rdir = Path(run_dir)
     state, metrics = load_state(rdir), runlog.load(rdir)
     lines = [f"# Deep Tree Echo lab — run report ({state.get('preset', '?')} preset)", "",
              f"Run directory: `{rdir}`  ", f"Started {state.get('started', '?')}, "
-             f"finished {state.get('finished', 'not yet')}.", "",
-             "| notebook | status | seconds |", "|---|---|---|"]
+             f"finished {state.get('finished', 'not yet')}.", ""]
+    lines += narrative(rdir, state, metrics)
+    lines += ["## Notebooks", "", "| notebook | status | seconds |", "|---|---|---|"]
     names = list(dict.fromkeys(list(state.get("notebooks", {})) + [k for k in metrics if not k.startswith("_")]))
     for name in names:
         e = state.get("notebooks", {}).get(name, {})

@@ -336,9 +336,10 @@ def demo_args(cfg, run_dir: str | Path, out_dir: str | Path, strategy: str | Non
     """Arguments for notebook 12's run: the preset's trainer with ``scale.dist_depths`` and ``scale.dist_steps``
     optimizer steps split over the stages, no final phase, fp32 (so one process and W processes can be compared
     tightly: bf16 autocast would add its own rounding differences)."""
-    depths = [d for d in cfg.scale.dist_depths.split(",") if d.strip()]
+    from .config import as_list
+    depths = as_list(cfg.scale.dist_depths)
     per_stage = max(1, cfg.scale.dist_steps // len(depths)) * cfg.train.batch_size * cfg.train.block_size
-    sets = {"train.depths": cfg.scale.dist_depths, "train.tokens_per_stage": str(per_stage),
+    sets = {"train.depths": ",".join(map(str, depths)), "train.tokens_per_stage": str(per_stage),
             "train.final_tokens": "0", "train.precision": "fp32", "train.log_every": "1", "train.val_every": "0"}
     args = ["--preset", cfg.name, "--run-dir", str(run_dir), "--out-dir", str(out_dir), "--no-progress"]
     for k, v in sets.items():

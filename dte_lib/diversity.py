@@ -125,7 +125,7 @@ def near_duplicate_pairs(texts: Sequence[str], threshold: float = 0.6, num_perm:
     probabilistic — and proposes some below it, which the exact check removes).
     """
     from datasketch import MinHash, MinHashLSH
-    from tqdm.auto import tqdm
+    from .ui import progress as tqdm  # a bar where a person watches, never saved in a notebook
     sets = [shingle_set(t, n) for t in texts]
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
     hashes = []

@@ -354,7 +354,7 @@ async def agenerate(requests: Sequence[Request], out_dir: str | os.PathLike, *, 
 
 async def _run(requests: Sequence[Request], out_dir: Path, pending: list[Request], already: int, ledger: Ledger,
                done: set[str], client: Any, engine: EngineConfig, progress: bool) -> Summary:
-    from tqdm.auto import tqdm
+    from .ui import progress as tqdm  # a bar where a person watches, never saved in a notebook
     limiter = RateLimiter(engine.rpm, engine.tpm)
     queue: asyncio.Queue = asyncio.Queue()
     for r in pending:

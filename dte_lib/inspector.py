@@ -19,12 +19,11 @@ Explained in notebook 11 (months 10–12). Run it: ``python -m dte_lib.inspector
 from __future__ import annotations
 
 import html as _html
-import json
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import metrics
+from . import metrics, ui
 
 
 def find_checkpoints(run_dir: str | Path, teacher: bool = True, base_teacher: bool = False) -> dict[str, Any]:
@@ -47,13 +46,11 @@ def find_checkpoints(run_dir: str | Path, teacher: bool = True, base_teacher: bo
     for d in sorted(run_dir.glob("*/*/checkpoints/final")) if run_dir.exists() else []:
         if (d / "config.json").exists():
             out[f"{d.parent.parent.parent.name}/{d.parent.parent.name} (from scratch)"] = d
-    info_path = run_dir / "teacher" / "model_info.json"
-    if teacher and info_path.exists():
-        info = json.loads(info_path.read_text())
-        if info.get("backend", "local") == "local" and info.get("path") and Path(info["path"]).exists():
-            out["teacher"] = Path(info["path"])
+    from . import teacher as teacher_mod
+    info = teacher_mod.load_model_info(run_dir, missing_ok=True) if teacher else None
+    if info and info.get("backend", "local") == "local" and info.get("path") and Path(info["path"]).exists():
+        out["teacher"] = Path(info["path"])
     if base_teacher:
-        from . import teacher as teacher_mod
         out["smollm2-base"] = Path(teacher_mod.base_model_dir())
     return out
 
@@ -173,7 +170,9 @@ class Inspector:
             self.generate()
 
         button.on_click(on_click)
-        return W.VBox([pick, prompt, W.HBox([temp, top_p, max_t]), button, out])
+        return ui.with_text(W.VBox([pick, prompt, W.HBox([temp, top_p, max_t]), button, out]),
+                                 f"[generation inspector: {len(self.sources)} checkpoints; run this cell with a "
+                                 "kernel to compare answers]")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

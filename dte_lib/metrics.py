@@ -93,7 +93,7 @@ def hf_answerer(model: Any, tokenizer: Any, *, max_new_tokens: int = 80, tempera
         gen = torch.Generator().manual_seed(seed)
         batches = range(0, len(prompts), batch_size)
         if progress:
-            from tqdm.auto import tqdm
+            from .ui import progress as tqdm  # a bar where a person watches, never saved in a notebook
             batches = tqdm(batches, desc="generate", leave=False)
         for start in batches:
             chunk = prompts[start:start + batch_size]

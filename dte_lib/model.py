@@ -39,10 +39,14 @@ def build(vocab_size: int, n_positions: int, d_model: int, n_layer: int, n_head:
     from transformers import GPT2Config, GPT2LMHeadModel
     cfg = GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=d_model, n_layer=n_layer,
                      n_head=n_head, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
-                     bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id, tie_word_embeddings=True)
+                     bos_token_id=eos_id, eos_token_id=eos_id, tie_word_embeddings=True)
+    # No pad id in the model's config: it is fed packed blocks or single texts, never padding (generation pads with
+    # eos through generation_config, with an attention mask). A pad id equal to eos would make transformers warn
+    # about padding whenever a block starts or ends with an eos.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(cfg)
+    model.loss_type = "ForCausalLM"  # transformers cannot tell it from the class name GPT2LMHeadModel
     model.generation_config.eos_token_id = eos_id
     model.generation_config.pad_token_id = eos_id
     model.generation_config.bos_token_id = eos_id
@@ -55,9 +59,9 @@ def count_params(model) -> int:
 
 
 def expected_params(vocab_size: int, n_positions: int, d_model: int, n_layer: int) -> int:
-    """The closed form in the module docstring (tied embeddings)."""
-    d = d_model
-    return vocab_size * d + n_positions * d + n_layer * (12 * d * d + 13 * d) + 2 * d
+    """The closed form in the module docstring (tied embeddings), as :func:`dte_lib.planner.param_count` counts it."""
+    from . import planner
+    return planner.param_count(planner.gpt2(n_layer, d_model, vocab_size, n_positions))
 
 
 # ---------------------------------------------------------------------------------------------- growth

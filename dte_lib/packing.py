@@ -37,7 +37,7 @@ COLUMNS = ("input_ids", "labels", "loss_weights")
 def training_examples(cfg, run_dir: str | Path) -> dict[str, list]:
     """The contract's corpus: seed TRAIN split (+ ``run_dir/corpus/clean.jsonl`` when present) and seed VAL split.
 
-    The TEST split is never returned: nobody trains or tunes on it (issue 6 evaluates on it).
+    The TEST split is never returned: nobody trains or tunes on it (the evaluation of notebooks 08–11 reads it).
     """
     from . import data
     seed = data.load_corpus(cfg.path(cfg.data.corpus), strict=True).examples

@@ -66,10 +66,11 @@ class Stage:
     new_layers: tuple[int, ...] = ()  # layers added at the start of this stage
 
 
-def build_schedule(tc, depths: str | None = None, tokens_per_stage: int | None = None,
+def build_schedule(tc, depths: Any = None, tokens_per_stage: int | None = None,
                    final_tokens: int | None = None) -> list[Stage]:
     """Stages from a TrainCfg: one grow stage per depth, joint phases every ``joint_every`` layers, a final phase."""
-    ds = [int(x) for x in (depths or tc.depths).split(",") if x.strip()]
+    from .config import as_list
+    ds = as_list(depths or tc.depths)
     if ds != sorted(set(ds)) or ds[0] < 1:
         raise ValueError(f"depths {ds} must be increasing positive integers")
     tokens = tc.tokens_per_stage if tokens_per_stage is None else tokens_per_stage
@@ -380,7 +381,7 @@ class ProgressiveTrainer:
             self._wandb = wandb_run(self.tc.wandb, self.out, asdict(self.tc))
         total_steps = sum(self.stage_steps(s) for s in self.stages)
         done = sum(self.stage_steps(s) for s in self.stages[: self.stage_idx]) + self.step_in_stage
-        from tqdm.auto import tqdm
+        from .ui import progress as tqdm  # a bar where a person watches, never saved in a notebook
         bar = tqdm(total=total_steps, initial=done, desc="progressive", disable=not (self.progress and self.main))
         tc = self.tc
         while self.stage_idx < len(self.stages):
@@ -481,7 +482,8 @@ def wandb_run(mode: str, out: Path, run_config: dict[str, Any]):
     run = wandb.init(project=os.environ.get("WANDB_PROJECT", "deep-tree-echo"), name=out.name, dir=str(out),
                      mode=os.environ.get("WANDB_MODE", "offline") if mode == "auto" else mode,
                      config=run_config, reinit="create_new",
-                     settings=wandb.Settings(console="off"))  # leave stdout to tqdm and the notebook
+                     # console off: stdout stays the notebook's; silent: no banner or run summary in it
+                     settings=wandb.Settings(console="off", silent=True))
     random.setstate(rng[0])  # whatever wandb drew (run ids) must not shift a resumable run's random streams
     np.random.set_state(rng[1])
     torch.set_rng_state(rng[2])

@@ -25,6 +25,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import ui
 from .data import ChatExample
 
 DECISIONS = ("accept", "reject", "flag")
@@ -80,26 +81,39 @@ class DecisionLog:
         return out
 
 
-def scores(ex: ChatExample, persona: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What the reviewer sees next to the text: the filter's flags (all of them) and a few numbers."""
+def scores(ex: ChatExample, persona: dict[str, Any] | None = None, filter_cfg: Any = None) -> dict[str, Any]:
+    """What the reviewer sees next to the text: the filter's flags (all of them) and a few numbers.
+
+    The flags are the filter's verdict on the text as it stands, with the thresholds it ran with (``filter_cfg``,
+    :class:`dte_lib.quality.FilterCfg`; the defaults when None): an answer the filter cut back to its last full
+    sentence (``meta["trimmed_chars"]``) is checked as the trimmed text, so a clean example shows no flag.
+    """
     from . import quality
-    hits = quality.check(ex.response, prompt=ex.prompt, finish_reason=ex.meta.get("finish_reason"),
-                         persona=persona)
+    finish = ex.meta.get("finish_reason")
+    trimmed = ex.meta.get("trimmed_chars")
+    hits = quality.check(ex.response, prompt=ex.prompt, finish_reason="stop" if trimmed else finish,
+                         persona=persona, cfg=filter_cfg)
     out = {"flags": [h[0] for h in hits], "words": len(ex.response.split()),
            "repeated_3gram_share": round(quality.repeated_ngram_share(ex.response), 3),
-           "finish_reason": ex.meta.get("finish_reason", "")}
+           "finish_reason": finish or "", "trimmed_chars": trimmed or 0}
     if persona is not None:
         out["persona_concepts"] = quality.persona_concepts(ex.response, persona)[:6]
     return out
 
 
-def _card(ex: ChatExample, persona: dict[str, Any] | None) -> str:
-    s = scores(ex, persona)
+def _finish(s: dict[str, Any]) -> str:
+    if s["trimmed_chars"]:
+        return f"{s['finish_reason']}, trimmed {s['trimmed_chars']} chars to its last full sentence"
+    return s["finish_reason"]
+
+
+def _card(ex: ChatExample, persona: dict[str, Any] | None, filter_cfg: Any = None) -> str:
+    s = scores(ex, persona, filter_cfg)
     esc = html.escape
     flags = ", ".join(s["flags"]) or "none"
     concepts = ", ".join(s.get("persona_concepts", [])) or "—"
     return (f"<div style='font-family:sans-serif'><b>{esc(ex.id)}</b> · topic <i>{esc(str(ex.topic))}</i> · "
-            f"{s['words']} words · finish {esc(s['finish_reason'])} · repeated 3-grams {s['repeated_3gram_share']}"
+            f"{s['words']} words · finish {esc(_finish(s))} · repeated 3-grams {s['repeated_3gram_share']}"
             f"<br>filter flags: <b>{esc(flags)}</b> · persona concepts: {esc(concepts)}"
             f"<p><b>Prompt</b><br>{esc(ex.prompt)}</p>"
             f"<p><b>Answer</b><br>{esc(ex.response).replace(chr(10), '<br>')}</p></div>")
@@ -108,9 +122,10 @@ def _card(ex: ChatExample, persona: dict[str, Any] | None) -> str:
 class Reviewer:
     """The review widget. ``show()`` returns the box to display; ``decide()`` is what every button calls."""
 
-    def __init__(self, items: Sequence[ChatExample], log: DecisionLog, persona: dict[str, Any] | None = None):
+    def __init__(self, items: Sequence[ChatExample], log: DecisionLog, persona: dict[str, Any] | None = None,
+                 filter_cfg: Any = None):
         import ipywidgets as w
-        self.items, self.log, self.persona = list(items), log, persona
+        self.items, self.log, self.persona, self.filter_cfg = list(items), log, persona, filter_cfg
         self.body = w.HTML()
         self.status = w.HTML()
         self.note = w.Textarea(placeholder="note (optional): why, what to fix", layout=w.Layout(width="100%"))
@@ -157,19 +172,21 @@ class Reviewer:
             for b in self.buttons.values():
                 b.disabled = True
         else:
-            self.body.value = _card(self.current, self.persona)
+            self.body.value = _card(self.current, self.persona, self.filter_cfg)
 
     def show(self):
-        return self.box
+        """The widget; where it cannot be drawn (an untrusted or plain-text view) it reads as one line."""
+        return ui.with_text(self.box, f"[review widget: {len(self.items)} sampled items, decisions saved to "
+                                           f"{self.log.path.name}; run this cell with a kernel to review]")
 
 
 def static_html(items: Sequence[ChatExample], log: DecisionLog, persona: dict[str, Any] | None = None,
-                max_chars: int = 300) -> str:
+                max_chars: int = 300, filter_cfg: Any = None) -> str:
     """An HTML table of the sample with flags and decisions: the widget's record in a saved notebook."""
     esc = html.escape
     rows = []
     for ex in items:
-        s = scores(ex, persona)
+        s = scores(ex, persona, filter_cfg)
         d = log.decisions.get(ex.id, {})
         ans = ex.response if len(ex.response) <= max_chars else ex.response[:max_chars] + " …"
         rows.append(f"<tr><td>{esc(ex.id)}</td><td>{esc(str(ex.topic))}</td><td>{esc(ex.prompt[:120])}</td>"

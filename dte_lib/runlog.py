@@ -56,8 +56,12 @@ def load(run_dir: str | os.PathLike) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def record(run_dir: str | os.PathLike, notebook: str, figures: dict[str, Any]) -> dict[str, Any]:
-    """Merge ``figures`` into ``metrics.json`` under ``notebook``; returns that notebook's whole entry."""
+def record(run_dir: str | os.PathLike, notebook: str, figures: dict[str, Any]) -> None:
+    """Merge ``figures`` into ``metrics.json`` under ``notebook``.
+
+    Returns None on purpose: it is a notebook's last call, and a returned dict would be echoed into the saved
+    notebook. Read the entry back with :func:`load`.
+    """
     run_dir = Path(run_dir)
     with _locked(run_dir):
         data = load(run_dir)
@@ -65,13 +69,20 @@ def record(run_dir: str | os.PathLike, notebook: str, figures: dict[str, Any]) -
         entry.update(_clean(figures))
         entry["_recorded_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         atomic_write_text(run_dir / METRICS_FILE, json.dumps(data, indent=2, sort_keys=True) + "\n")
-    return entry
 
 
-def save_figure(fig: Any, run_dir: str | os.PathLike, name: str, notebook: str | None = None) -> Path:
-    """Save a matplotlib figure as ``figures/<name>.png`` and list it under the notebook in metrics.json."""
+def figure_path(run_dir: str | os.PathLike, name: str) -> Path:
+    """Where :func:`save_figure` writes figure ``name``."""
+    return Path(run_dir) / "figures" / f"{name}.png"
+
+
+def save_figure(fig: Any, run_dir: str | os.PathLike, name: str, notebook: str | None = None) -> None:
+    """Save a matplotlib figure as ``figures/<name>.png`` and list it under the notebook in metrics.json.
+
+    Returns None (a cell ending in it shows the figure, not a path); :func:`figure_path` says where it went.
+    """
     run_dir = Path(run_dir)
-    path = run_dir / "figures" / f"{name}.png"
+    path = figure_path(run_dir, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
@@ -84,7 +95,6 @@ def save_figure(fig: Any, run_dir: str | os.PathLike, name: str, notebook: str |
             if rel not in figs:
                 figs.append(rel)
             atomic_write_text(run_dir / METRICS_FILE, json.dumps(data, indent=2, sort_keys=True) + "\n")
-    return path
 
 
 if __name__ == "__main__":

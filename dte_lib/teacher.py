@@ -439,10 +439,14 @@ def save_model_info(run_dir: str | os.PathLike, info: dict[str, Any]) -> Path:
     return atomic_write_text(Path(run_dir) / "teacher" / "model_info.json", json.dumps(full, indent=2) + "\n")
 
 
-def load_model_info(run_dir: str | os.PathLike) -> dict[str, Any]:
+def load_model_info(run_dir: str | os.PathLike, missing_ok: bool = False) -> dict[str, Any] | None:
+    """The one reader of ``run_dir/teacher/model_info.json``; when notebook 01 has not run there: None if
+    ``missing_ok``, else FileNotFoundError naming the fix."""
     import json
     path = Path(run_dir) / "teacher" / "model_info.json"
     if not path.exists():
+        if missing_ok:
+            return None
         raise FileNotFoundError(f"{path} missing: run notebook 01 (the teacher) in this run directory first")
     return json.loads(path.read_text(encoding="utf-8"))
 

@@ -65,3 +65,20 @@ def test_env_corpus_reaches_every_phase(monkeypatch, tmp_path):
     assert config.load("ci").data.corpus == str(tmp_path / "mine.jsonl")
     monkeypatch.delenv("DTE_CORPUS")
     assert config.load("ci").data.corpus == "data/seed_corpus.jsonl"
+
+
+def test_list_fields_accept_every_spelling():
+    for value in ("1,2", " 1, 2 ", [1, 2], (1, 2), ["1", "2"]):
+        assert config.as_list(value) == [1, 2]
+    assert config.as_list("1") == config.as_list(1) == [1]
+    assert config.as_list("a,b", str) == ["a", "b"] and config.as_list(None) == [] and config.as_list("") == []
+    with pytest.raises(ValueError, match="not a list of int"):
+        config.as_list("1,x")
+
+
+def test_train_depths_set_to_one_number_trains_one_stage():
+    from dte_lib import progressive
+    cfg = config.load("ci", {"train.depths": progressive._parse_value("1")})
+    assert [s.depth for s in progressive.build_schedule(cfg.train) if s.kind == "grow"] == [1]
+    cfg = config.load("ci", {"train.depths": [1, 3]})
+    assert [s.depth for s in progressive.build_schedule(cfg.train) if s.kind == "grow"] == [1, 3]

@@ -100,3 +100,31 @@ def test_metrics_are_json_safe_and_merged(tmp_path):
     runlog.record(tmp_path, "nb", {"more": 1})
     m = json.loads((tmp_path / "metrics.json").read_text())["nb"]
     assert m["loss"] == 1.5 and m["nan"] is None and m["more"] == 1 and m["path"] == str(tmp_path)
+
+
+def test_report_opens_with_a_narrative_for_a_person(tmp_path):
+    from dte_lib import config as C
+    cfg = C.load("ci")
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "course.json").write_text(json.dumps({"preset": "ci", "notebooks": {
+        "03_week1_evaluate": {"status": "ok", "seconds": 10}, "11_months10_12_refine": {"status": "ok", "seconds": 50}}}))
+    (tmp_path / "corpus" / "week1_decision.json").write_text(json.dumps({"checks": [
+        {"check": "persona_rate", "value": 0.5, "needs": ">= 0.7", "pass": False}]}))
+    runlog.record(tmp_path, "03_week1_evaluate", {"decision": "refine prompts and regenerate",
+                                                  "failing_checks": ["persona_rate"]})
+    ppl_ok = cfg.eval.thresholds_ppl / 2
+    runlog.record(tmp_path, "11_months10_12_refine", {
+        "final_model": "m-final", "final_perplexity": ppl_ok, "final_identity": 0.2, "final_identity_floor": 0.3,
+        "final_identity_ceiling": 0.45, "final_diversity": 0.9, "final_coherence": None,
+        **{f"final_meets_{k}": None for k in ("perplexity", "identity", "diversity", "coherence")}})
+    text = course.write_report(tmp_path).read_text()
+    head, _, tables = text.partition("## Notebooks")
+    assert "## What this run did" in head and f"2 of {len(course.notebooks())} notebooks ran" in head
+    assert "## The roadmap's four success metrics — 2 of 4 met" in head and "`m-final`" in head
+    rows = {line.split("|")[1].strip(): line for line in head.splitlines() if line.startswith("| ")}
+    assert "✓" in rows["perplexity"] and f"< {cfg.eval.thresholds_ppl:g}" in rows["perplexity"]
+    assert "✗" in rows["identity"] and "0.300 – 0.450" in rows["identity"]
+    assert "✓" in rows["diversity"] and "—" in rows["coherence"].split("|")[4]
+    assert "**refine prompts and regenerate**" in head and "persona system prompt" in head
+    assert "carried on with the corpus it has" in head
+    assert "## 03_week1_evaluate" in tables and "| decision | refine prompts and regenerate |" in tables

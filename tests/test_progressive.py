@@ -55,7 +55,7 @@ def test_trainer_runs_stages_hooks_and_exports(parts, tmp_path):
     tok, train_ds, val_ds = parts
     seen = []
 
-    def aux(model, batch, out):  # an issue-6 style hook: a named extra loss on the hidden states
+    def aux(model, batch, out):  # a hook like the identity losses: a named extra loss on the hidden states
         seen.append(len(out.hidden_states))
         return {"hidden_l2": 1e-4 * out.hidden_states[-1].float().pow(2).mean()}
 

@@ -63,3 +63,25 @@ def test_static_html_shows_decisions_and_flags(tmp_path):
     log.record(items[0].id, "flag", "check <this>")
     page = review.static_html(items, log, PERSONA)
     assert page.count("<tr>") == 4 and "check &lt;this&gt;" in page and "pending: 2" in page
+
+
+def test_a_clean_example_shows_no_flag_even_when_the_filter_trimmed_it():
+    from dte_lib import quality
+    fcfg = quality.FilterCfg(min_words=6, trim_truncated=True)
+    ex = ITEMS[0]
+    cut = quality.as_example({"id": "cut", "messages": [dict(m) for m in ex.messages], "finish_reason": "length"})
+    quality._set_response(cut, ex.response.rstrip() + " And then the answer stops in the mid")
+    kept, dropped = quality.filter_examples([cut], PERSONA, fcfg)
+    assert kept and not dropped and kept[0].meta["trimmed_chars"] > 0
+    s = review.scores(kept[0], PERSONA, fcfg)
+    assert s["flags"] == [] and s["finish_reason"] == "length"
+    assert "trimmed" in review._card(kept[0], PERSONA, fcfg)
+    # the same text, untrimmed and cut by the length limit, is flagged
+    raw = quality.as_example({"id": "raw", "messages": ex.messages, "finish_reason": "length"})
+    assert "truncated" in review.scores(raw, PERSONA, fcfg)["flags"]
+    # a reviewer's box reads as a sentence where the widget cannot be drawn
+    from IPython.core.formatters import DisplayFormatter
+    r = review.Reviewer([kept[0]], review.DecisionLog("/nonexistent/r.jsonl"), PERSONA, fcfg)
+    data, _ = DisplayFormatter().format(r.show())
+    assert data["text/plain"].startswith("[review widget: 1 sampled items")
+    assert "application/vnd.jupyter.widget-view+json" in data
