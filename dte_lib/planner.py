@@ -555,7 +555,7 @@ def _print_schedule(preset: str, utilisation: float) -> int:
     from . import config
     tc = config.load(preset).train
     flops = schedule_flops(tc)
-    deepest = max(int(d) for d in tc.depths.split(","))
+    deepest = max(config.as_list(tc.depths))
     m = gpt2(deepest, tc.d_model, tc.vocab_size, tc.block_size, tc.n_head)
     print(f"{preset}: {deepest} layers x {tc.d_model}, vocab {tc.vocab_size:,}, context {tc.block_size}, "
           f"{param_count(m) / 1e6:.1f}M params; schedule {flops:.3g} FLOPs "
