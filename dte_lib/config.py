@@ -233,6 +233,7 @@ class EvalCfg:
     ablation_seeds: int = 2  # seeds per ablation arm
     ablation_depth: int = 2  # layers of the from-scratch models the ablation trains (same for every arm)
     ablation_arms: str = "plain,persona_init,self_ref,metacog,multitask,all"  # arms notebook 10 runs (all = every mechanism)
+    repetition_penalty: float = 1.0  # sampling: Hugging Face repetition penalty for scored answers (1 = off)
 
 
 EVAL = {
