@@ -180,6 +180,10 @@ class TrainCfg:
     short_depths: str = "1,2"  # notebook 06's short demonstration run
     short_tokens: int = 30_000  # token budget per stage of notebook 06's short run
     sample_tokens: int = 60  # new tokens per sample generation
+    tokenizer: str = "fitted"  # fitted (BPE fitted to the corpus, vocab_size) | teacher (the teacher's 49,152 tokens)
+    distill_weight: float = 0.0  # token-level distillation: weight α of the KL to the teacher's top-k (0 = off)
+    distill_topk: int = 32  # teacher tokens kept per position in the distillation cache
+    distill_temperature: float = 1.0  # softmax temperature of both distributions in the KL (scaled back by T²)
 
 
 TRAIN = {
