@@ -17,9 +17,9 @@ through ``metrics.chat_prefix``). The price is the output head: vocab × d param
 per token — at d 128 that is 6.3M head parameters and 37.7 MFLOPs per token vs 0.26M and 1.6 MFLOPs with the
 course's fitted 2,048-token vocabulary (:func:`head_cost` computes it for any shape).
 
-**Cache.** The teacher is run once per packed block, not every step: :func:`build_cache` packs the training
-conversations exactly as the trainer's ``PackedLoader`` will (same seed, same epochs), runs the teacher on every
-block and writes top-k indices and log-probabilities to ``<out>/teacher_topk.safetensors`` (plus the block ids, so a
+**Cache.** The teacher is run once per packed block, not every step: :func:`build_cache` replays the trainer's
+``PackedLoader`` (same data seed, same number of steps) to collect exactly the blocks training will see, runs the
+teacher on each distinct block once and writes top-k indices and log-probabilities to ``<out>/teacher_topk.safetensors`` (plus the block ids, so a
 lookup is by the block's content hash and a block the cache does not hold fails with a clear error).
 
 The comparison with the sequence-level student at equal FLOPs is ``benchmarks/distill.py`` (the ablation arm).
@@ -119,17 +119,17 @@ def block_key(ids: np.ndarray | torch.Tensor) -> str:
     return hashlib.sha1(arr.astype(np.int64).tobytes()).hexdigest()
 
 
-def build_cache(teacher_dir: str | Path, train_ds, block_size: int, batch_size: int, seed: int, epochs: int,
+def build_cache(teacher_dir: str | Path, train_ds, block_size: int, batch_size: int, seed: int, steps: int,
                 out_dir: str | Path, k: int = 32, progress: bool = True) -> Path:
-    """Run the teacher once over every packed training block of ``epochs`` epochs (the trainer's own packing and
-    order for ``seed``) and save top-k ids and log-probs to ``out_dir/teacher_topk.safetensors``. Reused when it
-    exists with the same blocks and k."""
+    """Run the teacher once over every packed block the trainer's loader serves in ``steps`` steps (its own
+    packing and order for data seed ``seed``) and save top-k ids and log-probs to
+    ``out_dir/teacher_topk.safetensors``. Reused when it exists with the same blocks and k."""
     from safetensors.torch import load_file, save_file
     from transformers import AutoModelForCausalLM
     from . import packing
     out = Path(out_dir) / CACHE_FILE
     loader = packing.PackedLoader(train_ds, block_size, batch_size, seed)
-    blocks = np.concatenate([loader._epoch_blocks(e)["input_ids"] for e in range(epochs)])
+    blocks = np.concatenate([loader.next_batch()["input_ids"].numpy() for _ in range(steps)])
     uniq = {block_key(b): b for b in blocks}
     ids = torch.from_numpy(np.stack(list(uniq.values())))
     if out.exists():
@@ -150,7 +150,7 @@ def build_cache(teacher_dir: str | Path, train_ds, block_size: int, batch_size: 
             logp_out.append(top.values.to(torch.float16))
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({"ids": ids, "topk_idx": torch.cat(idx_out), "topk_logp": torch.cat(logp_out)}, str(out),
-              metadata={"teacher": str(teacher_dir), "k": str(k), "epochs": str(epochs)})
+              metadata={"teacher": str(teacher_dir), "k": str(k), "steps": str(steps)})
     return out
 
 
@@ -183,17 +183,12 @@ def make_aux_loss(cache: TopKCache, weight: float, temperature: float = 1.0):
 
 
 # ============================================================================================ one run
-def epochs_needed(tokens: int, train_ds, block_size: int, batch_size: int, seed: int) -> int:
-    from . import packing
-    per_epoch = packing.PackedLoader(train_ds, block_size, batch_size, seed).blocks_per_epoch() // batch_size
-    return max(1, math.ceil(tokens / (per_epoch * batch_size * block_size)))
-
-
 def train(cfg: Any, run_dir: str | Path, out_name: str, teacher_dir: str | Path, *, depth: int, tokens: int,
           seed: int | None = None, tc: Any = None, progress: bool = False) -> dict[str, Any]:
     """Train a fixed-depth student from scratch on the run's training examples with ``tc.tokenizer`` ("fitted":
-    the run's tokenizer; "teacher": the teacher's) and, when ``tc.distill_weight > 0``, the KL term. Returns
-    ``{"dir", "history", "flops", "tokenizer_vocab"}``."""
+    the run's tokenizer; "teacher": the teacher's) and, when ``tc.distill_weight > 0``, the KL term. The data
+    order is ``cfg.seed``'s for every ``seed`` (which sets the initialisation), so one teacher cache serves all
+    seeds. Returns ``{"dir", "history", "flops", "tokenizer_vocab", "tokenizer"}``."""
     from dataclasses import replace
     from . import packing, progressive
     tc = replace(tc or cfg.train)
@@ -213,16 +208,17 @@ def train(cfg: Any, run_dir: str | Path, out_name: str, teacher_dir: str | Path,
     if tc.distill_weight > 0:
         if tc.tokenizer != "teacher":
             raise ValueError("token-level distillation needs the teacher's tokenizer: set train.tokenizer teacher")
-        n_ep = epochs_needed(tokens, train_ds, tc.block_size, tc.batch_size, seed)
-        path = build_cache(teacher_dir, train_ds, tc.block_size, tc.batch_size, seed, n_ep, run_dir / "distill",
-                           tc.distill_topk, progress)
+        steps = math.ceil(tokens / (tc.batch_size * tc.block_size))
+        path = build_cache(teacher_dir, train_ds, tc.block_size, tc.batch_size, cfg.seed, steps,
+                           run_dir / "distill", tc.distill_topk, progress)
         aux = make_aux_loss(TopKCache(path), tc.distill_weight, tc.distill_temperature)
     stage = progressive.Stage(f"s01-final-d{depth}", depth, tokens, "all", tc.lr, "final")
     tr = progressive.ProgressiveTrainer(tc, tok, train_ds, val_ds, run_dir / out_name, seed=seed, stages=[stage],
-                                        aux_loss=aux, progress=progress, tensorboard=False, on_mismatch="restart")
+                                        aux_loss=aux, progress=progress, tensorboard=False, on_mismatch="restart",
+                                        data_seed=cfg.seed)
     hist = tr.run()
     return {"dir": run_dir / out_name / "checkpoints" / "final", "history": hist, "flops": tr.flops,
-            "tokenizer_vocab": len(tok)}
+            "tokenizer_vocab": len(tok), "tokenizer": tok}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

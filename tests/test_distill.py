@@ -49,12 +49,13 @@ def test_cache_holds_the_teachers_topk_for_every_block_the_loader_serves(tmp_pat
     tdir = _tiny_lm.make_tiny_lm(tmp_path / "teacher")
     rows = [[(i * 7 + j) % 300 for j in range(20 + i % 5)] for i in range(40)]
     ds = datasets.Dataset.from_dict({"input_ids": rows, "labels": rows, "loss_weights": [[1.0] * len(r) for r in rows]})
-    path = distill.build_cache(tdir, ds, 16, 4, seed=3, epochs=2, out_dir=tmp_path / "c", k=5, progress=False)
-    cache = distill.TopKCache(path)
     loader = packing.PackedLoader(ds, 16, 4, 3)
+    steps = 2 * (loader.blocks_per_epoch() // 4)  # two epochs: blocks are repacked in a new order
+    path = distill.build_cache(tdir, ds, 16, 4, seed=3, steps=steps, out_dir=tmp_path / "c", k=5, progress=False)
+    cache = distill.TopKCache(path)
     from transformers import AutoModelForCausalLM
     teacher = AutoModelForCausalLM.from_pretrained(str(tdir)).eval()
-    for _ in range(2 * (loader.blocks_per_epoch() // 4)):  # two epochs: blocks are repacked in a new order
+    for _ in range(steps):
         batch = loader.next_batch()
         idx, logp = cache.lookup(batch["input_ids"])
         with torch.no_grad():
