@@ -190,7 +190,9 @@ TRAIN = {
     "ci": TrainCfg(vocab_size=512, block_size=64, d_model=64, n_head=2, depths="1,2", tokens_per_stage=12_288,
                    final_tokens=4096, batch_size=8, lr=3e-3, warmup_steps=4, rewarm_steps=2, val_every=10,
                    val_max_blocks=8, ckpt_every=10, log_every=2, short_tokens=4096, sample_tokens=16),
-    "demo": TrainCfg(),
+    # demo: the compute-optimal shape of benchmarks/RESULTS-scaling.md at notebook 07's ~1e12 FLOPs on this corpus
+    # (width 64 beat 128 and 256 at every depth; growth stops at 2 layers) — growth 1 -> 2, 250K tokens per stage
+    "demo": TrainCfg(d_model=64, n_head=2, depths="1,2", tokens_per_stage=250_000, final_tokens=250_000),
     "full": TrainCfg(vocab_size=50_257, block_size=1024, d_model=768, n_head=12, depths="1,2,3,4,5,6,7,8,9,10,11,12",
                      joint_tokens=50_000_000, tokens_per_stage=200_000_000, final_tokens=500_000_000,
                      batch_size=64, lr=6e-4, warmup_steps=500, rewarm_steps=100, val_every=500, val_max_blocks=256,
