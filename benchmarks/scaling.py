@@ -37,8 +37,12 @@ from dte_lib import model as M  # noqa: E402
 
 WIDTHS = (64, 128, 256)
 DEPTHS = (1, 2, 4)
+# (width, depth) grid: width × depth, plus width 32 (added when 64 won at the middle budget) and without 256 × 4
+# (256 × 2 already lost to every other shape by > 0.5 nats)
+SHAPES = [(d, L) for L in DEPTHS for d in WIDTHS if (d, L) != (256, 4)] + [(32, 1), (32, 2)]
 BUDGETS = (2e11, 7e11, 2e12)  # training FLOPs; notebook 07's demo run is 1.3e12
 LRS = (1e-3, 3e-3, 1e-2)  # swept at the middle budget
+LRS_FOR = {32: (3e-3, 1e-2)}  # width 32: 1e-3 lost at every width up to 64 already
 
 
 def fpt(vocab: int, block: int, d: int, L: int) -> float:
@@ -76,15 +80,16 @@ def run_one(cfg, prep, work: Path, d: int, L: int, lr: float, budget: float, see
             "wall_s": wall}
 
 
-def plan(rows: list[dict], budgets, widths, depths, lrs, seed: int, top: int = 5) -> list[tuple]:
+def plan(rows: list[dict], budgets, shapes, lrs, seed: int, top: int = 5, lrs_for: dict | None = None
+         ) -> list[tuple]:
     """(d, L, lr, budget) still to run: the lr sweep at the middle budget first, then — at each shape's best lr —
     the ``top`` shapes of the middle budget at every other budget (CPU time: the shapes far from the optimum at
     the middle budget are not re-run; the table says which shapes each budget has)."""
     mid = budgets[len(budgets) // 2]
-    todo = [(d, L, lr, mid) for L in depths for d in widths for lr in lrs]
+    todo = [(d, L, lr, mid) for d, L in shapes for lr in (lrs_for or {}).get(d, lrs)]
     best = best_lr(rows, mid)
-    mid_loss = {(r["d"], r["L"]): r["val_loss"] for r in best_per_shape(rows, mid)}
-    if len(best) == len(widths) * len(depths):  # the sweep is complete: the other budgets
+    mid_loss = {(r["d"], r["L"]): r["val_loss"] for r in best_per_shape(rows, mid) if (r["d"], r["L"]) in shapes}
+    if all(s in best for s in shapes):  # the sweep is complete: the other budgets
         keep = sorted(mid_loss, key=mid_loss.get)[:top]
         for b in budgets:
             if b == mid:
@@ -151,12 +156,13 @@ def report(rows: list[dict]) -> str:
     lines += ["", f"Learning-rate sweep at {mid:.2g} FLOPs (final val loss):", "",
               "| width | depth | " + " | ".join(f"lr {lr:g}" for lr in LRS) + " |", "|" + "---|" * (2 + len(LRS))]
     for L in DEPTHS:
-        for d in WIDTHS:
+        for d in (32,) + WIDTHS:
             cells = []
             for lr in LRS:
                 m = [r for r in rows if r["d"] == d and r["L"] == L and r["lr"] == lr and r["budget"] == mid]
                 cells.append(f"{m[0]['val_loss']:.3f}" if m else "—")
-            lines.append(f"| {d} | {L} | " + " | ".join(cells) + " |")
+            if any(c != "—" for c in cells):
+                lines.append(f"| {d} | {L} | " + " | ".join(cells) + " |")
     opt = []
     lines += ["", "| budget | N_opt (fit) | best measured shape | its val loss |", "|---|---|---|---|"]
     for b in budgets:
@@ -198,7 +204,7 @@ def main(argv=None) -> int:
     budgets = [float(b) for b in args.budgets.split(",")]
     t0 = time.time()
     while True:
-        todo = plan(rows, budgets, WIDTHS, DEPTHS, LRS, args.seed)
+        todo = plan(rows, budgets, SHAPES, LRS, args.seed, lrs_for=LRS_FOR)
         if not todo:
             print("done")
             break

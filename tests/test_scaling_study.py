@@ -18,18 +18,18 @@ def _row(d, L, lr, budget, loss, n):
 
 
 def test_plan_sweeps_lr_at_the_middle_budget_then_reuses_each_shapes_best():
-    budgets, widths, depths, lrs = (1e10, 1e11, 1e12), (64, 128), (1,), (1e-3, 3e-3)
-    first = scaling.plan([], budgets, widths, depths, lrs, 0)
+    budgets, shapes, lrs = (1e10, 1e11, 1e12), [(64, 1), (128, 1)], (1e-3, 3e-3)
+    first = scaling.plan([], budgets, shapes, lrs, 0)
     assert first == [(64, 1, 1e-3, 1e11), (64, 1, 3e-3, 1e11), (128, 1, 1e-3, 1e11), (128, 1, 3e-3, 1e11)]
     done = [_row(64, 1, 1e-3, 1e11, 3.0, 1), _row(64, 1, 3e-3, 1e11, 2.5, 1), _row(128, 1, 1e-3, 1e11, 2.0, 2),
             _row(128, 1, 3e-3, 1e11, 2.2, 2)]
-    assert scaling.plan(done[:2], budgets, widths, depths, lrs, 0) == first[2:]  # sweep first, then the rest
-    rest = scaling.plan(done, budgets, widths, depths, lrs, 0)
+    assert scaling.plan(done[:2], budgets, shapes, lrs, 0) == first[2:]  # sweep first, then the rest
+    rest = scaling.plan(done, budgets, shapes, lrs, 0)
     assert set(rest) == {(64, 1, 3e-3, 1e10), (128, 1, 1e-3, 1e10), (64, 1, 3e-3, 1e12), (128, 1, 1e-3, 1e12)}
-    assert set(scaling.plan(done, budgets, widths, depths, lrs, 0, top=1)) == {(128, 1, 1e-3, 1e10),
+    assert set(scaling.plan(done, budgets, shapes, lrs, 0, top=1)) == {(128, 1, 1e-3, 1e10),
                                                                               (128, 1, 1e-3, 1e12)}
-    assert scaling.plan(done + [_row(d, L, lr, b, 1.0, 1) for d, L, lr, b in rest], budgets, widths, depths,
-                        lrs, 0) == []
+    assert scaling.plan(done + [_row(d, L, lr, b, 1.0, 1) for d, L, lr, b in rest], budgets, shapes, lrs, 0) == []
+    assert scaling.plan([], budgets, shapes, lrs, 0, lrs_for={64: (1e-2,)})[0] == (64, 1, 1e-2, 1e11)
 
 
 def test_n_opt_is_the_parabola_vertex_in_log_n_or_the_edge():
