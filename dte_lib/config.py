@@ -247,8 +247,10 @@ EVAL = {
                   selfgen_examples=8, selfgen_max_new_tokens=24, stage_steps=4, refine_steps=4, ablation_steps=4,
                   ablation_seeds=1, coherence_pairs=4, depths_08="3", depths_09="4", selfgen_steps=3,
                   mechanism_steps=4, ablation_arms="plain,self_ref,multitask", ablation_depth=1),
+    # demo: growth stops at notebook 07's 2 layers (benchmarks/RESULTS-scaling.md: at this corpus and budget 1 layer
+    # beats 2 and 2 beats 4), so notebooks 08-09 continue training at depth 2 instead of growing to 8 and 12
     "demo": EvalCfg(max_new_tokens=48, identity_prompts=24, probes=16, paraphrases=4, ppl_examples=16,
-                    selfgen_examples=48, stage_steps=40, depths_08="6,8", depths_09="10,12", selfgen_steps=30,
+                    selfgen_examples=48, stage_steps=40, depths_08="2", depths_09="2", selfgen_steps=30,
                     mechanism_steps=40, refine_steps=40, ablation_steps=40, ablation_seeds=1),
     "full": EvalCfg(max_new_tokens=200, stage_steps=5000, refine_steps=5000, selfgen_examples=5000,
                     selfgen_max_new_tokens=400, ablation_steps=3000, ablation_seeds=3),
