@@ -69,6 +69,7 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=1e12)
     ap.add_argument("--depth", type=int, default=0, help="student depth (default: the demo preset's final depth)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     ap.add_argument("--max-minutes", type=float, default=9.0)
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args(argv)
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
     val = packing.training_examples(cfg, work)["val"]
     t0 = time.time()
     for seed in args.seeds:
-        for arm, kw in ARMS.items():
+        for arm, kw in ((a, ARMS[a]) for a in args.arms):
             if any(r["arm"] == arm and r["seed"] == seed and r["budget"] == args.budget for r in rows):
                 continue
             if time.time() - t0 > args.max_minutes * 60:
