@@ -249,8 +249,10 @@ EVAL = {
                   mechanism_steps=4, ablation_arms="plain,self_ref,multitask", ablation_depth=1),
     # demo: growth stops at notebook 07's 2 layers (benchmarks/RESULTS-scaling.md: at this corpus and budget 1 layer
     # beats 2 and 2 beats 4), so notebooks 08-09 continue training at depth 2 instead of growing to 8 and 12
-    "demo": EvalCfg(max_new_tokens=48, identity_prompts=24, probes=16, paraphrases=4, ppl_examples=16,
-                    selfgen_examples=48, stage_steps=40, depths_08="2", depths_09="2", selfgen_steps=30,
+    # sampling (temperature 0.8, top-p 1.0, no repetition penalty) chosen on the VAL split by a 12-setting sweep:
+    # benchmarks/RESULTS-quality.md (best normalised identity with diversity >= 0.7 and copy rate <= 0.05)
+    "demo": EvalCfg(max_new_tokens=48, temperature=0.8, top_p=1.0, repetition_penalty=1.0, identity_prompts=24,
+                    probes=16, paraphrases=4, ppl_examples=16, selfgen_examples=48, stage_steps=40, depths_08="2", depths_09="2", selfgen_steps=30,
                     mechanism_steps=40, refine_steps=40, ablation_steps=40, ablation_seeds=1),
     "full": EvalCfg(max_new_tokens=200, stage_steps=5000, refine_steps=5000, selfgen_examples=5000,
                     selfgen_max_new_tokens=400, ablation_steps=3000, ablation_seeds=3),
