@@ -1,8 +1,9 @@
 """Identity ablation at equal steps: each mechanism and the multi-task loss vs plain LM training, with seeds.
 
 Every arm trains a fresh GPT-2 (``EvalCfg.ablation_depth`` layers, the preset's width and vocabulary) for
-``ablation_steps`` optimizer steps from the same seed on the same packed blocks, then is scored on the held-out test
-split and the probes with dte_lib.metrics. Writes ``benchmarks/ablation_identity.jsonl`` (one row per run) and
+``ablation_steps`` optimizer steps from the same seed on the same packed blocks, then is scored on the VAL split
+and the probes with dte_lib.metrics (RESULTS-identity.md's table was measured on the test split, before the
+course moved every comparison to val). Writes ``benchmarks/ablation_identity.jsonl`` (one row per run) and
 prints the summary table (mean ± sd over seeds, Δ vs plain) for benchmarks/RESULTS-identity.md.
 
 Run it: ``PYTHONPATH=. .venv/bin/python benchmarks/ablation_identity.py --preset demo --seeds 2``

@@ -6,7 +6,8 @@ Every arm trains a fresh model of the same size from the same seed for the same 
 same batches of blocks; *equal compute* means equal LM steps and tokens — ``multitask`` also spends an extra
 forward/backward on 2k paraphrase prefixes per step (its ``flops`` column counts only the LM part, the trainer's
 count; the extra cost is stated, not hidden), and ``metacog`` trains on slightly longer conversations within the same
-token budget. Each arm is scored with :func:`dte_lib.metrics.evaluate` on the held-out test split and probes.
+token budget. Each arm is scored with :func:`dte_lib.metrics.evaluate` on the VAL split (and the probes);
+the winner (:func:`best_arm`) is chosen from those numbers only.
 
 Explained in notebook 10 (a small run); the full table: ``python benchmarks/ablation_identity.py --preset demo``
 (results in benchmarks/RESULTS-identity.md).
@@ -58,11 +59,24 @@ def run(cfg: Any, run_dir: str | Path, *, arms: Sequence[str] = tuple(ARMS), see
             train_s = time.time() - t0
             score = metrics.evaluate_checkpoint(res["dir"], evalset, cfg, seed=seed)
             rows.append({"arm": arm, "seed": seed, "steps": steps, "depth": depth, "train_s": train_s,
+                         "split": evalset.split,
                          "lm_flops": res["flops"], **{k: score.get(k) for k in KEYS}})
             if progress:
                 print(f"{arm:13s} seed {seed}: " + ", ".join(f"{k} {rows[-1][k]:.3f}" for k in KEYS
                                                             if rows[-1][k] is not None))
     return rows
+
+
+def best_arm(rows: Sequence[dict[str, Any]], metric: str = "identity_normalised") -> str:
+    """The arm with the best mean ``metric`` over its seeds; val-split rows only (raises on any other)."""
+    wrong = sorted({r["arm"] for r in rows if r.get("split") != "val"})
+    if wrong:
+        raise ValueError(f"ablation.best_arm: arms {wrong} were not scored on the val split; choices read val only")
+    by: dict[str, list[float]] = {}
+    for r in rows:
+        if r.get(metric) is not None:
+            by.setdefault(r["arm"], []).append(r[metric])
+    return max(by, key=lambda a: statistics.mean(by[a]))
 
 
 def summary(rows: Sequence[dict[str, Any]]):

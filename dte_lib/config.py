@@ -230,13 +230,19 @@ class TrainCfg:
     short_depths: str = "1,2"  # notebook 06's short demonstration run
     short_tokens: int = 30_000  # token budget per stage of notebook 06's short run
     sample_tokens: int = 60  # new tokens per sample generation
+    tokenizer: str = "fitted"  # fitted (BPE fitted to the corpus, vocab_size) | teacher (the teacher's 49,152 tokens)
+    distill_weight: float = 0.0  # token-level distillation: weight α of the KL to the teacher's top-k (0 = off)
+    distill_topk: int = 32  # teacher tokens kept per position in the distillation cache
+    distill_temperature: float = 1.0  # softmax temperature of both distributions in the KL (scaled back by T²)
 
 
 TRAIN = {
     "ci": TrainCfg(vocab_size=512, block_size=64, d_model=64, n_head=2, depths="1,2", tokens_per_stage=12_288,
                    final_tokens=4096, batch_size=8, lr=3e-3, warmup_steps=4, rewarm_steps=2, val_every=10,
                    val_max_blocks=8, ckpt_every=10, log_every=2, short_tokens=4096, sample_tokens=16),
-    "demo": TrainCfg(),
+    # demo: the compute-optimal shape of benchmarks/RESULTS-scaling.md at notebook 07's ~1e12 FLOPs on this corpus
+    # (width 64 beat 128 and 256 at every depth; growth stops at 2 layers) — growth 1 -> 2, 250K tokens per stage
+    "demo": TrainCfg(d_model=64, n_head=2, depths="1,2", tokens_per_stage=250_000, final_tokens=250_000),
     # full: GPT-2 small's shape (50,257-token vocabulary fitted to the corpus, context 1024, width 768, 12 heads),
     # grown 1 -> 12 layers; 64 blocks (65,536 tokens) per optimizer step, split into micro-batches by the planner for
     # the GPU found (grad_accum=0); bf16 autocast where the GPU has it (precision=auto). Months 13-18 grow on to 24
@@ -288,6 +294,7 @@ class EvalCfg:
     ablation_seeds: int = 2  # seeds per ablation arm
     ablation_depth: int = 2  # layers of the from-scratch models the ablation trains (same for every arm)
     ablation_arms: str = "plain,persona_init,self_ref,metacog,multitask,all"  # arms notebook 10 runs (all = every mechanism)
+    repetition_penalty: float = 1.0  # sampling: Hugging Face repetition penalty for scored answers (1 = off)
 
 
 EVAL = {
@@ -295,8 +302,12 @@ EVAL = {
                   selfgen_examples=8, selfgen_max_new_tokens=24, stage_steps=4, refine_steps=4, ablation_steps=4,
                   ablation_seeds=1, coherence_pairs=4, depths_08="3", depths_09="4", selfgen_steps=3,
                   mechanism_steps=4, ablation_arms="plain,self_ref,multitask", ablation_depth=1),
-    "demo": EvalCfg(max_new_tokens=48, identity_prompts=24, probes=16, paraphrases=4, ppl_examples=16,
-                    selfgen_examples=48, stage_steps=40, depths_08="6,8", depths_09="10,12", selfgen_steps=30,
+    # demo: growth stops at notebook 07's 2 layers (benchmarks/RESULTS-scaling.md: at this corpus and budget 1 layer
+    # beats 2 and 2 beats 4), so notebooks 08-09 continue training at depth 2 instead of growing to 8 and 12
+    # sampling (temperature 0.8, top-p 1.0, no repetition penalty) chosen on the VAL split by a 12-setting sweep:
+    # benchmarks/RESULTS-quality.md (best normalised identity with diversity >= 0.7 and copy rate <= 0.05)
+    "demo": EvalCfg(max_new_tokens=48, temperature=0.8, top_p=1.0, repetition_penalty=1.0, identity_prompts=24,
+                    probes=16, paraphrases=4, ppl_examples=16, selfgen_examples=48, stage_steps=40, depths_08="2", depths_09="2", selfgen_steps=30,
                     mechanism_steps=40, refine_steps=40, ablation_steps=40, ablation_seeds=1),
     "full": EvalCfg(max_new_tokens=200, stage_steps=5000, refine_steps=5000, selfgen_examples=5000,
                     selfgen_max_new_tokens=400, ablation_steps=3000, ablation_seeds=3),

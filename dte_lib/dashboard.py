@@ -10,6 +10,10 @@ Thresholds (``EvalCfg.thresholds_*``): perplexity < 20, identity > 0.85, diversi
 Floors and ceilings come from :mod:`dte_lib.metrics`; without them the raw numbers cannot be read (identity's
 ceiling on this corpus is ≈ 0.66, below the 0.85 threshold).
 
+Which split: rows evaluated on the VAL split (``split: "val"``) are what every choice reads — :func:`best` picks
+a stage or model from them and refuses any other row; the TEST split is read once, by :func:`final_report`, for
+the chosen model (and the teacher beside it), as rows with ``split: "test"``.
+
 Explained in notebook 09 (month 6); extended in 08, 10 and 11.
 Run it: ``python -m dte_lib.dashboard outputs/runs/demo`` prints a run's dashboard table.
 """
@@ -54,9 +58,11 @@ def add(run_dir: str | Path, name: str, result: dict[str, Any], *, stage: str = 
     """Store one checkpoint's metrics (from :func:`dte_lib.metrics.evaluate`) as a dashboard row; returns the row.
 
     ``kind`` tells the plot what the row is: ``checkpoint`` (a course stage), ``teacher``, ``baseline``
-    (e.g. from-scratch or a degenerate reference) or ``ablation``.
+    (e.g. from-scratch or a degenerate reference), ``ablation`` or ``final`` (the test-split report). The row's
+    ``split`` comes from the result (``val`` or ``test``; empty for results not made by ``metrics.evaluate``).
     """
     row = {"name": name, "stage": stage or name, "depth": depth, "notebook": notebook, "kind": kind,
+           "split": result.get("_split", result.get("split", "")),
            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
            **{k: v for k, v in result.items() if not k.startswith("_") and isinstance(v, (int, float, type(None)))}}
     rows = [r for r in load(run_dir) if r["name"] != name] + [row]
@@ -79,7 +85,8 @@ def table(rows: Sequence[dict[str, Any]], cfg: Any):
     out = []
     for r in rows:
         out.append({
-            "checkpoint": r["name"], "depth": r.get("depth") if r.get("depth") is not None else "—",
+            "checkpoint": r["name"], "split": r.get("split") or "—",
+            "depth": r.get("depth") if r.get("depth") is not None else "—",
             "ppl": f(r, "perplexity", "{:.1f}"), "bits/byte": f(r, "bits_per_byte", "{:.2f}"),
             "ppl<20": mark(r, "perplexity"),
             "identity": f(r, "identity"),
@@ -144,6 +151,44 @@ def figures(row: dict[str, Any], cfg: Any, prefix: str = "") -> dict[str, Any]:
             "diversity", "diversity_references", "coherence", "coherence_floor", "coherence_ceiling", "copy_rate")
     out = {f"{prefix}{k}": row.get(k) for k in keys}
     out.update({f"{prefix}meets_{m}": passes(m, row.get(m), cfg) for m in METRICS})
+    return out
+
+
+def best(rows: Sequence[dict[str, Any]], metric: str = "identity_normalised", *,
+         names: Sequence[str] | None = None, higher: bool = True) -> dict[str, Any]:
+    """The row with the best ``metric`` among ``rows`` (or those named in ``names``) — VAL rows only.
+
+    This is the course's one selection rule (best stage, final model): it raises if a candidate was scored on any
+    split but val, so a choice can never be made on test numbers. Rows without the metric are skipped.
+    """
+    cands = [r for r in rows if names is None or r["name"] in names]
+    wrong = [r["name"] for r in cands if r.get("split") != "val"]
+    if wrong:
+        raise ValueError(f"dashboard.best: {wrong} were not scored on the val split; choices read val only "
+                         f"(score them with metrics.EvalSet.build(cfg), the val default)")
+    cands = [r for r in cands if r.get(metric) is not None and r.get(metric) == r.get(metric)]
+    if not cands:
+        raise ValueError(f"dashboard.best: no candidate row has {metric!r}")
+    return (max if higher else min)(cands, key=lambda r: r[metric])
+
+
+def final_report(run_dir: str | Path, cfg: Any, chosen: dict[str, Path], *, notebook: str = "",
+                 depth: int | None = None) -> dict[str, dict[str, Any]]:
+    """Score the already-chosen model(s) on the TEST split — the one place the course reads test — and store each
+    as a dashboard row named ``"<name> [test]"``; returns name -> metrics.
+
+    ``chosen`` maps a display name to a Hugging Face directory (the selected student, and the teacher beside it
+    for reference, under the name ``"teacher"`` — nothing is chosen from these numbers).
+    """
+    from . import metrics
+    test = metrics.EvalSet.build(cfg, split="test")
+    out = {}
+    for name, path in chosen.items():
+        res = metrics.evaluate_checkpoint(path, test, cfg)
+        teacher = name == "teacher"
+        add(run_dir, f"{name} [test]", res, depth=None if teacher else depth, notebook=notebook,
+            kind="teacher" if teacher else "final")
+        out[name] = res
     return out
 
 

@@ -6,9 +6,14 @@ Sources it offers (:func:`find_checkpoints`): every stage checkpoint of the run 
 model_info.json`` from notebook 01, local backend) and, if asked, the base SmolLM2 — any Hugging Face causal-LM
 directory works, and a plain ``prompts -> answers`` function can be added for comparisons.
 
-Scores per answer: *identity* = cosine with the reference answer when the prompt is a held-out test prompt or a
+Scores per answer: *identity* = cosine with the reference answer when the prompt is a held-out (val or test) prompt or a
 probe paraphrase (else with the persona summary, marked "vs persona"); *fact recall* of the probe's fact keywords;
 *copy rate* against the training corpus (word 8-grams); *distinct-2* within the answer; words.
+
+Answers a person can read: :func:`probe_table` puts the answers of the teacher and of one or more students to the
+evaluation probes side by side (probe | teacher | student...), sampled with the preset's scoring settings; the
+teacher's answers are cached in ``run_dir/eval/probe_answers/teacher.jsonl`` so notebooks 07–11 ask it once.
+``Inspector.probe_table()`` does the same for the inspector's selected sources.
 
 Headless: ``Inspector(...).set(prompt=..., temperature=...)`` then ``.generate()`` returns the rows and ``.html()``
 the table — what the tests drive. In Jupyter ``.widget()`` returns the ipywidgets UI; notebooks also ``display``
@@ -55,13 +60,91 @@ def find_checkpoints(run_dir: str | Path, teacher: bool = True, base_teacher: bo
     return out
 
 
+def _load_answerer(src: Any, *, max_new_tokens: int, temperature: float, top_p: float, system: str | None,
+                   seed: int, repetition_penalty: float = 1.0, batch_size: int = 8) -> Callable[[list[str]], list[str]]:
+    """A ``prompts -> answers`` function for a HF directory (loaded once per call) or a callable (as is)."""
+    if callable(src):
+        return src
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(src))
+    return metrics.hf_answerer(model, tok, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                               system=system, seed=seed, batch_size=batch_size,
+                               repetition_penalty=repetition_penalty)
+
+
+def probe_prompts(probes: Sequence[dict], n: int | None = None) -> list[str]:
+    """The first paraphrase of each of the first ``n`` evaluation probes (data/probes.jsonl)."""
+    return [p["paraphrases"][0] for p in list(probes)[:n]]
+
+
+def probe_table(run_dir: str | Path, cfg: Any, students: dict[str, Any], probes: Sequence[dict], *,
+                n: int = 4, teacher: bool = True, system: str | None = None):
+    """A compact DataFrame ``probe | teacher | <student>...``: each source's answer to the first paraphrase of the
+    first ``n`` probes, sampled with the preset's scoring settings (``cfg.eval``: temperature, top-p, repetition
+    penalty, max new tokens; seed ``cfg.seed``).
+
+    ``students`` maps a column name to a HF directory or a ``prompts -> answers`` function. The teacher is notebook
+    01's fine-tuned local teacher (:func:`find_checkpoints`); its answers are cached per prompt and settings in
+    ``run_dir/eval/probe_answers/teacher.jsonl``. Without a local teacher the column shows the probe's reference
+    answer instead, headed ``reference (no local teacher)``.
+    """
+    import pandas as pd
+    e = cfg.eval
+    prompts = probe_prompts(probes, n)
+    gen = dict(max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_p=e.top_p, system=system,
+               seed=cfg.seed, repetition_penalty=e.repetition_penalty)
+    cols: dict[str, list[str]] = {"probe": prompts}
+    teacher_dir = find_checkpoints(run_dir).get("teacher") if teacher else None
+    if teacher_dir is not None:
+        cols["teacher"] = _cached_answers(Path(run_dir) / "eval" / "probe_answers" / "teacher.jsonl",
+                                          teacher_dir, prompts, gen)
+    elif teacher:
+        ref = {q: p["reference"] for p in probes for q in p["paraphrases"]}
+        cols["reference (no local teacher)"] = [ref[q] for q in prompts]
+    for name, src in students.items():
+        cols[name] = _load_answerer(src, batch_size=e.batch_size, **gen)(prompts)
+    return pd.DataFrame(cols)
+
+
+def _cached_answers(path: Path, src: Any, prompts: list[str], gen: dict[str, Any]) -> list[str]:
+    """Answers keyed by (prompt, settings, source) in a JSONL file; only the missing ones are generated."""
+    key = json.dumps({**gen, "source": str(src)}, sort_keys=True)
+    have = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            r = json.loads(line)
+            if r["settings"] == key:
+                have[r["prompt"]] = r["answer"]
+    todo = [p for p in prompts if p not in have]
+    if todo:
+        answers = _load_answerer(src, **gen)(todo)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as f:
+            for p, a in zip(todo, answers):
+                f.write(json.dumps({"prompt": p, "answer": a, "settings": key}) + "\n")
+                have[p] = a
+    return [have[p] for p in prompts]
+
+
+def table_html(df) -> str:
+    """A side-by-side answers table as static HTML that wraps long answers (kept in a saved notebook)."""
+    esc = _html.escape
+    head = "".join(f"<th style='text-align:left;padding:4px'>{esc(str(c))}</th>" for c in df.columns)
+    body = "".join("<tr>" + "".join(f"<td style='vertical-align:top;text-align:left;padding:4px;max-width:340px;"
+                                    f"border-top:1px solid #ddd'>{esc(str(v)) or '<i>(empty)</i>'}</td>" for v in rec)
+                   + "</tr>" for rec in df.itertuples(index=False))
+    return f"<table style='border-collapse:collapse;font-size:90%'><tr>{head}</tr>{body}</table>"
+
+
 class Inspector:
     """Side-by-side generations from several checkpoints with their metric scores (see the module docstring)."""
 
     def __init__(self, sources: dict[str, Any], *, persona: dict, evalset: metrics.EvalSet | None = None,
                  selected: Sequence[str] | None = None, prompt: str = "Who are you, and how do you remember things?",
                  temperature: float = 0.8, top_p: float = 0.95, max_new_tokens: int = 48,
-                 system: str | None = None, seed: int = 0, device: Any = "cpu"):
+                 system: str | None = None, seed: int = 0, repetition_penalty: float = 1.0, device: Any = "cpu"):
         if not sources:
             raise ValueError("Inspector needs at least one checkpoint or answer function")
         self.sources = dict(sources)
@@ -69,12 +152,13 @@ class Inspector:
         self.device = device  # where checkpoints given as directories are loaded (auto | cpu | cuda | mps)
         self.selected = list(selected) if selected else list(self.sources)[-2:]
         self.prompt, self.temperature, self.top_p, self.max_new_tokens = prompt, temperature, top_p, max_new_tokens
+        self.repetition_penalty = repetition_penalty
         self.rows: list[dict[str, Any]] = []
         self._loaded: dict[str, tuple[Any, Any]] = {}
         self._refs: dict[str, tuple[str, list[str]]] = {}
         if evalset is not None:
             facts = {f["id"]: f for f in persona.get("facts", [])}
-            for e in evalset.test:
+            for e in evalset.examples:
                 self._refs[e.prompt] = (e.response, [])
             for p in evalset.probes:
                 kws = facts.get(p.get("fact_id") or "", {}).get("keywords", [])
@@ -103,7 +187,8 @@ class Inspector:
                                   .to(resolve(self.device)), AutoTokenizer.from_pretrained(str(src)))
         model, tok = self._loaded[name]
         return metrics.hf_answerer(model, tok, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                                   top_p=self.top_p, system=self.system, seed=self.seed, batch_size=1)
+                                   top_p=self.top_p, system=self.system, seed=self.seed, batch_size=1,
+                                   repetition_penalty=self.repetition_penalty)
 
     def score(self, answer: str) -> dict[str, Any]:
         ref, kws = self._refs.get(self.prompt.strip(), (None, []))
@@ -130,6 +215,18 @@ class Inspector:
         if self._ui is not None:
             self._ui["out"].value = self.html()
         return self.rows
+
+    def probe_table(self, n: int = 4):
+        """probe | <each selected source>: the selected sources' answers to the first paraphrase of ``n`` probes
+        (needs an ``evalset``), with the inspector's current sampling settings."""
+        import pandas as pd
+        if self.evalset is None:
+            raise ValueError("Inspector.probe_table needs evalset= (the probes come from it)")
+        prompts = probe_prompts(self.evalset.probes, n)
+        cols: dict[str, list[str]] = {"probe": prompts}
+        for name in self.selected:
+            cols[name] = self._answerer(name)(prompts)
+        return pd.DataFrame(cols)
 
     def html(self) -> str:
         """The current rows as a static HTML table (answers side by side, scores under each)."""

@@ -8,7 +8,7 @@ oracle that returns the reference, a model that repeats one answer) to show each
 metric                      definition                                          range                    roadmap
 ==========================  ==================================================  =======================  ==========
 perplexity, bits per byte   exp(mean NLL) over the answer tokens of held-out    ppl ≥ 1; bpb ≥ 0         ppl < 20
-                            test conversations; bpb = total NLL in bits / UTF-8
+                            conversations; bpb = total NLL in bits / UTF-8
                             bytes of those answers (tokenizer-independent)
 identity consistency        mean cosine(embed(answer), embed(reference)) over   [-1, 1]; floor ≈ 0.27,   > 0.85
                             held-out prompts, + shuffled floor, half-reference  ceiling ≈ 0.66 on this
@@ -21,8 +21,12 @@ copy rate (guard)           share of answer word 8-grams found verbatim in the  
                             training corpus
 ==========================  ==================================================  =======================  ==========
 
-Each function's docstring states its caveats. The numbers are only comparable between runs that use the same test
-split, the same probes, the same generation settings and (for perplexity, not bits per byte) the same tokenizer.
+Each function's docstring states its caveats. The numbers are only comparable between runs that use the same
+held-out split, the same probes, the same generation settings and (for perplexity, not bits per byte) the same tokenizer.
+
+Which split: every *choice* (best stage, ablation winner, final model, sampling settings) reads the VAL split
+(``EvalSet.build(cfg)``); the TEST split is read once, for the final report (``EvalSet.build(cfg, split="test")``
+inside :func:`dte_lib.dashboard.final_report`). ``tests/test_selection.py`` fails if a selection path reads test.
 
 Explained in notebook 09 (month 6: the identity metrics); used by 08, 10 and 11 and the generation inspector.
 Run it: ``python -m dte_lib.metrics outputs/runs/demo/checkpoints/final`` scores one checkpoint at the demo preset.
@@ -71,11 +75,12 @@ def _stop_ids(tokenizer: Any) -> list[int]:
 
 def hf_answerer(model: Any, tokenizer: Any, *, max_new_tokens: int = 80, temperature: float = 0.8,
                 top_p: float = 0.95, system: str | None = None, batch_size: int = 8, seed: int = 0,
-                progress: bool = False) -> Answerer:
+                progress: bool = False, repetition_penalty: float = 1.0) -> Answerer:
     """Wrap a causal LM as ``prompts -> answers`` (batched, left-padded, sampled unless temperature is 0).
 
     The prompt prefix is cut from the left to fit ``n_positions - max_new_tokens`` tokens, so a small-context model
-    loses the start of the system prompt rather than failing. Answers are decoded without special tokens and cut at
+    loses the start of the system prompt rather than failing. ``repetition_penalty`` (> 1 discourages tokens
+    already in the prompt or answer; 1 = off) is Hugging Face's. Answers are decoded without special tokens and cut at
     the first stop token (see :func:`_stop_ids`). ``seed`` makes sampling repeatable per call. Generation runs
     where the model's weights are (move the model to choose the device).
     """
@@ -106,6 +111,8 @@ def hf_answerer(model: Any, tokenizer: Any, *, max_new_tokens: int = 80, tempera
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
             kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, pad_token_id=pad_id,
                                           eos_token_id=stops or None)
+            if repetition_penalty != 1.0:
+                kwargs["repetition_penalty"] = repetition_penalty
             if temperature > 0:
                 kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
             else:
@@ -424,8 +431,15 @@ def coherence_reference_bounds(probes: Sequence[dict], persona: dict, seed: int 
 # ============================================================================================ one call
 @dataclass
 class EvalSet:
-    """Everything the metrics read, loaded once per notebook: test split, probes, persona, training n-grams, bounds."""
-    test: list[Any]  # held-out ChatExamples (the hash split's "test" part: never trained on)
+    """Everything the metrics read, loaded once per notebook: one held-out split, probes, persona, training n-grams,
+    bounds.
+
+    ``split`` is ``"val"`` (the default: every choice — best stage, ablation winner, final model, sampling
+    settings — reads it) or ``"test"`` (read once, for the final report: :func:`dte_lib.dashboard.final_report`).
+    The probes and the persona are a fixed diagnostic set shared by both; no choice in the course reads them
+    (selection uses identity and perplexity on the split's conversations).
+    """
+    examples: list[Any]  # held-out ChatExamples of ``split`` (the hash split's "val" or "test" part: never trained on)
     probes: list[dict]
     persona: dict
     train_grams: set  # word n-grams of the training answers, for the copy check
@@ -433,26 +447,30 @@ class EvalSet:
     identity_bounds: dict[str, float]
     coherence_bounds: dict[str, float]
     reference_diversity: dict[str, float]  # the references' own diversity: the ceiling worth comparing with
+    split: str = "val"
 
     @classmethod
-    def build(cls, cfg: Any, train_texts: Sequence[str] | None = None) -> "EvalSet":
-        """From a preset: the seed corpus' test split (capped at ``eval.identity_prompts``), probes, persona.
+    def build(cls, cfg: Any, train_texts: Sequence[str] | None = None, split: str = "val") -> "EvalSet":
+        """From a preset: the seed corpus' ``split`` part (capped at ``eval.identity_prompts``), probes, persona.
 
         ``train_texts`` are the answers the model was trained on (the copy check's haystack); default: the seed
         corpus' train split.
         """
         from . import data
+        if split not in ("val", "test"):
+            raise ValueError(f"EvalSet split must be 'val' or 'test', not {split!r}")
         ex = data.load_corpus(cfg.path(cfg.data.corpus)).examples
         parts = data.split(ex, cfg.data.val_fraction, cfg.data.test_fraction)
-        test = [e for e in parts["test"] if e.prompt and e.response][:cfg.eval.identity_prompts]
+        held = [e for e in parts[split] if e.prompt and e.response][:cfg.eval.identity_prompts]
         probes = data.read_rows(cfg.path(cfg.data.probes))[:cfg.eval.probes]
         persona = data.load_persona(cfg.path(cfg.data.persona))
         texts = train_texts if train_texts is not None else [e.assistant_text() for e in parts["train"]]
-        refs = [e.response for e in test]
-        return cls(test=test, probes=probes, persona=persona, train_grams=training_ngrams(texts, cfg.eval.copy_n),
-                   copy_n=cfg.eval.copy_n, identity_bounds=identity_reference_bounds(refs, cfg.seed),
+        refs = [e.response for e in held]
+        return cls(examples=held, probes=probes, persona=persona,
+                   train_grams=training_ngrams(texts, cfg.eval.copy_n), copy_n=cfg.eval.copy_n,
+                   identity_bounds=identity_reference_bounds(refs, cfg.seed),
                    coherence_bounds=coherence_reference_bounds(probes, persona, cfg.seed),
-                   reference_diversity=diversity(refs))
+                   reference_diversity=diversity(refs), split=split)
 
 
 def reference_answerers(evalset: EvalSet, seed: int = 0) -> dict[str, Answerer]:
@@ -464,12 +482,12 @@ def reference_answerers(evalset: EvalSet, seed: int = 0) -> dict[str, Answerer]:
     - ``shuffled references``: the reference of a different prompt — on-persona, wrong question (the floor);
     - ``one repeated answer``: the first reference for every prompt — the mode-collapse degenerate.
     """
-    ref = {e.prompt: e.response for e in evalset.test}
+    ref = {e.prompt: e.response for e in evalset.examples}
     ref.update({q: p["reference"] for p in evalset.probes for q in p["paraphrases"]})
     keys = list(ref)
     perm = derangement(len(keys), seed)
     shuffled = {k: ref[keys[perm[i]]] for i, k in enumerate(keys)}
-    first = evalset.test[0].response
+    first = evalset.examples[0].response
     return {
         "references (copied)": lambda ps: [ref[p] for p in ps],
         "second halves": lambda ps: [_halves(ref[p])[1] for p in ps],
@@ -486,8 +504,8 @@ def evaluate(answerer: Answerer, evalset: EvalSet, *, model: Any = None, tokeniz
     Flat dict of floats, ready for :mod:`dte_lib.dashboard` and ``runlog.record``. Answers are kept under
     ``_answers`` (a few, for display).
     """
-    prompts = [e.prompt for e in evalset.test]
-    refs = [e.response for e in evalset.test]
+    prompts = [e.prompt for e in evalset.examples]
+    refs = [e.response for e in evalset.examples]
     answers = answerer(prompts)
     ident = identity_consistency(answers, refs, bounds=evalset.identity_bounds)
     div = diversity(answers)
@@ -504,9 +522,10 @@ def evaluate(answerer: Answerer, evalset: EvalSet, *, model: Any = None, tokeniz
         "copy_rate": copy_rate(answers, evalset.train_grams, evalset.copy_n),
         "answer_words_median": float(statistics.median([len(a.split()) for a in answers])) if answers else 0.0,
         "_answers": [{"prompt": p, "answer": a} for p, a in list(zip(prompts, answers))[:3]],
+        "_split": evalset.split,
     }
     if model is not None and tokenizer is not None:
-        lm = lm_score(model, tokenizer, evalset.test, system=system, max_examples=ppl_examples)
+        lm = lm_score(model, tokenizer, evalset.examples, system=system, max_examples=ppl_examples)
         out.update(perplexity=lm.perplexity, bits_per_byte=lm.bits_per_byte, ppl_tokens=lm.tokens)
     return out
 
@@ -525,7 +544,7 @@ def evaluate_checkpoint(path: Any, evalset: EvalSet, cfg: Any, *, seed: int | No
     system = evalset.persona.get("system_prompt") if cfg.eval.system_prompt else None
     ans = hf_answerer(model, tok, max_new_tokens=cfg.eval.max_new_tokens, temperature=cfg.eval.temperature,
                       top_p=cfg.eval.top_p, system=system, seed=cfg.seed if seed is None else seed,
-                      batch_size=cfg.eval.batch_size)
+                      batch_size=cfg.eval.batch_size, repetition_penalty=cfg.eval.repetition_penalty)
     out = evaluate(ans, evalset, model=model, tokenizer=tok, paraphrases=cfg.eval.paraphrases,
                    ppl_examples=cfg.eval.ppl_examples, system=system)
     out["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
@@ -541,11 +560,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("checkpoint", help="a Hugging Face causal-LM directory (config.json + safetensors + tokenizer)")
     ap.add_argument("--preset", default="")
     device_mod.add_argument(ap)
+    ap.add_argument("--split", choices=("val", "test"), default="val",
+                    help="held-out split to score on (val for choices; test once, for a final report)")
     args = ap.parse_args(argv)
     cfg = config.load(args.preset)
     dev = device_mod.cli_resolve(args.device or cfg.device, "dte metrics")
     config.seed_everything(cfg.seed, cfg.threads)
-    res = evaluate_checkpoint(args.checkpoint, EvalSet.build(cfg), cfg, device=dev)
+    res = evaluate_checkpoint(args.checkpoint, EvalSet.build(cfg, split=args.split), cfg, device=dev)
+    res["split"] = args.split
     print(json.dumps({k: v for k, v in res.items() if not k.startswith("_")}, indent=2))
     return 0
 

@@ -64,3 +64,17 @@ def test_inspector_headless_and_widget(run):
     assert [r["checkpoint"] for r in ins.rows] == ["final", "nb08/final"]
     assert ins.rows[0]["identity_vs"] == "persona" and "Mars" in ins._ui["out"].value
     assert ui.children
+
+
+def test_probe_table_side_by_side_without_a_teacher(tmp_path):
+    """probe | reference | students: one row per probe, each column that source's answer (callables here)."""
+    cfg = config.load("ci")
+    probes = data.read_rows(cfg.path(cfg.data.probes))
+    df = inspector.probe_table(tmp_path, cfg, {"echo": lambda ps: [p.upper() for p in ps],
+                                               "empty": lambda ps: ["" for _ in ps]}, probes, n=3)
+    assert list(df.columns) == ["probe", "reference (no local teacher)", "echo", "empty"]
+    assert list(df["probe"]) == [p["paraphrases"][0] for p in probes[:3]]
+    assert list(df["echo"]) == [p["paraphrases"][0].upper() for p in probes[:3]]
+    assert list(df["reference (no local teacher)"]) == [p["reference"] for p in probes[:3]]
+    html = inspector.table_html(df)
+    assert html.count("<tr>") == 4 and "(empty)" in html and "&lt;" not in df["probe"][0]

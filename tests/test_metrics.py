@@ -172,7 +172,7 @@ def test_keyword_recall_whole_words():
 def test_evaluate_returns_all_four_metrics_with_bounds():
     cfg = config.load("ci")
     es = metrics.EvalSet.build(cfg)
-    ref = {e.prompt: e.response for e in es.test}
+    ref = {e.prompt: e.response for e in es.examples}
     ref.update({q: p["reference"] for p in es.probes for q in p["paraphrases"]})
     out = metrics.evaluate(lambda ps: [ref[p] for p in ps], es, paraphrases=2)
     for k in ("identity", "identity_floor", "identity_ceiling", "identity_normalised", "diversity", "coherence",

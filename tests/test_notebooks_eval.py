@@ -48,5 +48,9 @@ def test_11_final_model_reported_against_every_threshold(ci_metrics, ci_run):
     # the ci course fine-tunes a local teacher in notebook 01: notebook 11 scores it on the same yardstick
     teacher = [r for r in rows if r["kind"] == "teacher"]
     assert len(teacher) == 1 and 0 < m["teacher_bits_per_byte"] == teacher[0]["bits_per_byte"]
+    # choices on val, test read once at the end: only the final report's rows (final model, teacher) are on test
+    assert {r["split"] for r in rows if r["kind"] in ("final", "teacher")} == {"test"}
+    assert {r["split"] for r in rows if r["kind"] not in ("final", "teacher")} == {"val"}
+    assert sum(r["kind"] == "final" for r in rows) == 1 and m["final_model"] + " [test]" in names
     html = (ci_run / "notebooks" / "11_months10_12_refine.ipynb").read_text()
     assert "<table" in html and "identity" in html  # the inspector left a static view

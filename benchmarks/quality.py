@@ -1,0 +1,213 @@
+"""The quality ladder, the data-scaling curve and the sampling defaults, on the corpus that exists (issue 12).
+
+Three parts, each a list of JSONL rows in ``benchmarks/quality.jsonl`` (a rerun skips finished rows, so it runs in
+slices under the machine-wide lock):
+
+1. ``data``: the demo preset's student (its TrainCfg: growth schedule, width, tokens) trained on the first n
+   conversations of the seed TRAIN split (a fixed shuffle), for n in ``--sizes`` (all = the whole split), one
+   tokenizer fitted on the whole train split. Scored on the VAL split: answer perplexity and bits/byte
+   (``metrics.lm_score``). A power law ppl = A · n^(−b) is fitted to these points.
+2. ``sampling``: the all-data student's answers on the VAL split under a small grid of temperature × top-p ×
+   repetition penalty, scored with ``metrics.evaluate`` (identity normalised, diversity, copy rate; coherence is
+   reported, not used: the probes are not split). Choice: the highest normalised identity among settings with
+   diversity ≥ the roadmap's 0.7 and copy rate ≤ 0.05.
+3. ``ladder``: the TEST split, read once, after the choices: the all-data student with the chosen sampling
+   settings, the base SmolLM2-135M-Instruct (the only teacher on this machine: notebook 01's fine-tuned teacher
+   is not here) with the same settings, and the scripted references (copied, second halves, shuffled).
+
+Run it: ``/work/bin/heavy timeout 660 python benchmarks/quality.py`` (repeat until it prints "done"), then
+``python benchmarks/quality.py --report``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from dte_lib import config, metrics, packing, progressive  # noqa: E402
+from dte_lib import tokenizer as toklib  # noqa: E402
+
+GRID = [(t, p, r) for t in (0.5, 0.8, 1.0) for p in (0.9, 1.0) for r in (1.0, 1.3)]
+
+
+def read(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+
+
+def append(path: Path, row: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+
+
+def train_subset(cfg, work: Path, n: int | None, tok) -> Path:
+    ex = packing.training_examples(cfg, work)
+    train = list(ex["train"])
+    random.Random(0).shuffle(train)
+    sub = train[:n] if n else train
+    cache = work / "train" / "cache"
+    train_ds = packing.tokenize(sub, tok, cfg.train.assistant_only, cache)
+    val_ds = packing.tokenize(ex["val"], tok, False, cache)
+    out = work / f"n{len(sub)}"
+    tc = dataclasses.replace(cfg.train, wandb="off")
+    progressive.ProgressiveTrainer(tc, tok, train_ds, val_ds, out, seed=cfg.seed, progress=False,
+                                   tensorboard=False, on_mismatch="restart").run()
+    return out / "checkpoints" / "final"
+
+
+def load(path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    return (AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32),
+            AutoTokenizer.from_pretrained(str(path)))
+
+
+def score(path, es: metrics.EvalSet, cfg, t: float, p: float, r: float, ppl: bool) -> dict:
+    model, tok = load(path)
+    system = es.persona["system_prompt"]
+    ans = metrics.hf_answerer(model, tok, max_new_tokens=cfg.eval.max_new_tokens, temperature=t, top_p=p,
+                              system=system, seed=cfg.seed, batch_size=cfg.eval.batch_size, repetition_penalty=r)
+    out = metrics.evaluate(ans, es, model=model if ppl else None, tokenizer=tok if ppl else None,
+                           paraphrases=cfg.eval.paraphrases, ppl_examples=cfg.eval.ppl_examples, system=system)
+    out["params_m"] = sum(x.numel() for x in model.parameters()) / 1e6
+    return {k: v for k, v in out.items() if not k.startswith("_")}
+
+
+def choose(rows: list[dict]) -> dict:
+    ok = [r for r in rows if r["diversity"] >= 0.7 and r["copy_rate"] <= 0.05] or rows
+    return max(ok, key=lambda r: r["identity_normalised"])
+
+
+def power_law(rows: list[dict]) -> tuple[float, float]:
+    x = np.log([r["n"] for r in rows])
+    y = np.log([r["answer_perplexity"] for r in rows])
+    b, a = np.polyfit(x, y, 1)
+    return math.exp(a), -b  # ppl = A · n^(−b)
+
+
+def report(rows: list[dict]) -> str:
+    out = []
+    data = sorted((r for r in rows if r["part"] == "data"), key=lambda r: r["n"])
+    if data:
+        out += ["| train conversations | tokens | val answer perplexity | val answer bits/byte | train s |",
+                "|---|---|---|---|---|"]
+        out += [f"| {r['n']} | {r['train_tokens']:,} | {r['answer_perplexity']:.1f} | {r['answer_bits_per_byte']:.3f} "
+                f"| {r['train_s']:.0f} |" for r in data]
+        if len(data) >= 2:
+            A, b = power_law(data)
+            need = (20.0 / A) ** (-1.0 / b) if b > 0 else float("inf")
+            out += ["", f"Power law over {len(data)} points: val answer perplexity = {A:.3g} · n^(−{b:.3f}); "
+                    f"perplexity 20 at n ≈ {need:,.0f} conversations (extrapolated)."]
+    samp = [r for r in rows if r["part"] == "sampling"]
+    if samp:
+        out += ["", "| temperature | top-p | repetition penalty | identity norm. | diversity | coherence | copy rate | "
+                "median words |", "|---|---|---|---|---|---|---|---|"]
+        best = choose(samp)
+        for r in samp:
+            mark = " **(chosen)**" if r is best else ""
+            out.append(f"| {r['temperature']} | {r['top_p']} | {r['repetition_penalty']}{mark} | "
+                       f"{r['identity_normalised']:.3f} | {r['diversity']:.3f} | {r['coherence']:.3f} | "
+                       f"{r['copy_rate']:.3f} | {r['answer_words_median']:.0f} |")
+    lad = [r for r in rows if r["part"] == "ladder"]
+    if lad:
+        out += ["", "| model (TEST split) | answer ppl | bits/byte | identity | id. normalised | coherence | "
+                "diversity | copy rate |", "|---|---|---|---|---|---|---|---|"]
+        for r in lad:
+            f = lambda k, fmt="{:.3f}": fmt.format(r[k]) if r.get(k) is not None else "—"  # noqa: E731
+            out.append(f"| {r['model']} | {f('perplexity', '{:.1f}')} | {f('bits_per_byte')} | {f('identity')} | "
+                       f"{f('identity_normalised')} | {f('coherence')} | {f('diversity')} | {f('copy_rate')} |")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="benchmarks/quality.jsonl")
+    ap.add_argument("--work", default="/tmp/dte-quality")
+    ap.add_argument("--sizes", default="50,100,0", help="train conversations per data-scaling point (0 = all)")
+    ap.add_argument("--max-minutes", type=float, default=9.0)
+    ap.add_argument("--report", action="store_true")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    rows = read(out)
+    if args.report:
+        print(report(rows))
+        return 0
+    cfg = config.load("demo")
+    config.seed_everything(cfg.seed, cfg.threads)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+
+    def time_left() -> bool:
+        if time.time() - t0 > args.max_minutes * 60:
+            print("stopping for this slice (rerun to continue)")
+            return False
+        return True
+
+    tok = progressive.prepare(cfg, work)["tokenizer"]
+    n_all = len(packing.training_examples(cfg, work)["train"])
+    val_es = metrics.EvalSet.build(cfg)
+    val_ex = packing.training_examples(cfg, work)["val"]
+    for n in [int(x) for x in args.sizes.split(",")]:
+        n_eff = n or n_all
+        if any(r["part"] == "data" and r["n"] == n_eff for r in rows):
+            continue
+        if not time_left():
+            return 0
+        t1 = time.time()
+        final = train_subset(cfg, work, n or None, tok)
+        train_s = time.time() - t1
+        model, mtok = load(final)
+        lm = metrics.lm_score(model, mtok, val_ex)
+        hist = progressive.read_history(final.parent.parent)
+        row = {"part": "data", "n": n_eff, "train_tokens": hist[-1]["tokens"], "flops": hist[-1]["flops"],
+               "answer_perplexity": lm.perplexity, "answer_bits_per_byte": lm.bits_per_byte, "train_s": train_s,
+               "depths": cfg.train.depths, "d_model": cfg.train.d_model, "split": "val"}
+        rows.append(row)
+        append(out, row)
+    student = work / f"n{n_all}" / "checkpoints" / "final"
+    for t, p, r in GRID:
+        if any(x["part"] == "sampling" and (x["temperature"], x["top_p"], x["repetition_penalty"]) == (t, p, r)
+               for x in rows):
+            continue
+        if not time_left():
+            return 0
+        row = {"part": "sampling", "temperature": t, "top_p": p, "repetition_penalty": r, "split": "val",
+               **score(student, val_es, cfg, t, p, r, ppl=False)}
+        rows.append(row)
+        append(out, row)
+    best = choose([x for x in rows if x["part"] == "sampling"])
+    t, p, r = best["temperature"], best["top_p"], best["repetition_penalty"]
+    print(f"sampling chosen on val: temperature {t}, top-p {p}, repetition penalty {r}")
+    if not any(x["part"] == "ladder" for x in rows):
+        if not time_left():
+            return 0
+        test_es = metrics.EvalSet.build(cfg, split="test")  # the one read of test, after every choice
+        from dte_lib import teacher as teacher_mod
+        ladder = [(f"student: demo preset ({cfg.train.depths} layers, d{cfg.train.d_model}), {n_all} seed "
+                   f"conversations", student), ("SmolLM2-135M-Instruct base (no fine-tune)",
+                                               teacher_mod.base_model_dir())]
+        for name, path in ladder:
+            row = {"part": "ladder", "model": name, "split": "test", "temperature": t, "top_p": p,
+                   "repetition_penalty": r, **score(path, test_es, cfg, t, p, r, ppl=True)}
+            append(out, row)
+        for name, fn in metrics.reference_answerers(test_es, cfg.seed).items():
+            if name == "one repeated answer":
+                continue
+            res = metrics.evaluate(fn, test_es, paraphrases=cfg.eval.paraphrases)
+            append(out, {"part": "ladder", "model": f"reference: {name}", "split": "test",
+                         **{k: v for k, v in res.items() if not k.startswith("_")}})
+    print("done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
