@@ -24,6 +24,7 @@ Explained in notebook 11 (months 10–12). Run it: ``python -m dte_lib.inspector
 from __future__ import annotations
 
 import html as _html
+import json
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
