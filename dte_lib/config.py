@@ -176,7 +176,7 @@ class GenerateCfg:
 
 
 GENERATE = {
-    "ci": GenerateCfg(n_examples=4, n_month1=4, concurrency=2, max_tokens_cap=32, checkpoint_every=2, review_min=3,
+    "ci": GenerateCfg(n_examples=8, n_month1=8, concurrency=8, max_tokens_cap=32, checkpoint_every=2, review_min=3,
                       min_words=6),
     # demo: the seed's p90 is 279 tokens; capped at 128 (hint: at most 75 words) to keep the course's time. Measured
     # on a demo-fine-tuned teacher (16 sampled answers): 12% end on their own at 128, 62% at 279 — the hint alone

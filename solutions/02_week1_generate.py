@@ -38,5 +38,6 @@ lengths = sorted(len(tok(ex.response, add_special_tokens=False)["input_ids"]) fo
 p80 = lengths[int(0.8 * (len(lengths) - 1))]
 print("ex3_seed_answer_tokens_median =", lengths[len(lengths) // 2])
 print("ex3_seed_answer_tokens_p80 =", p80)
-print("ex3_preset_max_tokens =", cfg.generate.max_tokens)
-print("ex3_share_fitting_preset_limit =", round(sum(x <= cfg.generate.max_tokens for x in lengths) / len(lengths), 3))
+budget = prompts.answer_budget(cfg)  # what the course sends: a percentile of the TRAIN answers, capped per preset
+print("ex3_preset_max_tokens =", budget.max_tokens, f"(p{budget.percentile:g} of train answers: {budget.corpus_tokens})")
+print("ex3_share_fitting_preset_limit =", round(sum(x <= budget.max_tokens for x in lengths) / len(lengths), 3))
