@@ -193,6 +193,9 @@ def test_widgets_work_in_a_real_browser(lab):
     chosen = [o for o in ("final", "teacher") if o in options]
     assert "teacher" in chosen, f"the ci run's teacher is not offered: {options}"
     pick.select_option(chosen)
+    # the slider's new value reaches the kernel as a comm message that the frontend may throttle; let it land
+    # before the click, or the answers come back at the old temperature and the wait below never matches
+    page.wait_for_timeout(2000)
     generate.click()
     out = page.locator(".widget-html", has_text=f"temperature {after:g}")
     out.locator("td").nth(len(chosen) - 1).wait_for(timeout=TIMEOUT_MS)
