@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import html as _html
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -129,12 +130,20 @@ def _cached_answers(path: Path, src: Any, prompts: list[str], gen: dict[str, Any
     return [have[p] for p in prompts]
 
 
+def answer_html(text: str) -> str:
+    """One answer as HTML: escaped, each run of line breaks shown as ``↵`` (``↵×N`` for a run of N), empty as
+    *(empty)* — so a reader sees where a small model emits blank lines instead of a wall of white space."""
+    if not text:
+        return "<i>(empty)</i>"
+    return re.sub(r"\n+", lambda m: " ↵ " if len(m.group()) == 1 else f" ↵×{len(m.group())} ", _html.escape(text))
+
+
 def table_html(df) -> str:
     """A side-by-side answers table as static HTML that wraps long answers (kept in a saved notebook)."""
     esc = _html.escape
     head = "".join(f"<th style='text-align:left;padding:4px'>{esc(str(c))}</th>" for c in df.columns)
     body = "".join("<tr>" + "".join(f"<td style='vertical-align:top;text-align:left;padding:4px;max-width:340px;"
-                                    f"border-top:1px solid #ddd'>{esc(str(v)) or '<i>(empty)</i>'}</td>" for v in rec)
+                                    f"border-top:1px solid #ddd'>{answer_html(str(v))}</td>" for v in rec)
                    + "</tr>" for rec in df.itertuples(index=False))
     return f"<table style='border-collapse:collapse;font-size:90%'><tr>{head}</tr>{body}</table>"
 
@@ -241,7 +250,7 @@ class Inspector:
             scores = " · ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
                                 for k, v in r.items() if k not in ("checkpoint", "answer"))
             cells.append(f"<td style='vertical-align:top;border:1px solid #ccc;padding:6px;max-width:360px'>"
-                         f"<b>{esc(r['checkpoint'])}</b><br>{esc(r['answer']) or '<i>(empty)</i>'}"
+                         f"<b>{esc(r['checkpoint'])}</b><br>{answer_html(r['answer'])}"
                          f"<br><small style='color:#555'>{esc(scores)}</small></td>")
         return head + "<table style='border-collapse:collapse'><tr>" + "".join(cells) + "</tr></table>"
 

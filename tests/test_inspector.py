@@ -78,3 +78,10 @@ def test_probe_table_side_by_side_without_a_teacher(tmp_path):
     assert list(df["reference (no local teacher)"]) == [p["reference"] for p in probes[:3]]
     html = inspector.table_html(df)
     assert html.count("<tr>") == 4 and "(empty)" in html and "&lt;" not in df["probe"][0]
+
+
+def test_answer_html_escapes_and_shows_line_breaks():
+    assert inspector.answer_html("") == "<i>(empty)</i>"
+    html = inspector.answer_html("a<b>\nc" + "\n" * 34 + "d")
+    assert "&lt;b&gt;" in html and "\n" not in html
+    assert " ↵ c" in html and "↵×34" in html and "\\n" not in html
