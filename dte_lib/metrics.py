@@ -155,8 +155,7 @@ def lm_score(model: Any, tokenizer: Any, examples: Sequence[Any], *, system: str
     model's weights are.
     """
     import torch
-    import torch.nn.functional as F
-    from .device import model_device
+    from .model import sum_nll
 
     ctx = int(getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024))
     stride = stride or max(1, ctx // 2)
@@ -179,15 +178,12 @@ def lm_score(model: Any, tokenizer: Any, examples: Sequence[Any], *, system: str
             while scored_upto < len(ids):
                 end = min(len(ids), scored_upto + stride)
                 start = max(0, end - ctx)
-                window = torch.tensor([ids[start:end]], device=model_device(model))
-                logits = model(input_ids=window).logits[0].float()
-                # logits at position j predict token j+1 (within the window)
-                targets = window[0, 1:]
-                logp = F.log_softmax(logits[:-1], dim=-1).gather(1, targets[:, None])[:, 0]
-                pos = torch.arange(start + 1, end, device=window.device)
-                keep = pos >= scored_upto
-                total_nll -= float(logp[keep].sum())
-                total_tok += int(keep.sum())
+                window = ids[start:end]
+                # label only the tokens this window adds (absolute position >= scored_upto)
+                labels = [t if start + j >= scored_upto else -100 for j, t in enumerate(window)]
+                nll, k = sum_nll(model, torch.tensor([window]), torch.tensor([labels]))
+                total_nll += float(nll)
+                total_tok += k
                 scored_upto = end
         total_bytes += len(answer.encode("utf-8"))
         n += 1

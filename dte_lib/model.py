@@ -177,6 +177,47 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | 
     return (nll * w).sum() / w.sum().clamp_min(1e-8)
 
 
+def _body_and_head(model):
+    """(transformer body, output layer) of a HF causal LM (peft-wrapped or not), or None when there is no such split
+    to call safely: no body/head attributes (a DDP wrapper), or a model sharded by FSDP2, whose root forward gathers
+    parameters that calling the body alone would skip."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+        if isinstance(model, FSDPModule):
+            return None
+    except ImportError:  # torch built without distributed
+        pass
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = getattr(core, getattr(core, "base_model_prefix", ""), None)
+    head = core.get_output_embeddings() if hasattr(core, "get_output_embeddings") else None
+    return (body, head) if body is not None and head is not None else None
+
+
+def sum_nll(model, ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None
+            ) -> tuple[torch.Tensor, int]:
+    """(summed next-token cross-entropy over labelled positions, how many) — the one scoring routine behind every
+    validation loss and perplexity in the course: the teacher's train step and validation (``teacher``), the
+    trainer's validation blocks (``progressive``), :func:`evaluate_texts` and ``metrics.lm_score``.
+
+    Position t predicts ``labels[t+1]``; ``-100`` marks a position with no label. The output layer runs on the
+    labelled positions only (for SmolLM2's 49K vocabulary it is a fifth of the compute per token, and prompt tokens
+    carry no label). Runs where the weights are; keeps the graph (callers wrap ``torch.no_grad`` to evaluate).
+    """
+    from .device import model_device
+    dev = model_device(model)
+    ids, labels = ids.to(dev), labels.to(dev)
+    mask = attention_mask.to(dev) if attention_mask is not None else None
+    target = labels[:, 1:]
+    keep = target != -100
+    split = _body_and_head(model)
+    if split is None:
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1][keep]
+    else:
+        hidden = split[0](input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
+        logits = split[1](hidden[keep])
+    return F.cross_entropy(logits.float(), target[keep], reduction="sum"), int(keep.sum())
+
+
 def perplexity(total_nats: float, n_tokens: int) -> float:
     return math.exp(total_nats / max(n_tokens, 1))
 
@@ -219,13 +260,10 @@ def evaluate_texts(model, tok, texts: Sequence[str], batch_size: int = 8, precis
         for j, w in enumerate(chunk):
             ids[j, : len(w)] = torch.tensor(w)
             labels[j, 1: len(w)] = torch.tensor(w[1:])
-        ids, labels = ids.to(dev), labels.to(dev)
         with device_mod.autocast(dev, precision):
-            logits = model(input_ids=ids).logits
-        nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1),
-                              ignore_index=-100, reduction="sum")
+            nll, k = sum_nll(model, ids, labels)
         nats += float(nll)
-        n_tok += int((labels[:, 1:] != -100).sum())
+        n_tok += k
     return {"nats": nats, "tokens": n_tok, "bytes": n_bytes, "loss": nats / max(n_tok, 1),
             "perplexity": perplexity(nats, n_tok), "bits_per_byte": bits_per_byte(nats, n_bytes)}
 

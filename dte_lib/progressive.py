@@ -333,10 +333,8 @@ class ProgressiveTrainer:
         ids, labels = self.val["input_ids"], self.val["labels"]
         nats, n = 0.0, 0
         for i in range(0, len(ids), 8):
-            logits = self.model(input_ids=ids[i: i + 8]).logits
-            lab = labels[i: i + 8]
-            k = int((lab[:, 1:] != -100).sum())
-            nats += float(M.lm_loss(logits, lab)) * k
+            nll, k = M.sum_nll(self.model, ids[i: i + 8], labels[i: i + 8])
+            nats += float(nll)
             n += k
         return nats / max(n, 1)
 

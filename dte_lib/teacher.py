@@ -221,46 +221,18 @@ def _collate(rows: list[dict[str, list[int]]], pad_id: int):
     return ids, labels, mask
 
 
-def _body_and_head(model):
-    """(transformer body, output layer) of a HF causal LM (peft-wrapped or not), or None if it has no such split."""
-    core = model.get_base_model() if hasattr(model, "get_base_model") else model
-    body = getattr(core, getattr(core, "base_model_prefix", ""), None)
-    head = core.get_output_embeddings() if hasattr(core, "get_output_embeddings") else None
-    return (body, head) if body is not None and head is not None else None
-
-
-def _sum_loss(model, ids, labels, mask):
-    """(summed next-token cross-entropy over labelled positions, number of labelled positions).
-
-    The output layer runs on the labelled positions only: for a 49K vocabulary it is a fifth of the model's
-    compute per token, and system/user tokens carry no label.
-    """
-    import torch.nn.functional as F
-    from .device import model_device
-    dev = model_device(model)  # the batch goes where the weights are
-    ids, labels, mask = ids.to(dev), labels.to(dev), mask.to(dev)
-    target = labels[:, 1:]
-    keep = target != -100
-    split = _body_and_head(model)
-    if split is None:
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1][keep]
-    else:
-        hidden = split[0](input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
-        logits = split[1](hidden[keep])
-    loss = F.cross_entropy(logits.float(), target[keep], reduction="sum")
-    return loss, int(keep.sum())
-
-
 def eval_loss(model, rows: list[dict[str, list[int]]], pad_id: int, batch_size: int = 8) -> float:
     """Mean cross-entropy per assistant token over ``rows`` (no gradient)."""
     import torch
+    from .model import sum_nll
     total, count = 0.0, 0
     was_training = model.training
     model.eval()
     with torch.no_grad():
         order = sorted(range(len(rows)), key=lambda j: len(rows[j]["input_ids"]))
         for k in range(0, len(order), batch_size):
-            loss, n = _sum_loss(model, *_collate([rows[j] for j in order[k:k + batch_size]], pad_id))
+            ids, labels, mask = _collate([rows[j] for j in order[k:k + batch_size]], pad_id)
+            loss, n = sum_nll(model, ids, labels, mask)
             total += float(loss)
             count += n
     model.train(was_training)
@@ -301,6 +273,7 @@ def finetune(base_dir: str | os.PathLike, train: Sequence[Sequence[dict]], val: 
     """
     import torch
     from peft import get_peft_model
+    from .model import sum_nll
     s = settings or LoraSettings()
     torch.manual_seed(s.seed)
     rng = random.Random(s.seed)
@@ -339,7 +312,7 @@ def finetune(base_dir: str | os.PathLike, train: Sequence[Sequence[dict]], val: 
                 stopped = step < total_steps
                 break
             ids, labels, mask = _collate([rows[j] for j in batch], tok.pad_token_id)
-            loss_sum, n = _sum_loss(model, ids, labels, mask)
+            loss_sum, n = sum_nll(model, ids, labels, mask)
             loss = loss_sum / max(n, 1)
             opt.zero_grad(set_to_none=True)
             loss.backward()

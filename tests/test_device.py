@@ -230,7 +230,7 @@ def test_evaluate_texts_generate_and_lm_score_run_where_the_model_is(parts):
     tok = parts[0]
     model = M.build(len(tok), 64, 32, 1, 2, eos_id=tok.eos_token_id).to(META)
     seen: list = []
-    handle = record_inputs(model, seen)
+    handle = record_inputs(M._body_and_head(model)[0], seen)  # model.sum_nll runs the body, then the output layer
     with pytest.raises(Reached):
         M.evaluate_texts(model, tok, ["I am Deep Tree Echo."])
     ex = data.load_corpus(config.DATA_DIR / "seed_corpus.jsonl").examples[:1]
@@ -324,11 +324,11 @@ def test_teacher_finetune_and_multitask_move_batches_to_the_model(tmp_path, monk
     assert seen == [META]
     model, tok = teacher.load(d)
     model.to(META)
-    # _sum_loss calls the transformer body (the output layer runs on labelled positions only): watch that
-    body_handle = record_inputs(teacher._body_and_head(model)[0], seen)
+    # model.sum_nll calls the transformer body (the output layer runs on labelled positions only): watch that
+    body_handle = record_inputs(M._body_and_head(model)[0], seen)
     ids, labels, mask = teacher._collate([{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}], 0)
     with pytest.raises(Reached):
-        teacher._sum_loss(model, ids, labels, mask)
+        M.sum_nll(model, ids, labels, mask)
     body_handle.remove()
     handle = record_inputs(model, seen)
     with pytest.raises(Reached):
