@@ -170,7 +170,10 @@ def run(preset: str | None = None, run_dir: str | os.PathLike | None = None, sta
                 pm.execute_notebook(str(nb), str(out), parameters=nb_params, kernel_name="python3",
                                     cwd=str(nb.parent), execution_timeout=cfg.cell_timeout_s,
                                     progress_bar=False, log_output=False, request_save_on_cell_execute=True,
-                                    extra_arguments=["--IPKernelApp.capture_fd_output=False"])
+                                    # the kernel talks to this process over loopback TCP only; ipykernel 7's
+                                    # "running over TCP without encryption" warning would open every notebook's log
+                                    extra_arguments=["--IPKernelApp.capture_fd_output=False",
+                                                     "--IPKernelApp.log_level=ERROR"])
             except PapermillExecutionError as e:
                 first_line = (e.source or "").strip().splitlines()[:1]
                 sign(out)
@@ -383,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="dte course", description="Run the notebook course headless with papermill.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="execute notebooks in roadmap order")
-    r.add_argument("--preset", default=None, help="ci | demo | full (default: $DTE_PRESET or demo)")
+    r.add_argument("--preset", default=None, help="ci | demo | long | full (default: $DTE_PRESET or demo)")
     r.add_argument("--run-dir", default=None, help="default: $DTE_RUN_DIR or outputs/runs/<preset>")
     r.add_argument("--from", dest="start", default=None, help="resume at this notebook (e.g. 03)")
     r.add_argument("--only", nargs="+", default=None, help="run only these notebooks (e.g. 00 03)")

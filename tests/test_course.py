@@ -128,3 +128,11 @@ def test_report_opens_with_a_narrative_for_a_person(tmp_path):
     assert "**refine prompts and regenerate**" in head and "persona system prompt" in head
     assert "carried on with the corpus it has" in head
     assert "## 03_week1_evaluate" in tables and "| decision | refine prompts and regenerate |" in tables
+
+
+def test_kernel_start_up_log_stays_out_of_the_runners_output(nbdir, tmp_path, capfd):
+    # the kernel's stderr is the runner's (long work's progress bars draw there); ipykernel's own start-up warnings
+    # (e.g. "Kernel is running over TCP without encryption") must not open every notebook's log
+    course.run("ci", run_dir=tmp_path / "run", notebook_dir=nbdir, only=["00"], progress=False)
+    err = capfd.readouterr().err
+    assert "IPKernelApp" not in err and "without encryption" not in err
