@@ -110,6 +110,8 @@ class TeacherCfg:
     epochs: int = 1  # passes over the whole train split (OpenAI's n_epochs); early stopping may end it sooner
     max_steps: int = 0  # local fine-tune: optimizer steps at most (0 = every step the epochs hold; ci caps it)
     batch_size: int = 8  # conversations per optimizer step (length-bucketed: ~4% padding on the seed corpus)
+    micro_batch: int = 0  # conversations per forward/backward pass (0 = the whole batch); the same update with
+    #                       less activation memory (gradients are summed over the step's micro-batches)
     max_length: int = 256  # tokens per conversation (seed conversations: median 304, p95 482; longer are cut)
     lora_rank: int = 16  # LoRA rank r (adapters B·A added to each adapted projection)
     lora_alpha: int = 32  # LoRA alpha: the update is scaled by alpha / r = 2

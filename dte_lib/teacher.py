@@ -183,6 +183,8 @@ class LoraSettings:
     epochs: int = 1  # passes over the training set (unless max_steps stops earlier)
     max_steps: int = 0  # optimizer steps at most; 0 = as many as the epochs need
     batch_size: int = 4  # conversations per step
+    micro_batch: int = 0  # conversations per forward/backward pass, gradients summed over the step (0 = the batch):
+    #                       the same update with a fraction of the activation memory
     max_length: int = 256  # tokens per conversation (longer ones are truncated)
     eval_every: int = 0  # validation loss every N steps (0: at each epoch's end only; always before step 1)
     #                      (one due less than N/2 steps before an epoch's end is left to the end-of-epoch one)
@@ -311,16 +313,23 @@ def finetune(base_dir: str | os.PathLike, train: Sequence[Sequence[dict]], val: 
             if step >= total_steps or (should_stop and should_stop()):
                 stopped = step < total_steps
                 break
-            ids, labels, mask = _collate([rows[j] for j in batch], tok.pad_token_id)
-            loss_sum, n = sum_nll(model, ids, labels, mask)
-            loss = loss_sum / max(n, 1)
+            # the step's loss is the mean over all its labelled tokens; each micro-batch adds its share of the
+            # gradient (its summed loss / the step's token count), so the update equals one whole-batch pass
+            n = sum(1 for j in batch for lab in rows[j]["labels"][1:] if lab != -100)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss_value, n_tokens = 0.0, 0
+            micro = s.micro_batch or len(batch)
+            for k in range(0, len(batch), micro):
+                ids, labels, mask = _collate([rows[j] for j in batch[k:k + micro]], tok.pad_token_id)
+                loss_sum, _ = sum_nll(model, ids, labels, mask)
+                (loss_sum / max(n, 1)).backward()
+                loss_value += float(loss_sum) / max(n, 1)
+                n_tokens += int(mask.sum())
             torch.nn.utils.clip_grad_norm_(adapter.values(), 1.0)
             opt.step()
             sched.step()
             step += 1
-            tokens += int(mask.sum())
+            tokens += n_tokens
             remaining = len(epoch_batches) - 1 - b_index  # steps left in this epoch
             last = step == total_steps or remaining == 0  # end of run or of an epoch: always validated
             # a periodic validation just before an epoch's end would repeat the one at its end: skip it
@@ -334,7 +343,7 @@ def finetune(base_dir: str | os.PathLike, train: Sequence[Sequence[dict]], val: 
                     bad_evals = 0
                 else:
                     bad_evals += 1
-            event = {"step": step, "total_steps": total_steps, "epoch": epoch, "train_loss": loss.item(),
+            event = {"step": step, "total_steps": total_steps, "epoch": epoch, "train_loss": loss_value,
                      "val_loss": val_loss, "best_val_loss": best["val_loss"], "tokens": tokens,
                      "elapsed_s": round(time.perf_counter() - t0, 2)}
             history.append(event)

@@ -94,6 +94,33 @@ def test_early_stopping_keeps_the_best_adapter_not_the_last(tiny, tmp_path):
     assert teacher.eval_loss(model, rows, tok.pad_token_id) == pytest.approx(res["val_loss_final"], rel=1e-4)
 
 
+def test_micro_batches_give_the_whole_batch_update(tiny, tmp_path):
+    """Gradient accumulation over micro-batches of 1 or 3 conversations makes the same steps as whole batches of 4
+    (dropout off): the same training losses and the same validation curve, to float rounding."""
+    cfg_path = tiny / "config.json"
+    no_dropout = tmp_path / "lm"
+    no_dropout.mkdir()
+    for f in tiny.iterdir():
+        (no_dropout / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads(cfg_path.read_text())
+    cfg.update(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    (no_dropout / "config.json").write_text(json.dumps(cfg))
+    train = [r["messages"] for r in chat_rows(8)]
+    val = [r["messages"] for r in chat_rows(4, offset=50)]
+    runs = {}
+    for micro in (0, 1, 3):
+        s = teacher.LoraSettings(rank=4, alpha=8, learning_rate=1e-2, epochs=2, batch_size=4, max_length=64,
+                                 eval_every=1, threads=1, dropout=0.0, micro_batch=micro)
+        runs[micro] = teacher.finetune(no_dropout, train, val, tmp_path / f"m{micro}", s)
+    for micro in (1, 3):
+        for a, b in zip(runs[0]["history"], runs[micro]["history"]):
+            assert a["tokens"] == b["tokens"]
+            for k in ("train_loss", "val_loss"):
+                if a[k] is not None:
+                    assert b[k] == pytest.approx(a[k], rel=1e-4)
+    assert runs[0]["val_loss_final"] < runs[0]["val_loss_base"]
+
+
 def test_top_layer_lora_trains_only_the_last_blocks(tiny):
     model, _ = teacher.load(tiny)
     cfg_all = teacher.lora_config(model, teacher.LoraSettings(rank=4))
