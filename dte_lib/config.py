@@ -133,9 +133,11 @@ TEACHER = {
                      answer_tokens=24),
     # demo: one epoch over all 193 train conversations (25 steps) on the last 4 blocks, cut at 192 tokens
     "demo": TeacherCfg(max_length=192, eval_every=12, n_eval_prompts=3, answer_tokens=64),
-    # long: up to 3 epochs on all 30 blocks at the corpus' full length, every validation conversation
-    "long": TeacherCfg(epochs=3, max_length=512, lora_layers=0, learning_rate=1e-3, eval_every=12, val_limit=0,
-                       n_eval_prompts=4, answer_tokens=128),
+    # long: up to 3 epochs on all 30 blocks at the corpus' full length, every validation conversation; two
+    # conversations per forward pass (the whole batch of 8 at 512 tokens peaked at 19.3 GB resident, micro-batches
+    # of 2 at 5.8 GB: benchmarks/bench_teacher_memory.py, RESULTS-long.md)
+    "long": TeacherCfg(epochs=3, max_length=512, micro_batch=2, lora_layers=0, learning_rate=1e-3, eval_every=12,
+                       val_limit=0, n_eval_prompts=4, answer_tokens=128),
     "full": TeacherCfg(epochs=3, max_length=1024, lora_layers=0, learning_rate=1e-3, eval_every=50, patience=3,
                        val_limit=0, n_eval_prompts=8, answer_tokens=300),
 }
