@@ -25,6 +25,7 @@ import dataclasses
 import json
 import math
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -33,7 +34,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dte_lib import config, metrics, packing, progressive  # noqa: E402
-from dte_lib import tokenizer as toklib  # noqa: E402
 
 GRID = [(t, p, r) for t in (0.5, 0.8, 1.0) for p in (0.9, 1.0) for r in (1.0, 1.3)]
 
@@ -133,6 +133,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="/tmp/dte-quality")
     ap.add_argument("--sizes", default="50,100,0", help="train conversations per data-scaling point (0 = all)")
     ap.add_argument("--max-minutes", type=float, default=9.0)
+    ap.add_argument("--synthetic", default="", help="a clean.jsonl (e.g. the `long` run's corpus/clean.jsonl) added "
+                    "to the training split; use its own --out and --work")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -144,6 +146,9 @@ def main(argv=None) -> int:
     config.seed_everything(cfg.seed, cfg.threads)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    if args.synthetic:
+        (work / "corpus").mkdir(exist_ok=True)
+        shutil.copy(args.synthetic, work / "corpus" / "clean.jsonl")
     t0 = time.time()
 
     def time_left() -> bool:
@@ -154,6 +159,7 @@ def main(argv=None) -> int:
 
     tok = progressive.prepare(cfg, work)["tokenizer"]
     n_all = len(packing.training_examples(cfg, work)["train"])
+    n_syn = packing.training_examples(cfg, work)["synthetic"]
     val_es = metrics.EvalSet.build(cfg)
     val_ex = packing.training_examples(cfg, work)["val"]
     for n in [int(x) for x in args.sizes.split(",")]:
@@ -170,7 +176,7 @@ def main(argv=None) -> int:
         hist = progressive.read_history(final.parent.parent)
         row = {"part": "data", "n": n_eff, "train_tokens": hist[-1]["tokens"], "flops": hist[-1]["flops"],
                "answer_perplexity": lm.perplexity, "answer_bits_per_byte": lm.bits_per_byte, "train_s": train_s,
-               "depths": cfg.train.depths, "d_model": cfg.train.d_model, "split": "val"}
+               "depths": cfg.train.depths, "d_model": cfg.train.d_model, "split": "val", "synthetic_in_corpus": n_syn}
         rows.append(row)
         append(out, row)
     student = work / f"n{n_all}" / "checkpoints" / "final"
@@ -192,8 +198,8 @@ def main(argv=None) -> int:
             return 0
         test_es = metrics.EvalSet.build(cfg, split="test")  # the one read of test, after every choice
         from dte_lib import teacher as teacher_mod
-        ladder = [(f"student: demo preset ({cfg.train.depths} layers, d{cfg.train.d_model}), {n_all} seed "
-                   f"conversations", student), ("SmolLM2-135M-Instruct base (no fine-tune)",
+        ladder = [(f"student: demo preset ({cfg.train.depths} layers, d{cfg.train.d_model}), {n_all} "
+                   f"conversations ({n_syn} synthetic)", student), ("SmolLM2-135M-Instruct base (no fine-tune)",
                                                teacher_mod.base_model_dir())]
         for name, path in ladder:
             row = {"part": "ladder", "model": name, "split": "test", "temperature": t, "top_p": p,
