@@ -136,3 +136,20 @@ def test_kernel_start_up_log_stays_out_of_the_runners_output(nbdir, tmp_path, ca
     course.run("ci", run_dir=tmp_path / "run", notebook_dir=nbdir, only=["00"], progress=False)
     err = capfd.readouterr().err
     assert "IPKernelApp" not in err and "without encryption" not in err
+
+
+def test_every_parameters_cell_parses_for_papermill(caplog):
+    # papermill reads the parameters cell to list a notebook's parameters; a line it cannot parse (an "=" inside
+    # the comment, for one) is dropped from that list and logged as a warning in the runner's output
+    import logging
+
+    from papermill.translators import PythonTranslator
+
+    from dte_lib import config
+    for path in sorted(config.NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        assigned = [ln for ln in cell.source.splitlines() if ln and not ln.startswith((" ", "#"))]
+        with caplog.at_level(logging.WARNING, logger="papermill"):
+            found = PythonTranslator.inspect(cell)
+        assert len(found) == len(assigned), f"{path.name}: {caplog.text}"
