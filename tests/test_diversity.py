@@ -70,3 +70,17 @@ def test_report_has_every_metric():
     rep = diversity.report(VARIED[:20], TOPICS_VARIED[:20], embeddings=False)
     for key in ("distinct_1", "distinct_2", "distinct_3", "self_bleu", "near_dup_share", "topic_covered"):
         assert key in rep
+
+
+def test_distinct_per_group_does_not_fall_with_corpus_size():
+    # answers drawn the same way: the pooled ratio falls as the corpus grows, the per-100 one stays put
+    import random
+    rng = random.Random(0)
+    vocab = [f"w{i}" for i in range(60)]
+    texts = [" ".join(rng.choice(vocab) for _ in range(40)) for _ in range(2000)]
+    small, large = texts[:100], texts
+    assert diversity.distinct_n(large, 2) < 0.7 * diversity.distinct_n(small, 2)
+    assert diversity.distinct_per(large, 2) == pytest.approx(diversity.distinct_per(small, 2), rel=0.03)
+    assert diversity.distinct_per(texts[:50], 2) == diversity.distinct_n(texts[:50], 2)  # fewer than a group
+    rep = diversity.report(large, embeddings=False)
+    assert rep["distinct_2"] == diversity.distinct_per(large, 2) and rep["distinct_2_pooled"] < rep["distinct_2"]
