@@ -158,10 +158,9 @@ def main(argv=None) -> int:
         return True
 
     tok = progressive.prepare(cfg, work)["tokenizer"]
-    n_all = len(packing.training_examples(cfg, work)["train"])
-    n_syn = packing.training_examples(cfg, work)["synthetic"]
+    examples = packing.training_examples(cfg, work)
+    n_all, n_syn, val_ex = len(examples["train"]), examples["synthetic"], examples["val"]
     val_es = metrics.EvalSet.build(cfg)
-    val_ex = packing.training_examples(cfg, work)["val"]
     for n in [int(x) for x in args.sizes.split(",")]:
         n_eff = n or n_all
         if any(r["part"] == "data" and r["n"] == n_eff for r in rows):
