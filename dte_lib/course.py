@@ -171,9 +171,12 @@ def run(preset: str | None = None, run_dir: str | os.PathLike | None = None, sta
                                     cwd=str(nb.parent), execution_timeout=cfg.cell_timeout_s,
                                     progress_bar=False, log_output=False, request_save_on_cell_execute=True,
                                     # the kernel talks to this process over loopback TCP only; ipykernel 7's
-                                    # "running over TCP without encryption" warning would open every notebook's log
+                                    # "running over TCP without encryption" warning would open every notebook's log,
+                                    # and jupyter_client interrupts the kernel before every shutdown, so a kernel
+                                    # still answering a message logs "KeyboardInterrupt caught" at ERROR (seen in CI
+                                    # on a loaded machine); a cell's own error reaches us through papermill instead
                                     extra_arguments=["--IPKernelApp.capture_fd_output=False",
-                                                     "--IPKernelApp.log_level=ERROR"])
+                                                     "--IPKernelApp.log_level=CRITICAL"])
             except PapermillExecutionError as e:
                 first_line = (e.source or "").strip().splitlines()[:1]
                 sign(out)
