@@ -8,7 +8,7 @@ Prompts: the persona's system prompt with the course's length hint, then a quest
 (request i asks question i: different questions, one shared system prompt — the shape of notebook 02's traffic).
 SmolLM2-135M-Instruct fp32 from the cache, 48 new tokens per request.
 
-Run it under the machine lock: ``/work/bin/heavy timeout 900 env PYTHONPATH=. .venv/bin/python
+Run it alone on the machine: ``timeout 900 env PYTHONPATH=. .venv/bin/python
 benchmarks/bench_server.py`` (about 6 minutes on 2 cores). Results are appended to benchmarks/RESULTS-server.md
 with the machine and its load; the raw numbers to the same name with .json.
 """

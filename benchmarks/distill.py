@@ -11,7 +11,7 @@ Score: VAL answer bits per byte (``metrics.lm_score``; tokenizer-independent) an
 Teacher: ``--teacher DIR`` (notebook 01's fine-tuned teacher when you have one); default the base
 SmolLM2-135M-Instruct, the only teacher on a machine that has not run notebook 01.
 
-Run it: ``/work/bin/heavy timeout 660 python benchmarks/distill.py --budget 1e12 --seeds 0 1 2`` (resumable JSONL;
+Run it: ``timeout 660 python benchmarks/distill.py --budget 1e12 --seeds 0 1 2`` (resumable JSONL;
 repeat until "done"), then ``python benchmarks/distill.py --report``.
 """
 from __future__ import annotations

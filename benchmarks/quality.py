@@ -15,7 +15,7 @@ slices under the machine-wide lock):
    settings, the base SmolLM2-135M-Instruct (the only teacher on this machine: notebook 01's fine-tuned teacher
    is not here) with the same settings, and the scripted references (copied, second halves, shuffled).
 
-Run it: ``/work/bin/heavy timeout 660 python benchmarks/quality.py`` (repeat until it prints "done"), then
+Run it: ``timeout 660 python benchmarks/quality.py`` (repeat until it prints "done"), then
 ``python benchmarks/quality.py --report``.
 """
 from __future__ import annotations

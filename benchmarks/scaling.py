@@ -14,7 +14,7 @@ Corpus: the seed corpus' TRAIN split (data/seed_corpus.jsonl, hash split 80/10/1
 runs in slices: ``--max-minutes`` stops starting new runs after that long, and a rerun skips finished runs.
 
 Run it (each slice under the machine-wide lock):
-  /work/bin/heavy timeout 660 python benchmarks/scaling.py --max-minutes 9      # repeat until it says "done"
+  timeout 660 python benchmarks/scaling.py --max-minutes 9      # repeat until it says "done"
   python benchmarks/scaling.py --report                                           # fit + markdown tables
 """
 from __future__ import annotations
