@@ -248,6 +248,9 @@ def lora_config(model, s: LoraSettings):
     wanted = [t.strip() for t in s.targets.split(",") if t.strip()] or list(LORA_TARGETS)
     targets = [t for t in wanted if any(n.endswith(t) for n in names)] or ["c_attn", "c_proj"]
     extra: dict[str, Any] = {}
+    # GPT-2's projections are Conv1D layers that store the weight transposed; peft needs to be told
+    if any(type(m).__name__ == "Conv1D" and n.endswith(tuple(targets)) for n, m in model.named_modules()):
+        extra["fan_in_fan_out"] = True
     n_layers = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer", None)
     if s.layers and n_layers and s.layers < n_layers:
         extra["layers_to_transform"] = list(range(n_layers - s.layers, n_layers))
@@ -323,7 +326,7 @@ def finetune(base_dir: str | os.PathLike, train: Sequence[Sequence[dict]], val: 
                 ids, labels, mask = _collate([rows[j] for j in batch[k:k + micro]], tok.pad_token_id)
                 loss_sum, _ = sum_nll(model, ids, labels, mask)
                 (loss_sum / max(n, 1)).backward()
-                loss_value += float(loss_sum) / max(n, 1)
+                loss_value += float(loss_sum.detach()) / max(n, 1)
                 n_tokens += int(mask.sum())
             torch.nn.utils.clip_grad_norm_(adapter.values(), 1.0)
             opt.step()
