@@ -6,7 +6,7 @@ What it checks, in one run:
 1. **Compatibility** — ``dte_lib.generate.generate`` (the engine notebook 02 uses: retries, checkpoints, ledger) sends
    the demo plan's requests (persona prompt, length hint, few-shot turn) to llama.cpp's server; every request must be
    answered and land in ``raw.jsonl`` (the script exits 1 otherwise).
-2. **Throughput** — generated tokens/s at 1 and 8 concurrent requests with the course's sampling (temperature 0.8,
+2. **Throughput** — generated tokens/s at 1, 8 and 64 concurrent requests with the course's sampling (temperature 0.8,
    top-p 0.95), llama.cpp's server vs the course's own ``dte serve`` on the same prompts (bench_server's prompts:
    persona system prompt + one prompt-bank question each). Theirs: 4-bit weights; ours: fp32.
 
@@ -17,7 +17,7 @@ llama-cpp-python is not one of the course's dependencies (it builds llama.cpp fr
     CMAKE_BUILD_PARALLEL_LEVEL=2 /tmp/llama-venv/bin/pip install 'llama-cpp-python[server]==0.3.36'
     PYTHONPATH=. .venv/bin/python benchmarks/bench_llamacpp.py --llama-python /tmp/llama-venv/bin/python
 
-Run it alone on the machine (about 3 minutes). The result is appended to benchmarks/RESULTS-server.md.
+Run it alone on the machine (about 2 minutes). The result is appended to benchmarks/RESULTS-server.md.
 """
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ import importlib.util
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -53,16 +52,11 @@ def shipped_gguf() -> Path:
     return found[0]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class LlamaServer:
     """``python -m llama_cpp.server`` as a child process, stopped by its own pid."""
 
     def __init__(self, python: str, gguf: Path, threads: int, log: Path):
+        from dte_lib.server import free_port
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.log = open(log, "w")
@@ -114,13 +108,13 @@ def main() -> int:
     ap.add_argument("--llama-python", default=sys.executable,
                     help="a Python with llama-cpp-python[server] installed (default: this one)")
     ap.add_argument("--n", type=int, default=16, help="course requests sent through the generation engine")
-    ap.add_argument("--concurrency", default="1,8")
+    ap.add_argument("--concurrency", default="1,8,64")
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "benchmarks/RESULTS-server.md"))
     args = ap.parse_args()
-    check = subprocess.run([args.llama_python, "-c", "import llama_cpp, llama_cpp.server; print(llama_cpp.__version__)"],
-                           capture_output=True, text=True)
+    probe = "import llama_cpp, llama_cpp.server; print(llama_cpp.__version__)"
+    check = subprocess.run([args.llama_python, "-c", probe], capture_output=True, text=True)
     if check.returncode:
         sys.exit(f"{args.llama_python} cannot import llama_cpp.server — install 'llama-cpp-python[server]' there "
                  "(see this script's docstring)")
