@@ -114,7 +114,10 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks/RESULTS-server.md"))
     args = ap.parse_args()
     probe = "import llama_cpp, llama_cpp.server; print(llama_cpp.__version__)"
-    check = subprocess.run([args.llama_python, "-c", probe], capture_output=True, text=True)
+    try:
+        check = subprocess.run([args.llama_python, "-c", probe], capture_output=True, text=True)
+    except OSError as e:
+        sys.exit(f"--llama-python {args.llama_python}: {e.strerror}")
     if check.returncode:
         sys.exit(f"{args.llama_python} cannot import llama_cpp.server — install 'llama-cpp-python[server]' there "
                  "(see this script's docstring)")
