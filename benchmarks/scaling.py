@@ -43,6 +43,7 @@ SHAPES = [(d, L) for L in DEPTHS for d in WIDTHS if (d, L) != (256, 4)] + [(32, 
 BUDGETS = (2e11, 7e11, 2e12)  # training FLOPs; notebook 07's demo run is 1.3e12
 LRS = (1e-3, 3e-3, 1e-2)  # swept at the middle budget
 LRS_FOR = {32: (3e-3, 1e-2)}  # width 32: 1e-3 lost at every width up to 64 already
+LRS_FOR_CUSTOM = {256: (1e-3, 3e-3)}  # with --shapes: width 256 diverged or lost at 1e-2 on the seed grid (above)
 
 
 def fpt(vocab: int, block: int, d: int, L: int) -> float:
@@ -153,12 +154,13 @@ def report(rows: list[dict]) -> str:
                          f"{r['params'] / 1e6:.2f}M | {r['lr']:g} | {r['tokens']:,} | {r['epochs']:.1f} | "
                          f"{r['val_loss']:.3f} | {r['val_loss_min']:.3f} | {r['wall_s']:.0f} |")
     mid = budgets[len(budgets) // 2] if budgets else None
+    lrs = sorted({r["lr"] for r in rows})
     lines += ["", f"Learning-rate sweep at {mid:.2g} FLOPs (final val loss):", "",
-              "| width | depth | " + " | ".join(f"lr {lr:g}" for lr in LRS) + " |", "|" + "---|" * (2 + len(LRS))]
-    for L in DEPTHS:
-        for d in (32,) + WIDTHS:
+              "| width | depth | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |", "|" + "---|" * (2 + len(lrs))]
+    for L in sorted({r["L"] for r in rows}):
+        for d in sorted({r["d"] for r in rows}):
             cells = []
-            for lr in LRS:
+            for lr in lrs:
                 m = [r for r in rows if r["d"] == d and r["L"] == L and r["lr"] == lr and r["budget"] == mid]
                 cells.append(f"{m[0]['val_loss']:.3f}" if m else "—")
             if any(c != "—" for c in cells):
@@ -181,6 +183,9 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="/tmp/dte-scaling", help="scratch run dir (tokenizer, cache, run dirs)")
     ap.add_argument("--synthetic", default="", help="a clean.jsonl to add to the training split")
     ap.add_argument("--budgets", default=",".join(f"{b:g}" for b in BUDGETS))
+    ap.add_argument("--shapes", default="", help="WIDTHxDEPTH,... instead of the built-in grid (e.g. 64x1,128x2)")
+    ap.add_argument("--lrs", default="", help="learning rates swept at the middle budget (default 1e-3,3e-3,1e-2)")
+    ap.add_argument("--top", type=int, default=5, help="shapes of the middle budget re-run at the other budgets")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-minutes", type=float, default=9.0, help="start no new run after this long")
     ap.add_argument("--report", action="store_true", help="print the tables and the fit, train nothing")
@@ -202,9 +207,12 @@ def main(argv=None) -> int:
     print(f"corpus: {len(prep['examples']['train'])} train conversations ({prep['examples']['synthetic']} synthetic), "
           f"{prep['train_tokens']:,} tokens; val {len(prep['examples']['val'])} conversations", flush=True)
     budgets = [float(b) for b in args.budgets.split(",")]
+    shapes = [tuple(int(v) for v in s.split("x")) for s in config.as_list(args.shapes, str)] or SHAPES
+    lrs = tuple(config.as_list(args.lrs, float)) or LRS
     t0 = time.time()
     while True:
-        todo = plan(rows, budgets, SHAPES, LRS, args.seed, lrs_for=LRS_FOR)
+        todo = plan(rows, budgets, shapes, lrs, args.seed, top=args.top,
+                    lrs_for=LRS_FOR_CUSTOM if args.shapes else LRS_FOR)
         if not todo:
             print("done")
             break

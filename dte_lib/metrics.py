@@ -155,38 +155,32 @@ def lm_score(model: Any, tokenizer: Any, examples: Sequence[Any], *, system: str
     model's weights are.
     """
     import torch
-    from .model import sum_nll
+    from .model import nll_over
 
     ctx = int(getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024))
     stride = stride or max(1, ctx // 2)
     end_ids = [i for i in _stop_ids(tokenizer) if tokenizer.convert_ids_to_tokens(i) == ROLE_END] or \
         ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
-    total_nll, total_tok, total_bytes, n = 0.0, 0, 0, 0
-    model.eval()
-    for ex in list(examples)[:max_examples]:
-        prompt, answer = ex.prompt, ex.response
-        if not answer:
-            continue
-        prefix = tokenizer(chat_prefix(tokenizer, prompt, system if system is not None else ex.system),
-                           add_special_tokens=False)["input_ids"]
-        ans = tokenizer(answer, add_special_tokens=False)["input_ids"] + end_ids[:1]
-        ids = prefix + ans
-        first_scored = len(prefix)  # position of the first answer token
-        # sliding windows: each window scores the positions it adds beyond the previous window's end
-        scored_upto = first_scored
-        with torch.no_grad():
+    scored = [ex for ex in list(examples)[:max_examples] if ex.response]
+
+    def windows():
+        for ex in scored:
+            prefix = tokenizer(chat_prefix(tokenizer, ex.prompt, system if system is not None else ex.system),
+                               add_special_tokens=False)["input_ids"]
+            ids = prefix + tokenizer(ex.response, add_special_tokens=False)["input_ids"] + end_ids[:1]
+            # sliding windows from the first answer token: each window scores the positions it adds beyond the
+            # previous window's end (absolute position >= scored_upto), with up to a context of history before them
+            scored_upto = len(prefix)
             while scored_upto < len(ids):
                 end = min(len(ids), scored_upto + stride)
                 start = max(0, end - ctx)
                 window = ids[start:end]
-                # label only the tokens this window adds (absolute position >= scored_upto)
                 labels = [t if start + j >= scored_upto else -100 for j, t in enumerate(window)]
-                nll, k = sum_nll(model, torch.tensor([window]), torch.tensor([labels]))
-                total_nll += float(nll)
-                total_tok += k
+                yield torch.tensor([window]), torch.tensor([labels])
                 scored_upto = end
-        total_bytes += len(answer.encode("utf-8"))
-        n += 1
+
+    total_nll, total_tok = nll_over(model, windows())
+    total_bytes, n = sum(len(ex.response.encode("utf-8")) for ex in scored), len(scored)
     if total_tok == 0:
         raise ValueError("lm_score: no answer tokens to score (empty examples?)")
     nll = total_nll / total_tok

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -196,8 +196,8 @@ def _body_and_head(model):
 def sum_nll(model, ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None
             ) -> tuple[torch.Tensor, int]:
     """(summed next-token cross-entropy over labelled positions, how many) — the one scoring routine behind every
-    validation loss and perplexity in the course: the teacher's train step and validation (``teacher``), the
-    trainer's validation blocks (``progressive``), :func:`evaluate_texts` and ``metrics.lm_score``.
+    loss in the course: the teacher's and the trainer's train steps, and through :func:`nll_over` every validation
+    loss and perplexity.
 
     Position t predicts ``labels[t+1]``; ``-100`` marks a position with no label. The output layer runs on the
     labelled positions only (for SmolLM2's 49K vocabulary it is a fifth of the compute per token, and prompt tokens
@@ -218,6 +218,30 @@ def sum_nll(model, ids: torch.Tensor, labels: torch.Tensor, attention_mask: torc
     return F.cross_entropy(logits.float(), target[keep], reduction="sum"), int(keep.sum())
 
 
+@torch.no_grad()
+def nll_over(model, batches: Iterable[tuple], precision: str = "fp32") -> tuple[float, int]:
+    """(total nats, scored tokens) of ``model`` over ``batches`` of ``(ids, labels)`` or ``(ids, labels, mask)``:
+    the one validation-loss loop of the course. Callers only decide what a batch is — the trainer's packed validation
+    blocks (``progressive``), the teacher's padded conversations (``teacher.eval_loss``), windows over whole texts
+    (:func:`evaluate_texts`) or sliding windows over answers (``metrics.lm_score``). No gradient, no dropout (the
+    model's train/eval mode is restored afterwards); ``precision`` is the autocast for the model's device.
+    """
+    from . import device as device_mod
+    was_training = model.training
+    model.eval()
+    dev = device_mod.model_device(model)
+    nats, n = 0.0, 0
+    try:
+        for batch in batches:
+            with device_mod.autocast(dev, precision):
+                nll, k = sum_nll(model, *batch)
+            nats += float(nll)
+            n += k
+    finally:
+        model.train(was_training)
+    return nats, n
+
+
 def perplexity(total_nats: float, n_tokens: int) -> float:
     return math.exp(total_nats / max(n_tokens, 1))
 
@@ -227,7 +251,6 @@ def bits_per_byte(total_nats: float, n_bytes: int) -> float:
     return total_nats / math.log(2) / max(n_bytes, 1)
 
 
-@torch.no_grad()
 def evaluate_texts(model, tok, texts: Sequence[str], batch_size: int = 8, precision: str = "fp32"
                    ) -> dict[str, float]:
     """Every token of every text scored once: nats, tokens, bytes, loss, perplexity, bits per byte.
@@ -238,9 +261,6 @@ def evaluate_texts(model, tok, texts: Sequence[str], batch_size: int = 8, precis
     Each text is prefixed with ``<|endoftext|>`` so its first token is predicted too, then cut into windows of the
     model's context that overlap by one token (the last token of one window is the first context of the next).
     """
-    from . import device as device_mod
-    model.eval()
-    dev = device_mod.model_device(model)
     T = model.config.n_positions
     eos = tok.eos_token_id
     windows: list[list[int]] = []
@@ -251,19 +271,19 @@ def evaluate_texts(model, tok, texts: Sequence[str], batch_size: int = 8, precis
         for start in range(0, len(ids) - 1, T - 1):
             windows.append(ids[start: start + T])
     windows.sort(key=len)
-    nats, n_tok = 0.0, 0
-    for i in range(0, len(windows), batch_size):
-        chunk = windows[i: i + batch_size]
-        width = max(map(len, chunk))
-        ids = torch.full((len(chunk), width), eos, dtype=torch.long)
-        labels = torch.full((len(chunk), width), -100, dtype=torch.long)
-        for j, w in enumerate(chunk):
-            ids[j, : len(w)] = torch.tensor(w)
-            labels[j, 1: len(w)] = torch.tensor(w[1:])
-        with device_mod.autocast(dev, precision):
-            nll, k = sum_nll(model, ids, labels)
-        nats += float(nll)
-        n_tok += k
+
+    def batches():
+        for i in range(0, len(windows), batch_size):
+            chunk = windows[i: i + batch_size]
+            width = max(map(len, chunk))
+            ids = torch.full((len(chunk), width), eos, dtype=torch.long)
+            labels = torch.full((len(chunk), width), -100, dtype=torch.long)
+            for j, w in enumerate(chunk):
+                ids[j, : len(w)] = torch.tensor(w)
+                labels[j, 1: len(w)] = torch.tensor(w[1:])
+            yield ids, labels
+
+    nats, n_tok = nll_over(model, batches(), precision)
     return {"nats": nats, "tokens": n_tok, "bytes": n_bytes, "loss": nats / max(n_tok, 1),
             "perplexity": perplexity(nats, n_tok), "bits_per_byte": bits_per_byte(nats, n_bytes)}
 

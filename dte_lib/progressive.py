@@ -329,13 +329,9 @@ class ProgressiveTrainer:
     @torch.no_grad()
     def val_loss(self) -> float:
         """Mean next-token loss on the validation blocks, fp32, no dropout."""
-        self.model.eval()
+        self.model.eval()  # left in eval mode, as before: the training step sets train mode itself
         ids, labels = self.val["input_ids"], self.val["labels"]
-        nats, n = 0.0, 0
-        for i in range(0, len(ids), 8):
-            nll, k = M.sum_nll(self.model, ids[i: i + 8], labels[i: i + 8])
-            nats += float(nll)
-            n += k
+        nats, n = M.nll_over(self.model, ((ids[i: i + 8], labels[i: i + 8]) for i in range(0, len(ids), 8)))
         return nats / max(n, 1)
 
     # ------------------------------------------------------------------------------------------ records

@@ -224,20 +224,11 @@ def _collate(rows: list[dict[str, list[int]]], pad_id: int):
 
 
 def eval_loss(model, rows: list[dict[str, list[int]]], pad_id: int, batch_size: int = 8) -> float:
-    """Mean cross-entropy per assistant token over ``rows`` (no gradient)."""
-    import torch
-    from .model import sum_nll
-    total, count = 0.0, 0
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        order = sorted(range(len(rows)), key=lambda j: len(rows[j]["input_ids"]))
-        for k in range(0, len(order), batch_size):
-            ids, labels, mask = _collate([rows[j] for j in order[k:k + batch_size]], pad_id)
-            loss, n = sum_nll(model, ids, labels, mask)
-            total += float(loss)
-            count += n
-    model.train(was_training)
+    """Mean cross-entropy per assistant token over ``rows`` (no gradient; ``model.nll_over`` does the scoring)."""
+    from .model import nll_over
+    order = sorted(range(len(rows)), key=lambda j: len(rows[j]["input_ids"]))
+    total, count = nll_over(model, (_collate([rows[j] for j in order[k:k + batch_size]], pad_id)
+                                    for k in range(0, len(order), batch_size)))
     return total / max(count, 1)
 
 

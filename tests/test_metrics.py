@@ -41,6 +41,8 @@ def test_lm_score_matches_hand_computed_next_token_loss():
     ids = torch.tensor([prefix + ans])
     labels = ids.clone()
     labels[0, :len(prefix)] = -100
+    assert m.training  # lm_score gives the model back in the mode it found it in (nll_over restores it) ...
+    m.eval()  # ... so the reference turns dropout off itself
     with torch.no_grad():
         ref = m(input_ids=ids, labels=labels).loss.item()  # HF shifts labels inside the model
     assert s.tokens == len(ans)
