@@ -247,6 +247,9 @@ TRAIN = {
     # demo: the compute-optimal shape of benchmarks/RESULTS-scaling.md at notebook 07's ~1e12 FLOPs on this corpus
     # (width 64 beat 128 and 256 at every depth; growth stops at 2 layers) — growth 1 -> 2, 250K tokens per stage
     "demo": TrainCfg(d_model=64, n_head=2, depths="1,2", tokens_per_stage=250_000, final_tokens=250_000),
+    # long: the scaling study rerun on the long corpus (benchmarks/RESULTS-scaling.md, "On the long corpus": 1.28M
+    # tokens; at 2e13 FLOPs 128 x 2 beat 128 x 1 and 256 x 2) -- growth 1 -> 2 at width 128, ~3e13 FLOPs in all
+    "long": TrainCfg(d_model=128, n_head=4, depths="1,2", tokens_per_stage=1_500_000, final_tokens=4_000_000),
     # full: GPT-2 small's shape (50,257-token vocabulary fitted to the corpus, context 1024, width 768, 12 heads),
     # grown 1 -> 12 layers; 64 blocks (65,536 tokens) per optimizer step, split into micro-batches by the planner for
     # the GPU found (grad_accum=0); bf16 autocast where the GPU has it (precision=auto). Months 13-18 grow on to 24
@@ -313,6 +316,9 @@ EVAL = {
     "demo": EvalCfg(max_new_tokens=48, temperature=0.8, top_p=1.0, repetition_penalty=1.0, identity_prompts=24,
                     probes=16, paraphrases=4, ppl_examples=16, selfgen_examples=48, stage_steps=40, depths_08="2", depths_09="2", selfgen_steps=30,
                     mechanism_steps=40, refine_steps=40, ablation_steps=40, ablation_seeds=1),
+    # long: notebooks 08-11 continue at notebook 07's 2 layers; every held-out prompt and probe is scored; sampling as
+    # chosen on val for demo (not re-chosen on the long student)
+    "long": EvalCfg(temperature=0.8, top_p=1.0, repetition_penalty=1.0, depths_08="2", depths_09="2"),
     "full": EvalCfg(max_new_tokens=200, stage_steps=5000, refine_steps=5000, selfgen_examples=5000,
                     selfgen_max_new_tokens=400, ablation_steps=3000, ablation_seeds=3),
 }
