@@ -3,9 +3,9 @@
 Three parts, each a list of JSONL rows in ``benchmarks/quality.jsonl`` (a rerun skips finished rows, so it runs in
 slices under the machine-wide lock):
 
-1. ``data``: the demo preset's student (its TrainCfg: growth schedule, width, tokens) trained on the first n
-   conversations of the seed TRAIN split (a fixed shuffle), for n in ``--sizes`` (all = the whole split), one
-   tokenizer fitted on the whole train split. Scored on the VAL split: answer perplexity and bits/byte
+1. ``data``: a preset's student (``--preset``, demo by default: its TrainCfg's growth schedule, width and tokens)
+   trained on the first n conversations of the TRAIN split (a fixed shuffle; ``--synthetic`` adds a clean.jsonl),
+   for n in ``--sizes`` (all = the whole split), one tokenizer fitted on the whole train split. Scored on the VAL split: answer perplexity and bits/byte
    (``metrics.lm_score``). A power law ppl = A · n^(−b) is fitted to these points.
 2. ``sampling``: the all-data student's answers on the VAL split under a small grid of temperature × top-p ×
    repetition penalty, scored with ``metrics.evaluate`` (identity normalised, diversity, copy rate; coherence is
@@ -135,6 +135,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-minutes", type=float, default=9.0)
     ap.add_argument("--synthetic", default="", help="a clean.jsonl (e.g. the `long` run's corpus/clean.jsonl) added "
                     "to the training split; use its own --out and --work")
+    ap.add_argument("--preset", default="demo", help="whose student (TrainCfg) and sampling the curve uses")
+    ap.add_argument("--data-only", action="store_true", help="the data-scaling curve (val) only: no sampling sweep "
+                    "and no ladder (for `long`, the ladder row is notebook 11's one read of test)")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -142,7 +145,7 @@ def main(argv=None) -> int:
     if args.report:
         print(report(rows))
         return 0
-    cfg = config.load("demo")
+    cfg = config.load(args.preset)
     config.seed_everything(cfg.seed, cfg.threads)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -175,9 +178,13 @@ def main(argv=None) -> int:
         hist = progressive.read_history(final.parent.parent)
         row = {"part": "data", "n": n_eff, "train_tokens": hist[-1]["tokens"], "flops": hist[-1]["flops"],
                "answer_perplexity": lm.perplexity, "answer_bits_per_byte": lm.bits_per_byte, "train_s": train_s,
-               "depths": cfg.train.depths, "d_model": cfg.train.d_model, "split": "val", "synthetic_in_corpus": n_syn}
+               "depths": cfg.train.depths, "d_model": cfg.train.d_model, "split": "val", "synthetic_in_corpus": n_syn,
+               "preset": cfg.name}
         rows.append(row)
         append(out, row)
+    if args.data_only:
+        print("done")
+        return 0
     student = work / f"n{n_all}" / "checkpoints" / "final"
     for t, p, r in GRID:
         if any(x["part"] == "sampling" and (x["temperature"], x["top_p"], x["repetition_penalty"]) == (t, p, r)
@@ -197,7 +204,7 @@ def main(argv=None) -> int:
             return 0
         test_es = metrics.EvalSet.build(cfg, split="test")  # the one read of test, after every choice
         from dte_lib import teacher as teacher_mod
-        ladder = [(f"student: demo preset ({cfg.train.depths} layers, d{cfg.train.d_model}), {n_all} "
+        ladder = [(f"student: {cfg.name} preset ({cfg.train.depths} layers, d{cfg.train.d_model}), {n_all} "
                    f"conversations ({n_syn} synthetic)", student), ("SmolLM2-135M-Instruct base (no fine-tune)",
                                                teacher_mod.base_model_dir())]
         for name, path in ladder:
