@@ -46,14 +46,17 @@ def latest_checkpoint(cfg: Any, run_dir: Path, phases: Sequence[str]) -> Path:
     return base_checkpoint(cfg, run_dir)
 
 
-def stages_for(cfg: Any, depths: Sequence[int], steps: int, prefix: str, start_depth: int) -> list[progressive.Stage]:
-    """One stage per depth (growing from ``start_depth``), ``steps`` optimizer steps each, policy from the preset."""
+def stages_for(cfg: Any, depths: Sequence[int], steps: int, prefix: str, start_depth: int,
+               lr: float | None = None) -> list[progressive.Stage]:
+    """One stage per depth (growing from ``start_depth``), ``steps`` optimizer steps each, policy from the preset,
+    peak learning rate ``lr`` (default the preset's ``train.lr``)."""
     tokens = steps * cfg.train.batch_size * cfg.train.block_size
+    lr = cfg.train.lr if lr is None else lr
     out, prev = [], start_depth
     for d in depths:
         kind = "grow" if d > prev else "final"
         out.append(progressive.Stage(f"{prefix}-d{d}" + ("" if kind == "grow" else "-refine"), d, tokens,
-                                     "all" if kind == "final" else cfg.train.policy, cfg.train.lr, kind,
+                                     "all" if kind == "final" else cfg.train.policy, lr, kind,
                                      tuple(range(prev, d))))
         prev = d
     return out
@@ -108,7 +111,10 @@ def train(cfg: Any, run_dir: Path, out_name: str, *, depths: Sequence[int], step
                 identity.persona_embedding_init(m, tok, persona, cfg.eval.persona_init_mix, seed)
             return m
 
-    stages = stages_for(cfg, depths, steps, out_name, start_depth)
+    # a trained model continues at a share of the peak rate: re-warming a decayed model to the full rate undoes
+    # its decay faster than a short stage can recover it (benchmarks/continue_lr.py); a fresh model gets the peak
+    lr = tc.lr * (cfg.eval.continue_lr_frac if init_dir is not None else 1.0)
+    stages = stages_for(cfg, depths, steps, out_name, start_depth, lr)
     aux = None
     if identity_weight or coherence_weight:
         aux = multitask.make_aux_loss(tok, persona, [e.prompt for e in train_ex], identity_weight=identity_weight,

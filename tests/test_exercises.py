@@ -25,7 +25,7 @@ NOTEBOOKS = course.notebooks()
 STEMS = [p.stem for p in NOTEBOOKS]
 SOLUTIONS = config.REPO_ROOT / "solutions"
 RANGE = re.compile(r"`ci: ([A-Za-z0-9_.\-]+) in \[([^,\]]+), ([^\]]+)\]`")
-RUN_TIME = re.compile(r"\*\*Run time:\*\* ci ~(\d+) s · demo ~(\d+) s \(([^)]+)\)")
+RUN_TIME = re.compile(r"\*\*Run time:\*\* ci ~(\d+) s · demo ~(\d+) s · long ~(\d+) (s|min) \(([^)]+)\)")
 
 
 def _markdown(path) -> list[str]:
@@ -49,8 +49,8 @@ def lookup(record: dict, key: str):
 def test_notebook_states_its_run_time_per_preset(path):
     header = _markdown(path)[0]
     m = RUN_TIME.search(header)
-    assert m, f"{path.name}: the header needs '**Run time:** ci ~N s · demo ~N s (where and when measured)'"
-    assert int(m.group(1)) > 0 and int(m.group(2)) > 0 and "measured" in m.group(3)
+    assert m, f"{path.name}: the header needs '**Run time:** ci ~N s · demo ~N s · long ~N min (where and when measured)'"
+    assert int(m.group(1)) > 0 and int(m.group(2)) > 0 and int(m.group(3)) > 0 and "measured" in m.group(5)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=STEMS)
