@@ -1,12 +1,14 @@
 """Presets, paths and run directories for the whole course.
 
 Every notebook starts with ``cfg, run_dir = config.setup(PRESET, RUN_DIR, {...})`` (:func:`load`, seeding and the
-run directory in one call). A preset bundles one small dataclass per roadmap phase;
-each phase's ``ci`` / ``demo`` / ``full`` values sit right under its class so a phase's knobs live in one place.
+run directory in one call). A preset bundles one small dataclass per roadmap phase; each phase's ``ci`` / ``demo`` /
+``long`` / ``full`` values sit right under its class so a phase's knobs live in one place.
 
 - ``ci``   — the whole course in minutes on 2 CPU cores with tiny models (what the tests run).
-- ``demo`` — the default: meaningful results on a laptop CPU, whole course in about 8 minutes on 2 cores (measured 2026-12-02).
-- ``long`` — one CPU machine for hours: a real week-1 corpus (thousands of clean examples) and a student trained on it.
+- ``demo`` — the default: meaningful results on a laptop CPU, whole course in 8–11 minutes on 2 cores (measured
+  2026-12-02 and 2026-12-03).
+- ``long`` — one CPU machine for hours: a real week-1 corpus (thousands of clean examples) and a student trained on it
+  (00–12 in 142 minutes on 2 cores, measured 2026-12-03).
 - ``full`` — the roadmap's real sizes, for a GPU.
 
 Override any field with a dotted key: ``config.load("demo", {"teacher.epochs": 2})`` (``None`` values are ignored,
