@@ -112,3 +112,12 @@ def test_continued_training_runs_every_mechanism_through_the_real_trainer(tmp_pa
     # continue from that checkpoint by one more layer
     res2 = continued.train(cfg, tmp_path, "grow", depths=[3], steps=1, init_dir=res["dir"])
     assert AutoModelForCausalLM.from_pretrained(str(res2["dir"])).config.n_layer == 3
+
+
+def test_a_trained_model_continues_at_a_share_of_the_peak_rate_and_a_fresh_one_at_the_peak(tmp_path):
+    cfg = config.load("ci", {"eval.continue_lr_frac": 0.1, "train.log_every": 1})
+    fresh = continued.train(cfg, tmp_path, "fresh", depths=[1], steps=8)
+    peak = lambda res: max(r["lr"] for r in res["history"] if "lr" in r and "event" not in r)  # noqa: E731
+    assert peak(fresh) == pytest.approx(cfg.train.lr)  # from scratch: the preset's peak rate
+    more = continued.train(cfg, tmp_path, "more", depths=[1], steps=8, init_dir=fresh["dir"])
+    assert peak(more) == pytest.approx(0.1 * cfg.train.lr)  # continuing: 0.1 x, never the full rate
