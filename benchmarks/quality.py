@@ -5,8 +5,8 @@ slices under the machine-wide lock):
 
 1. ``data``: a preset's student (``--preset``, demo by default: its TrainCfg's growth schedule, width and tokens)
    trained on the first n conversations of the TRAIN split (a fixed shuffle; ``--synthetic`` adds a clean.jsonl),
-   for n in ``--sizes`` (all = the whole split), one tokenizer fitted on the whole train split. Scored on the VAL split: answer perplexity and bits/byte
-   (``metrics.lm_score``). A power law ppl = A · n^(−b) is fitted to these points.
+   for n in ``--sizes`` (all = the whole split), one tokenizer fitted on the whole train split. Scored on the VAL
+   split: answer perplexity and bits/byte (``metrics.lm_score``). A power law ppl = A · n^(−b) is fitted to these points.
 2. ``sampling``: the all-data student's answers on the VAL split under a small grid of temperature × top-p ×
    repetition penalty, scored with ``metrics.evaluate`` (identity normalised, diversity, copy rate; coherence is
    reported, not used: the probes are not split). Choice: the highest normalised identity among settings with

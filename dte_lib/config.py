@@ -250,7 +250,8 @@ TRAIN = {
     # (width 64 beat 128 and 256 at every depth; growth stops at 2 layers) — growth 1 -> 2, 250K tokens per stage
     "demo": TrainCfg(d_model=64, n_head=2, depths="1,2", tokens_per_stage=250_000, final_tokens=250_000),
     # long: the scaling study rerun on the long corpus (benchmarks/RESULTS-scaling.md, "On the long corpus": 1.28M
-    # tokens; at 2e13 FLOPs 128 x 2 beat 128 x 1 and 256 x 2) -- growth 1 -> 2 at width 128, ~3e13 FLOPs in all
+    # tokens): at 2e13 FLOPs width 128 leads (1 layer 3.162, 2 layers 3.186; 256 x 2: 3.399) and depth 2 closes on
+    # depth 1 as the budget grows -- growth 1 -> 2 (the shallowest that still grows) at width 128, 2.7e13 FLOPs
     "long": TrainCfg(d_model=128, n_head=4, depths="1,2", tokens_per_stage=1_500_000, final_tokens=4_000_000),
     # full: GPT-2 small's shape (50,257-token vocabulary fitted to the corpus, context 1024, width 768, 12 heads),
     # grown 1 -> 12 layers; 64 blocks (65,536 tokens) per optimizer step, split into micro-batches by the planner for
