@@ -48,7 +48,7 @@ def append(path: Path, row: dict) -> None:
     print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
 
 
-def train_subset(cfg, work: Path, n: int | None, tok) -> Path:
+def train_subset(cfg, work: Path, n: int | None, tok, epochs: float = 0.0) -> Path:
     ex = packing.training_examples(cfg, work)
     train = list(ex["train"])
     random.Random(0).shuffle(train)
@@ -58,6 +58,12 @@ def train_subset(cfg, work: Path, n: int | None, tok) -> Path:
     val_ds = packing.tokenize(ex["val"], tok, False, cache)
     out = work / f"n{len(sub)}"
     tc = dataclasses.replace(cfg.train, wandb="off")
+    if epochs:  # the preset's schedule scaled to `epochs` passes over this subset (stage proportions kept)
+        n_tok = sum(len(x) for x in train_ds["input_ids"])
+        total = len(config.as_list(tc.depths)) * tc.tokens_per_stage + tc.final_tokens
+        f = epochs * n_tok / total
+        tc = dataclasses.replace(tc, tokens_per_stage=round(tc.tokens_per_stage * f),
+                                 final_tokens=round(tc.final_tokens * f))
     progressive.ProgressiveTrainer(tc, tok, train_ds, val_ds, out, seed=cfg.seed, progress=False,
                                    tensorboard=False, on_mismatch="restart").run()
     return out / "checkpoints" / "final"
@@ -136,6 +142,8 @@ def main(argv=None) -> int:
     ap.add_argument("--synthetic", default="", help="a clean.jsonl (e.g. the `long` run's corpus/clean.jsonl) added "
                     "to the training split; use its own --out and --work")
     ap.add_argument("--preset", default="demo", help="whose student (TrainCfg) and sampling the curve uses")
+    ap.add_argument("--epochs", type=float, default=0.0, help="train each data-scaling point for this many passes "
+                    "over its subset (the preset's schedule scaled; 0 = the preset's fixed token budget for every n)")
     ap.add_argument("--data-only", action="store_true", help="the data-scaling curve (val) only: no sampling sweep "
                     "and no ladder (for `long`, the ladder row is notebook 11's one read of test)")
     ap.add_argument("--report", action="store_true")
@@ -171,7 +179,7 @@ def main(argv=None) -> int:
         if not time_left():
             return 0
         t1 = time.time()
-        final = train_subset(cfg, work, n or None, tok)
+        final = train_subset(cfg, work, n or None, tok, args.epochs)
         train_s = time.time() - t1
         model, mtok = load(final)
         lm = metrics.lm_score(model, mtok, val_ex)
@@ -179,7 +187,7 @@ def main(argv=None) -> int:
         row = {"part": "data", "n": n_eff, "train_tokens": hist[-1]["tokens"], "flops": hist[-1]["flops"],
                "answer_perplexity": lm.perplexity, "answer_bits_per_byte": lm.bits_per_byte, "train_s": train_s,
                "depths": cfg.train.depths, "d_model": cfg.train.d_model, "split": "val", "synthetic_in_corpus": n_syn,
-               "preset": cfg.name}
+               "preset": cfg.name, "epochs": args.epochs or None}
         rows.append(row)
         append(out, row)
     if args.data_only:
