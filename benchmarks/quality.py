@@ -146,6 +146,8 @@ def main(argv=None) -> int:
                     "over its subset (the preset's schedule scaled; 0 = the preset's fixed token budget for every n)")
     ap.add_argument("--data-only", action="store_true", help="the data-scaling curve (val) only: no sampling sweep "
                     "and no ladder (for `long`, the ladder row is notebook 11's one read of test)")
+    ap.add_argument("--no-ladder", action="store_true", help="stop after the sampling sweep (the TEST split is "
+                    "left for the course's own final report)")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -207,6 +209,9 @@ def main(argv=None) -> int:
     best = choose([x for x in rows if x["part"] == "sampling"])
     t, p, r = best["temperature"], best["top_p"], best["repetition_penalty"]
     print(f"sampling chosen on val: temperature {t}, top-p {p}, repetition penalty {r}")
+    if args.no_ladder:
+        print("done")
+        return 0
     if not any(x["part"] == "ladder" for x in rows):
         if not time_left():
             return 0
