@@ -8,7 +8,7 @@ run directory in one call). A preset bundles one small dataclass per roadmap pha
 - ``demo`` — the default: meaningful results on a laptop CPU, whole course in 8–11 minutes on 2 cores (measured
   2026-12-02 and 2026-12-03).
 - ``long`` — one CPU machine for hours: a real week-1 corpus (thousands of clean examples) and a student trained on it
-  (00–12 in 142 minutes on 2 cores, measured 2026-12-03).
+  (00–12 in 140 minutes on 2 cores, measured 2026-12-03).
 - ``full`` — the roadmap's real sizes, for a GPU.
 
 Override any field with a dotted key: ``config.load("demo", {"teacher.epochs": 2})`` (``None`` values are ignored,
