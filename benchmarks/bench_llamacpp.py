@@ -123,7 +123,8 @@ def main() -> int:
                  "(see this script's docstring)")
     version = check.stdout.strip()
     from dte_lib import teacher
-    gguf, concs = shipped_gguf(), [int(x) for x in args.concurrency.split(",")]
+    from dte_lib import config
+    gguf, concs = shipped_gguf(), config.as_list(args.concurrency)
     ps = prompts(max(concs))
     load_start, t_start = os.getloadavg()[0], time.time()
     res: dict = {"llama_cpp_python": version, "gguf": gguf.name}

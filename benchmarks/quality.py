@@ -60,10 +60,9 @@ def train_subset(cfg, work: Path, n: int | None, tok, epochs: float = 0.0) -> Pa
     tc = dataclasses.replace(cfg.train, wandb="off")
     if epochs:  # the preset's schedule scaled to `epochs` passes over this subset (stage proportions kept)
         n_tok = sum(len(x) for x in train_ds["input_ids"])
-        total = len(config.as_list(tc.depths)) * tc.tokens_per_stage + tc.final_tokens
-        f = epochs * n_tok / total
+        f = epochs * n_tok / sum(st.tokens for st in progressive.build_schedule(tc))
         tc = dataclasses.replace(tc, tokens_per_stage=round(tc.tokens_per_stage * f),
-                                 final_tokens=round(tc.final_tokens * f))
+                                 joint_tokens=round(tc.joint_tokens * f), final_tokens=round(tc.final_tokens * f))
     progressive.ProgressiveTrainer(tc, tok, train_ds, val_ds, out, seed=cfg.seed, progress=False,
                                    tensorboard=False, on_mismatch="restart").run()
     return out / "checkpoints" / "final"

@@ -47,11 +47,10 @@ def latest_checkpoint(cfg: Any, run_dir: Path, phases: Sequence[str]) -> Path:
 
 
 def stages_for(cfg: Any, depths: Sequence[int], steps: int, prefix: str, start_depth: int,
-               lr: float | None = None) -> list[progressive.Stage]:
+               lr: float) -> list[progressive.Stage]:
     """One stage per depth (growing from ``start_depth``), ``steps`` optimizer steps each, policy from the preset,
-    peak learning rate ``lr`` (default the preset's ``train.lr``)."""
+    peak learning rate ``lr``."""
     tokens = steps * cfg.train.batch_size * cfg.train.block_size
-    lr = cfg.train.lr if lr is None else lr
     out, prev = [], start_depth
     for d in depths:
         kind = "grow" if d > prev else "final"
