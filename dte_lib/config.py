@@ -45,6 +45,12 @@ def outputs_dir() -> Path:
     return Path(os.environ.get("DTE_OUTPUTS") or REPO_ROOT / "outputs")
 
 
+def cache_dir() -> Path:
+    """``$DTE_CACHE`` or ``~/.cache/dte``: what is kept across runs on this machine (the dequantized teacher, the
+    CPU's measured bf16 check)."""
+    return Path(os.environ.get("DTE_CACHE") or Path.home() / ".cache" / "dte").expanduser()
+
+
 def run_dir_for(preset: str, run_dir: str | os.PathLike | None = None) -> Path:
     """The run directory: explicit argument, else ``$DTE_RUN_DIR`` (relative = from the repo root), else
     ``outputs/runs/<preset>``.
@@ -127,12 +133,14 @@ class TeacherCfg:
     answer_tokens: int = 96  # max tokens per side-by-side answer
     gen_prompt_tokens: int = 200  # cost estimate: prompt tokens per generation request (notebook 02's corpus)
     gen_output_tokens: int = 300  # cost estimate: output tokens per generated example
+    precision: str = "auto"  # the local teacher's fine-tune (autocast) and serving (weights): auto = bf16 where the
+    # CPU computes it natively and a measured check finds it faster (dte_lib.device), fp32 elsewhere; fp32 | bf16
 
 
 TEACHER = {
     # ci: a few capped steps so the tests stay quick; the early-stopping path still runs (2 validations)
     "ci": TeacherCfg(max_steps=6, batch_size=4, max_length=128, eval_every=3, val_limit=8, n_eval_prompts=2,
-                     answer_tokens=24),
+                     answer_tokens=24, precision="fp32"),
     # demo: one epoch over all 193 train conversations (25 steps) on the last 4 blocks, cut at 192 tokens
     "demo": TeacherCfg(max_length=192, eval_every=12, n_eval_prompts=3, answer_tokens=64),
     # long: up to 3 epochs on all 30 blocks at the corpus' full length, every validation conversation; two

@@ -50,8 +50,9 @@ FALLBACK_END = "<|endoftext|>"
 
 
 def cache_dir() -> Path:
-    """``$DTE_CACHE`` or ``~/.cache/dte``: where derived models (the dequantized teacher) are kept across runs."""
-    return Path(os.environ.get("DTE_CACHE") or Path.home() / ".cache" / "dte").expanduser()
+    """Where derived models (the dequantized teacher) are kept across runs: ``config.cache_dir()``."""
+    from .config import cache_dir as _cache_dir
+    return _cache_dir()
 
 
 @contextlib.contextmanager
@@ -194,6 +195,18 @@ class LoraSettings:
     layers: int = 0  # LoRA on the last N transformer blocks only (0 = every block); fewer = faster backward pass
     targets: str = ""  # comma-separated module names to adapt ("" = every attention and MLP projection)
     patience: int = 0  # stop after this many validations without a better loss (0 = run every epoch)
+    precision: str = "auto"  # autocast of forward and backward (auto: bf16 where dte_lib.device finds it native and
+    #                          faster); the adapters and the optimizer stay fp32
+
+
+def local_knobs(t, threads: int | None = None) -> dict[str, Any]:
+    """The fine-tune knobs of a ``TeacherCfg`` that our local server takes in a job's ``dte_training`` (OpenAI's API
+    has no such field: they travel in ``extra_body`` to the local backend only)."""
+    return {"max_steps": t.max_steps, "batch_size": t.batch_size, "micro_batch": t.micro_batch,
+            "max_length": t.max_length, "lora_rank": t.lora_rank, "lora_alpha": t.lora_alpha,
+            "lora_layers": t.lora_layers, "lora_targets": t.lora_targets, "learning_rate": t.learning_rate,
+            "eval_every": t.eval_every, "patience": t.patience, "val_limit": t.val_limit, "threads": threads,
+            "precision": t.precision}
 
 
 def _batches(rows: list[dict[str, list[int]]], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -223,12 +236,13 @@ def _collate(rows: list[dict[str, list[int]]], pad_id: int):
     return ids, labels, mask
 
 
-def eval_loss(model, rows: list[dict[str, list[int]]], pad_id: int, batch_size: int = 8) -> float:
+def eval_loss(model, rows: list[dict[str, list[int]]], pad_id: int, batch_size: int = 8,
+              precision: str = "fp32") -> float:
     """Mean cross-entropy per assistant token over ``rows`` (no gradient; ``model.nll_over`` does the scoring)."""
     from .model import nll_over
     order = sorted(range(len(rows)), key=lambda j: len(rows[j]["input_ids"]))
     total, count = nll_over(model, (_collate([rows[j] for j in order[k:k + batch_size]], pad_id)
-                                    for k in range(0, len(order), batch_size)))
+                                    for k in range(0, len(order), batch_size)), precision)
     return total / max(count, 1)
 
 
@@ -273,9 +287,10 @@ def finetune(base_dir: str | os.PathLike, train: Sequence[Sequence[dict]], val: 
     s = settings or LoraSettings()
     torch.manual_seed(s.seed)
     rng = random.Random(s.seed)
-    from .device import resolve
+    from .device import autocast, resolve
     model, tok = load(base_dir, threads=s.threads)
-    model.to(resolve(device))
+    dev = resolve(device)
+    model.to(dev)
     rows = [encode_for_training(tok, m, s.max_length) for m in train]
     rows = [r for r in rows if any(l != -100 for l in r["labels"])]
     val_rows = [encode_for_training(tok, m, s.max_length) for m in list(val)[:s.val_limit or None]]
@@ -294,7 +309,7 @@ def finetune(base_dir: str | os.PathLike, train: Sequence[Sequence[dict]], val: 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1.0 - k / max(total_steps, 1))  # linear decay
     t0 = time.perf_counter()
     emit = on_event or (lambda e: None)
-    val_base = eval_loss(model, val_rows, tok.pad_token_id) if val_rows else None
+    val_base = eval_loss(model, val_rows, tok.pad_token_id, precision=s.precision) if val_rows else None
     history = [{"step": 0, "total_steps": total_steps, "epoch": 0, "train_loss": None, "val_loss": val_base,
                 "best_val_loss": val_base, "tokens": 0, "elapsed_s": round(time.perf_counter() - t0, 2)}]
     emit(history[0])
@@ -315,8 +330,9 @@ def finetune(base_dir: str | os.PathLike, train: Sequence[Sequence[dict]], val: 
             micro = s.micro_batch or len(batch)
             for k in range(0, len(batch), micro):
                 ids, labels, mask = _collate([rows[j] for j in batch[k:k + micro]], tok.pad_token_id)
-                loss_sum, _ = sum_nll(model, ids, labels, mask)
-                (loss_sum / max(n, 1)).backward()
+                with autocast(dev, s.precision):
+                    loss_sum, _ = sum_nll(model, ids, labels, mask)
+                (loss_sum.float() / max(n, 1)).backward()
                 loss_value += float(loss_sum.detach()) / max(n, 1)
                 n_tokens += int(mask.sum())
             torch.nn.utils.clip_grad_norm_(adapter.values(), 1.0)
@@ -329,7 +345,7 @@ def finetune(base_dir: str | os.PathLike, train: Sequence[Sequence[dict]], val: 
             # a periodic validation just before an epoch's end would repeat the one at its end: skip it
             periodic = bool(s.eval_every) and step % s.eval_every == 0 and remaining >= s.eval_every // 2
             do_eval = bool(val_rows) and (last or periodic)
-            val_loss = eval_loss(model, val_rows, tok.pad_token_id) if do_eval else None
+            val_loss = eval_loss(model, val_rows, tok.pad_token_id, precision=s.precision) if do_eval else None
             if val_loss is not None:
                 if best["val_loss"] is None or val_loss < best["val_loss"]:
                     best = {"val_loss": val_loss, "step": step,

@@ -94,7 +94,10 @@ def test_resolve_on_this_machine_and_errors():
 
 
 def test_autocast_dtype_and_scaler_per_device(monkeypatch):
-    assert D.autocast_dtype("cpu", "auto") is None and D.grad_scaler("cpu", "auto") is None
+    for faster, want in ((False, None), (True, torch.bfloat16)):  # CPU: auto follows the measured check
+        monkeypatch.setattr(D, "cpu_bf16_check", lambda refresh=False, f=faster: {"native": True, "faster": f})
+        assert D.autocast_dtype("cpu", "auto") is want and D.grad_scaler("cpu", "auto") is None
+    assert D.autocast_dtype("cpu", "fp32") is None
     assert D.autocast_dtype("cpu", "bf16") is torch.bfloat16
     assert D.fused_adamw("cpu") == {}
     fake_gpu(monkeypatch, bf16=True)
@@ -104,6 +107,30 @@ def test_autocast_dtype_and_scaler_per_device(monkeypatch):
     assert D.autocast_dtype("cuda", "auto") is torch.float16
     assert isinstance(D.grad_scaler("cuda", "auto"), torch.amp.GradScaler)
     assert D.autocast_dtype("cuda", "fp32") is None
+
+
+def test_cpu_bf16_check_measures_once_and_follows_the_hardware(monkeypatch, tmp_path):
+    """The check times fp32 against bf16 only where the CPU has native bf16, caches the answer per machine (a
+    second call does not time again) and measures again when asked; a CPU without it is fp32 untimed."""
+    monkeypatch.setenv("DTE_CACHE", str(tmp_path))
+    calls = []
+    real = D._time_bf16_vs_fp32
+    monkeypatch.setattr(D, "_time_bf16_vs_fp32", lambda: calls.append(1) or real(pairs=3))
+    monkeypatch.setattr(D, "cpu_bf16_native", lambda: True)
+    first = D.cpu_bf16_check()
+    assert first["native"] and first["speedup"] > 0 and first["faster"] == (first["speedup"] >= D.BF16_MIN_SPEEDUP)
+    assert (tmp_path / "cpu_bf16.json").exists()
+    assert D.cpu_bf16_check() == first and len(calls) == 1  # cached
+    D.cpu_bf16_check(refresh=True)
+    assert len(calls) == 2
+    monkeypatch.setattr(D, "cpu_bf16_native", lambda: False)
+    plain = D.cpu_bf16_check(refresh=True)
+    assert plain["native"] is False and plain["faster"] is False and plain["speedup"] is None and len(calls) == 2
+    assert D.autocast_dtype("cpu", "auto") is None
+    assert "no native bf16" in D.precision_note("cpu", "auto")
+    with torch.no_grad():  # a validation loss may be the first to ask: the check still measures gradients
+        monkeypatch.setattr(D, "cpu_bf16_native", lambda: True)
+        assert D.cpu_bf16_check(refresh=True)["speedup"] > 0
 
 
 def test_distributed_picks_nccl_on_gpus_and_gloo_on_cpu(monkeypatch):
@@ -314,7 +341,7 @@ def test_teacher_finetune_and_multitask_move_batches_to_the_model(tmp_path, monk
     d = make_tiny_lm(tmp_path / "lm")
     seen: list = []
 
-    def eval_spy(model, rows, pad_id, batch_size=8):
+    def eval_spy(model, rows, pad_id, batch_size=8, precision="fp32"):
         seen.append(next(model.parameters()).device)
         raise Reached
     monkeypatch.setattr(teacher, "eval_loss", eval_spy)

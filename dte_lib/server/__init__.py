@@ -75,7 +75,7 @@ def launch(models: dict[str, str | os.PathLike], *, host: str = "127.0.0.1", por
            api_key: str | None = None, faults: str | None = None, data_dir: str | os.PathLike | None = None,
            timeout: float = 120, threads: int | None = None, max_body_mb: float | None = None,
            train_defaults: dict | None = None, max_batch: int | None = None, prefix_cache: bool = True,
-           device: str | None = None) -> ServerHandle:
+           device: str | None = None, precision: str | None = None) -> ServerHandle:
     """Start ``python -m dte_lib.server`` as a subprocess and wait until ``/v1/models`` answers.
 
     ``models`` maps served names to local HF causal-LM directories (loaded lazily on first request). ``port=0``
@@ -86,7 +86,8 @@ def launch(models: dict[str, str | os.PathLike], *, host: str = "127.0.0.1", por
     learning_rate, eval_every, val_limit, lora_layers, lora_targets, patience).
     ``max_batch`` caps the rows (choices) decoding together in the continuous batch (default
     ``engine.DEFAULT_MAX_BATCH``); ``prefix_cache=False`` recomputes every prompt in full; ``device`` is
-    ``auto | cpu | cuda | mps`` (default auto).
+    ``auto | cpu | cuda | mps`` (default auto); ``precision`` is the weights' dtype, ``auto | fp32 | bf16 | fp16``
+    (default auto: bf16 where ``dte_lib.device`` finds it native and faster).
     """
     import httpx
     port = port or free_port(host if host not in ("0.0.0.0", "::") else "127.0.0.1")
@@ -109,6 +110,8 @@ def launch(models: dict[str, str | os.PathLike], *, host: str = "127.0.0.1", por
         cmd += ["--no-prefix-cache"]
     if device:
         cmd += ["--device", device]
+    if precision:
+        cmd += ["--precision", precision]
     if train_defaults:
         import json
         cmd += ["--train-defaults", json.dumps(train_defaults)]

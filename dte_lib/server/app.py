@@ -41,6 +41,8 @@ MAX_TOKENS_CAP = 4096
 DEFAULT_MAX_TOKENS = 256
 SEED_MIN, SEED_MAX = -2**63, 2**64 - 1  # what a 64-bit generator seed can hold (int64 or uint64)
 MESSAGE_ROLES = {"system", "developer", "user", "assistant", "tool"}
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit
+MAX_JSON_DEPTH = 64  # a chat request nests 5 levels; far deeper is an attack on the parser, refused before parsing
 
 
 # ---------------------------------------------------------------------------------------------- faults
@@ -187,6 +189,10 @@ def parse_chat(body: Any, registry: Registry) -> dict[str, Any]:
         if not isinstance(content, str):
             raise APIError(400, f"messages[{i}]: content must be a string or text parts",
                            param=f"messages.[{i}].content")
+        if _has_lone_surrogate(content):
+            raise APIError(400, f"messages[{i}]: content holds a lone UTF-16 surrogate (an escape such as \\ud800 "
+                                "without its pair), which is not text; send valid UTF-8",
+                           param=f"messages.[{i}].content", code="invalid_value")
         clean.append({"role": "system" if m["role"] == "developer" else m["role"], "content": content})
     stop = body.get("stop")
     stop = [stop] if isinstance(stop, str) else stop
@@ -200,6 +206,13 @@ def parse_chat(body: Any, registry: Registry) -> dict[str, Any]:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not SEED_MIN <= seed <= SEED_MAX):
         raise APIError(400, f"'seed' must be an integer from {SEED_MIN} to {SEED_MAX}", param="seed",
                        code="invalid_value")
+    want_lp = body.get("logprobs")
+    if want_lp is not None and not isinstance(want_lp, bool):
+        raise APIError(400, f"'logprobs' must be a boolean, got {want_lp!r}", param="logprobs", code="invalid_type")
+    top = _num(body, "top_logprobs", 0, 0, MAX_TOP_LOGPROBS, integer=True)
+    if body.get("top_logprobs") is not None and not want_lp:
+        raise APIError(400, "'top_logprobs' needs 'logprobs' set to true", param="top_logprobs",
+                       code="invalid_value")
     stream_options = body.get("stream_options")
     if stream_options is None:
         stream_options = {}
@@ -208,24 +221,95 @@ def parse_chat(body: Any, registry: Registry) -> dict[str, Any]:
                        param="stream_options")
     return {"model": model, "messages": clean, "n": _num(body, "n", 1, 1, MAX_N, integer=True),
             "temperature": _num(body, "temperature", 1.0, 0, 2), "top_p": _num(body, "top_p", 1.0, 0, 1),
-            "max_tokens": max_tokens, "stop": stop or [], "seed": seed, "stream": bool(body.get("stream")),
-            "include_usage": bool(stream_options.get("include_usage"))}
+            "max_tokens": max_tokens, "max_tokens_given": mt is not None, "stop": stop or [], "seed": seed,
+            "stream": bool(body.get("stream")), "include_usage": bool(stream_options.get("include_usage")),
+            "top_logprobs": top if want_lp else -1}
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    """A code point in U+D800–U+DFFF: JSON can carry one as an escape, but it is no character and encodes to no UTF-8."""
+    try:
+        text.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
+
+
+def _json_depth_ok(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether the brackets of a JSON text nest at most ``limit`` deep (outside strings), checked before parsing: the
+    parser recurses once per level, so 100,000 levels would exhaust it."""
+    depth, in_str, esc = 0, False, False
+    for b in raw:
+        if in_str:
+            if esc:
+                esc = False
+            elif b == 0x5C:  # backslash
+                esc = True
+            elif b == 0x22:
+                in_str = False
+        elif b == 0x22:
+            in_str = True
+        elif b in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                return False
+        elif b in (0x5D, 0x7D):
+            depth -= 1
+    return True
+
+
+def prepare_prompt(registry: Registry, a: dict[str, Any]) -> list[int]:
+    """Load the model, encode the prompt and refuse — before any compute — what the model's context cannot hold:
+    prompt + ``max_tokens`` beyond it is OpenAI's 400 ``context_length_exceeded``. Without an explicit ``max_tokens``
+    the answer is cut to what fits. Returns the prompt's token ids (``a["max_tokens"]`` may be lowered)."""
+    try:
+        lm = registry.get(a["model"])
+    except ModelNotFound:
+        raise APIError(404, f"The model `{a['model']}` does not exist", param="model", code="model_not_found")
+    prompt = registry.encode_prompt(lm, a["messages"])
+    ctx = registry.context_length(lm)
+    wanted = len(prompt) + (a["max_tokens"] if a["max_tokens_given"] else 1)
+    if ctx and wanted > ctx:
+        raise APIError(400, f"This model's maximum context length is {ctx:,} tokens. However, you requested "
+                            f"{wanted:,} tokens ({len(prompt):,} in the messages, {wanted - len(prompt):,} in the "
+                            "completion). Please reduce the length of the messages or completion.",
+                       param="messages", code="context_length_exceeded")
+    if ctx:
+        a["max_tokens"] = min(a["max_tokens"], ctx - len(prompt))
+    return prompt
+
+
+def _logprobs_body(registry: Registry, model: str, entries: list | None) -> dict[str, Any] | None:
+    """OpenAI's ``logprobs`` object from the engine's (token id, logprob, alternatives) entries. Each entry also
+    carries ``token_id`` (not in OpenAI's API): the local teacher's vocabulary id, what a distillation cache keeps."""
+    if entries is None:
+        return None
+    piece = registry.token_piece
+    content = []
+    for tid, lp, alts in entries:
+        text, raw = piece(model, tid)
+        content.append({"token": text, "logprob": lp, "bytes": raw, "token_id": tid,
+                        "top_logprobs": [{"token": (p := piece(model, i))[0], "logprob": v, "bytes": p[1],
+                                          "token_id": i} for i, v in alts]})
+    return {"content": content, "refusal": None}
 
 
 def complete(registry: Registry, body: Any) -> dict[str, Any]:
     """A whole (non-streamed) chat completion in OpenAI's response shape; shared by the route and batches."""
     a = parse_chat(body, registry)
+    prompt = prepare_prompt(registry, a)
     try:
         choices, prompt_tokens = registry.chat(a["model"], a["messages"], n=a["n"], temperature=a["temperature"],
                                                top_p=a["top_p"], max_tokens=a["max_tokens"], stop=a["stop"],
-                                               seed=a["seed"])
+                                               seed=a["seed"], top_logprobs=a["top_logprobs"], prompt=prompt)
     except ModelNotFound:
         raise APIError(404, f"The model `{a['model']}` does not exist", param="model", code="model_not_found")
     completion = sum(c.completion_tokens for c in choices)
     return {"id": new_id("chatcmpl-"), "object": "chat.completion", "created": now(), "model": a["model"],
             "system_fingerprint": "dte-local",
             "choices": [{"index": i, "message": {"role": "assistant", "content": c.text, "refusal": None},
-                         "logprobs": None, "finish_reason": c.finish_reason} for i, c in enumerate(choices)],
+                         "logprobs": _logprobs_body(registry, a["model"], c.logprobs),
+                         "finish_reason": c.finish_reason} for i, c in enumerate(choices)],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
                       "total_tokens": prompt_tokens + completion}}
 
@@ -234,7 +318,7 @@ def _sse(obj: Any) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-def stream_chunks(registry: Registry, a: dict[str, Any]):
+def stream_chunks(registry: Registry, a: dict[str, Any], prompt: list[int] | None = None):
     """SSE lines for a streamed completion: a role chunk per choice, content deltas, a finish chunk per choice,
     usage, [DONE]. With ``n > 1`` the choices decode together (rows of the shared batch), each under its ``index``."""
     cid, created = new_id("chatcmpl-"), now()
@@ -244,15 +328,19 @@ def stream_chunks(registry: Registry, a: dict[str, Any]):
     for i in range(a["n"]):
         yield _sse({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                          "logprobs": None, "finish_reason": None}]})
-    for i, delta, finish, prompt_tokens, used in registry.stream(
+    for i, delta, finish, prompt_tokens, used, lp in registry.stream(
             a["model"], a["messages"], n=a["n"], temperature=a["temperature"], top_p=a["top_p"],
-            max_tokens=a["max_tokens"], stop=a["stop"], seed=a["seed"]):
+            max_tokens=a["max_tokens"], stop=a["stop"], seed=a["seed"], top_logprobs=a["top_logprobs"],
+            prompt=prompt):
+        lp_body = _logprobs_body(registry, a["model"], lp) if a["top_logprobs"] >= 0 else None
         if delta:
-            yield _sse({**base, "choices": [{"index": i, "delta": {"content": delta}, "logprobs": None,
+            yield _sse({**base, "choices": [{"index": i, "delta": {"content": delta}, "logprobs": lp_body,
                                              "finish_reason": None}]})
+            lp_body = None if lp_body is None else {"content": [], "refusal": None}
         if finish:
             completion_total += used
-            yield _sse({**base, "choices": [{"index": i, "delta": {}, "logprobs": None, "finish_reason": finish}]})
+            yield _sse({**base, "choices": [{"index": i, "delta": {}, "logprobs": lp_body,
+                                             "finish_reason": finish}]})
     if a["include_usage"]:
         yield _sse({**base, "choices": [], "usage": {"prompt_tokens": prompt_tokens,
                                                      "completion_tokens": completion_total,
@@ -286,10 +374,11 @@ class ClosingStream(StreamingResponse):
 def create_app(models: dict[str, str | Path], *, api_key: str | None = None, faults: str | None = None,
                data_dir: str | Path = "dte-server", max_body_bytes: int = 64 << 20, threads: int | None = None,
                train_defaults: dict[str, Any] | None = None, max_batch: int = DEFAULT_MAX_BATCH,
-               prefix_cache: bool = True, device: str = "auto"):
+               prefix_cache: bool = True, device: str = "auto", precision: str = "auto"):
     """Build the ASGI app serving ``models`` (name → local HF directory); state lives under ``data_dir``."""
     data_dir = Path(data_dir)
-    registry = Registry(models, threads=threads, max_batch=max_batch, prefix_cache=prefix_cache, device=device)
+    registry = Registry(models, threads=threads, max_batch=max_batch, prefix_cache=prefix_cache, device=device,
+                        precision=precision)
     files = Files(data_dir)
     jobs = Jobs(data_dir, files, registry, train_defaults)
     batches = Batches(files, lambda body: complete(registry, body))
@@ -332,8 +421,12 @@ def create_app(models: dict[str, str | Path], *, api_key: str | None = None, fau
         return await call_next(request)
 
     async def _json(request: Request) -> Any:
+        raw = await request.body()
+        if not _json_depth_ok(raw):
+            raise APIError(400, f"The JSON body nests deeper than {MAX_JSON_DEPTH} levels; a request never needs that",
+                           code="invalid_json")
         try:
-            return json.loads(await request.body() or b"null")
+            return json.loads(raw or b"null")
         except UnicodeDecodeError:
             raise APIError(400, "We could not parse the JSON body of your request (it is not UTF-8 text)",
                            code="invalid_json") from None
@@ -368,8 +461,9 @@ def create_app(models: dict[str, str | Path], *, api_key: str | None = None, fau
         body = await _json(request)
         a = parse_chat(body, registry)
         if a["stream"]:
-            await run_in_threadpool(registry.get, a["model"])  # load errors surface before the stream starts
-            return ClosingStream(stream_chunks(registry, a))
+            # load errors and a prompt the context cannot hold surface before the stream starts
+            prompt = await run_in_threadpool(prepare_prompt, registry, a)
+            return ClosingStream(stream_chunks(registry, a, prompt))
         return await run_in_threadpool(complete, registry, body)
 
     # -------------------------------------------------------------------------- files

@@ -11,6 +11,9 @@ touch the model themselves. Every choice of every request (whole completions and
   a client that went away) leaves the batch at once and frees its slot for a waiting row;
 - at most ``max_batch`` rows decode together (default 32, chosen by a sweep of 16–128 in
   benchmarks/RESULTS-server.md);
+- **chunked prefill**: a prompt with more than ``PREFILL_CHUNK`` tokens left to prefill is computed a chunk per
+  engine step, each chunk extending the prompt's own KV cache, with a decode step of the running batch in between;
+  the rows already decoding wait one chunk at a time, never one whole long prompt;
 - **prefix caching**: the KV cache of the longest token prefix shared by consecutive prompts (the persona system
   prompt and the chat template around it) is kept per model (a few entries, least recently used dropped) and a
   later prompt that starts with it prefills only the rest;
@@ -18,7 +21,12 @@ touch the model themselves. Every choice of every request (whole completions and
   widened to the full sort for any row whose top 256 do not reach ``top_p``, so the nucleus is exactly the
   smallest set whose mass reaches ``top_p``), and one uniform number per row from that row's own generator;
 - stop strings are checked incrementally: each step decodes only the last few tokens (a sliding detokeniser) and
-  searches only the new text's tail.
+  searches only the new text's tail;
+- **logprobs**: a row that asks for them gets, for every token it generates, the token's log-probability and the
+  ``top_logprobs`` most likely alternatives (0–20) — read off the distribution the step computed anyway, so they
+  cost a log-softmax and a top-k per row, not another forward pass. They are the model's own distribution
+  (temperature 1, before top-p), which is what distilling a student needs; an end token is not reported (its text
+  is not either), the tokens of a stop string are.
 
 What a chat completion does here, in OpenAI's terms:
 
@@ -50,6 +58,8 @@ DEFAULT_MAX_BATCH = 32  # the --max-batch sweep in benchmarks/RESULTS-server.md 
 TOP_K_PRECUT = 256  # top-p looks at a row's 256 most likely tokens first; the full sort only when they fall short
 PREFIX_MIN_TOKENS = 8  # a shared prefix shorter than this is not worth a cache entry
 PREFIX_ENTRIES = 8  # cached prefixes per model (least recently used dropped)
+PREFILL_CHUNK = 256  # a prompt longer than this (past its cached prefix) is prefilled this many tokens per engine
+#                      step, between the running batch's decode steps, so a long prompt stalls the others ~0.3 s at most
 
 
 class ModelNotFound(KeyError):
@@ -61,6 +71,7 @@ class Choice:
     text: str
     finish_reason: str
     completion_tokens: int
+    logprobs: list | None = None  # (token id, logprob, [(id, logprob), ...]) per token, when asked for
 
 
 # ---------------------------------------------------------------------------------------------- rows
@@ -74,7 +85,7 @@ class _Row:
     max_tokens: int
     stops: list[str]
     seed: int
-    events: "queue.Queue[tuple]"  # (index, text delta, finish_reason or None, completion tokens so far)
+    events: "queue.Queue[tuple]"  # (index, text delta, finish_reason or None, completion tokens so far, logprobs)
     out: list[int] = field(default_factory=list)
     text: str = ""  # decoded output so far (stop text removed once found)
     sent: int = 0  # characters of `text` already handed out as deltas
@@ -83,6 +94,8 @@ class _Row:
     done: bool = False
     cancelled: bool = False
     gen: Any = None
+    top_logprobs: int = -1  # -1: no logprobs; 0–20: each token's logprob and this many alternatives
+    lp: list = field(default_factory=list)  # (token id, logprob, [(id, logprob), ...]) not yet handed out
 
 
 def _growing_layer_class():
@@ -160,6 +173,7 @@ class Engine:
         self.queue: deque[_Row] = deque()  # rows waiting to join the batch
         self.cond = threading.Condition()
         self.rows: list[_Row] = []  # the running batch, in cache order
+        self.partial: list[list] = []  # long prompts being prefilled a chunk at a time: [row, tokens done, kv]
         self.cache = None
         self.mask = None  # [rows, cached length] 1 = a real token
         self.next_pos = None  # [rows] position id of each row's next token
@@ -168,6 +182,7 @@ class Engine:
         self.last_prompt: list[int] | None = None
         self.batch_rows: deque[int] = deque(maxlen=4096)  # rows of each decode step (tests, stats)
         self.prefix_hits = 0
+        self.prefill_chunks = 0  # chunks of long prompts computed between decode steps (tests, stats)
         self.stopped = False
         self._torch = torch
         self.thread = threading.Thread(target=self._loop, name="dte-engine", daemon=True)
@@ -196,18 +211,18 @@ class Engine:
     def _serve(self) -> None:
         while True:
             with self.cond:
-                while not self.queue and not self.rows and not self.stopped:
+                while not self.queue and not self.rows and not self.partial and not self.stopped:
                     self.cond.wait()
                 if self.stopped:  # nobody waits forever: rows still queued or decoding get an error
                     gone = RuntimeError("the model was unloaded while this request was running")
-                    for r in list(self.queue) + self.rows:
+                    for r in list(self.queue) + self.rows + [p[0] for p in self.partial]:
                         if not r.done:
                             r.done = True
-                            r.events.put((r.index, "", gone, len(r.out)))
+                            r.events.put((r.index, "", gone, len(r.out), []))
                     self.queue.clear()
-                    self.rows = []
+                    self.rows, self.partial = [], []
                     return
-                if not self.rows and self.batch_wait_s and len(self.queue) < self.max_batch:
+                if not self.rows and not self.partial and self.batch_wait_s and len(self.queue) < self.max_batch:
                     # idle, and a burst may be arriving: give its other requests a moment to join the first prefill
                     deadline = time.monotonic() + self.batch_wait_s
                     while len(self.queue) < self.max_batch and (left := deadline - time.monotonic()) > 0:
@@ -216,22 +231,24 @@ class Engine:
             with self.lock:
                 try:
                     with self.cond:
-                        while self.queue and len(self.rows) + len(new) < self.max_batch:
+                        while self.queue and len(self.rows) + len(new) + len(self.partial) < self.max_batch:
                             r = self.queue.popleft()
                             if not r.cancelled:
                                 new.append(r)
                     if new:
                         self._admit(new)
+                    if self.partial:
+                        self._prefill_chunk()
                     self._drop_finished()
                     if self.rows:
                         self._step()
                         self._drop_finished()
                 except BaseException as e:  # every row in flight gets the error; the engine keeps serving
-                    for r in self.rows + new:
+                    for r in self.rows + new + [p[0] for p in self.partial]:
                         if not r.done:
                             r.done = True
-                            r.events.put((r.index, "", e, len(r.out)))
-                    self.rows, self.cache, self.mask = [], None, None
+                            r.events.put((r.index, "", e, len(r.out), []))
+                    self.rows, self.cache, self.mask, self.partial = [], None, None, []
 
     # ------------------------------------------------------------------ prefill
     def _lookup(self, prompt: list[int], count: bool = True) -> tuple[int, list | None]:
@@ -254,10 +271,38 @@ class Engine:
         groups: dict[int, tuple[list | None, list[_Row]]] = {}
         for r in new:
             n, kv = self._lookup(r.prompt) if self.prefix_cache else (0, None)
+            if len(r.prompt) - n > PREFILL_CHUNK:  # long: a chunk per engine step (see _prefill_chunk)
+                self.partial.append([r, n, kv])
+                continue
             groups.setdefault(n, (kv, []))[1].append(r)
         for n, (kv, rows) in groups.items():
             for bucket in _length_buckets(rows, n):
                 self._prefill(n, kv, bucket)
+
+    def _prefill_chunk(self) -> None:
+        """One chunk of the oldest long prompt: extend its KV cache by ``PREFILL_CHUNK`` tokens; when what is left
+        fits in one chunk, prefill it like any short prompt (sampling its first token) and join the batch."""
+        torch = self._torch
+        r, n, kv = self.partial[0]
+        if r.cancelled or r.done:
+            self.partial.pop(0)
+            return
+        left = len(r.prompt) - n
+        if left <= PREFILL_CHUNK:
+            self.partial.pop(0)
+            self._prefill(n, kv, [r])
+            return
+        end = n + PREFILL_CHUNK
+        layers = [_GrowingLayer(k, v) for k, v in kv] if kv is not None else \
+            [_GrowingLayer() for _ in range(self._n_layers())]
+        cache = _new_cache(layers)
+        ids = torch.tensor([r.prompt[n:end]], device=self.device)
+        pos = torch.arange(n, end, device=self.device)[None]
+        mask = torch.ones((1, end), dtype=torch.long, device=self.device)
+        self.model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
+                   logits_to_keep=1)
+        self.partial[0] = [r, end, [(layer.keys, layer.values) for layer in cache.layers]]
+        self.prefill_chunks += 1
 
     def _prefill(self, n: int, kv: list | None, rows: list[_Row]) -> None:
         """One forward pass over the prompts of ``rows`` after their first ``n`` tokens (cached as ``kv``)."""
@@ -281,6 +326,7 @@ class Engine:
         if self.prefix_cache:
             self._remember(rows, cache, mask)
         first = self._sample(out.logits[:, -1], rows)
+        self._logprobs(out.logits[:, -1], rows, first)
         self._merge(rows, cache, mask, first)
         self._advance(rows, first)
 
@@ -386,6 +432,7 @@ class Engine:
                          cache=self.cache, use_cache=True)
         self.next_pos = self.next_pos + 1
         nxt = self._sample(out.logits[:, -1], self.rows)
+        self._logprobs(out.logits[:, -1], self.rows, nxt)
         self.last = nxt
         self._advance(self.rows, nxt)
 
@@ -428,6 +475,25 @@ class Engine:
         choice[sampled] = tok
         return choice
 
+    def _logprobs(self, logits, rows: list[_Row], tokens) -> None:
+        """For the rows that asked: the sampled token's log-probability and the top alternatives, at temperature 1."""
+        want = [k for k, r in enumerate(rows) if r.top_logprobs >= 0 and not r.done]
+        if not want:
+            return
+        torch = self._torch
+        idx = torch.tensor(want, device=logits.device)
+        logp = torch.log_softmax(logits.index_select(0, idx).float(), dim=-1)
+        picked = tokens.index_select(0, idx)
+        chosen = logp.gather(1, picked[:, None]).squeeze(1).tolist()
+        k_max = max(rows[k].top_logprobs for k in want)
+        top_v, top_i = torch.topk(logp, k_max, dim=-1) if k_max else (None, None)
+        top_v = top_v.tolist() if k_max else None
+        top_i = top_i.tolist() if k_max else None
+        for j, k in enumerate(want):
+            n = rows[k].top_logprobs
+            alts = list(zip(top_i[j][:n], top_v[j][:n])) if n else []
+            rows[k].lp.append((int(picked[j]), chosen[j], alts))
+
     def _advance(self, rows: list[_Row], tokens) -> None:
         """Append each row's new token, detokenise incrementally, check ends and stop strings, send deltas."""
         for r, t in zip(rows, tokens.tolist()):
@@ -435,6 +501,8 @@ class Engine:
                 continue
             r.out.append(t)
             if t in self.eos_ids:
+                if r.lp:
+                    r.lp.pop()  # the end token is not reported, as its text is not
                 self._finish(r, "stop", flush=True, drop_last=True)
                 continue
             prev = self.tok.decode(r.out[r.prefix_at:r.read_at], skip_special_tokens=True)
@@ -475,12 +543,12 @@ class Engine:
                     return
         r.done = True
         self._send(r, hold=False)
-        r.events.put((r.index, "", reason, len(r.out)))
+        r.events.put((r.index, "", reason, len(r.out), _take(r)))
 
     def _send(self, r: _Row, hold: bool) -> None:
         safe = len(r.text) - (_partial_stop_len(r.text, r.stops) if hold else 0)
         if safe > r.sent:
-            r.events.put((r.index, r.text[r.sent:safe], None, len(r.out)))
+            r.events.put((r.index, r.text[r.sent:safe], None, len(r.out), _take(r)))
             r.sent = safe
 
 
@@ -492,6 +560,7 @@ class Loaded:
     stops: list[str]
     eos_ids: list[int]
     engine: Engine
+    pieces: dict = field(default_factory=dict)  # token id -> (text, bytes), for logprobs
 
     # what tests and stats look at
     @property
@@ -512,8 +581,8 @@ class Registry:
 
     def __init__(self, models: dict[str, str | Path] | None = None, threads: int | None = None,
                  max_batch: int = DEFAULT_MAX_BATCH, batch_wait_ms: float = 20.0, prefix_cache: bool = True,
-                 device: str = "auto"):
-        from ..device import resolve
+                 device: str = "auto", precision: str = "auto"):
+        from ..device import autocast_dtype, resolve
         self.paths: dict[str, Path] = {k: Path(v) for k, v in (models or {}).items()}
         self.created: dict[str, int] = {k: int(time.time()) for k in self.paths}
         self.owned_by: dict[str, str] = {k: "local" for k in self.paths}
@@ -526,6 +595,9 @@ class Registry:
         self.batch_wait_s = max(0.0, batch_wait_ms) / 1000 if self.max_batch > 1 else 0.0
         self.prefix_cache = prefix_cache
         self.device = resolve(device)
+        # weights (and so the KV cache) in bf16 where the precision setting resolves to it: half the bytes read per
+        # decode step and the CPU's native bf16 matmuls (prefill 2.2x on SmolLM2-135M); sampling stays fp32
+        self.dtype = autocast_dtype(self.device, precision)
 
     def add(self, name: str, path: str | Path, owned_by: str = "local") -> None:
         with self._lock:
@@ -551,6 +623,8 @@ class Registry:
             if name not in self._loaded:
                 model, tok = teacher.load(path, threads=self.threads)
                 model.to(self.device)
+                if self.dtype is not None:
+                    model.to(self.dtype)
                 eos = model.generation_config.eos_token_id if model.generation_config else None
                 eos_ids = [e for e in ([eos] if isinstance(eos, int) else list(eos or [])) if e is not None]
                 if tok.eos_token_id is not None and tok.eos_token_id not in eos_ids:
@@ -566,13 +640,30 @@ class Registry:
             return self._loaded[name]
 
     # ------------------------------------------------------------------------------------------ generation
+    @staticmethod
+    def context_length(lm: Loaded) -> int:
+        """The model's context in tokens (0 = unknown)."""
+        c = lm.model.config
+        return int(getattr(c, "max_position_embeddings", 0) or getattr(c, "n_positions", 0) or 0)
+
+    def token_piece(self, name: str, token_id: int) -> tuple[str, list[int]]:
+        """(text, UTF-8 bytes) of one vocabulary entry, as OpenAI's logprobs report a token: byte-level BPE tokens
+        are mapped back to their exact bytes (a piece of a multi-byte character has bytes but no whole text)."""
+        lm = self.get(name)
+        hit = lm.pieces.get(token_id)
+        if hit is None:
+            raw = _token_bytes(lm.tokenizer, token_id)
+            hit = lm.pieces[token_id] = (raw.decode("utf-8", errors="replace"), list(raw))
+        return hit
+
     def encode_prompt(self, lm: Loaded, messages: Sequence[dict[str, Any]]) -> list[int]:
         text = teacher.render_chat(lm.tokenizer, messages, add_generation_prompt=True)
         return lm.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def _rows(self, lm: Loaded, messages, n, temperature, top_p, max_tokens, stop, seed) -> tuple[list[_Row], int]:
+    def _rows(self, lm: Loaded, messages, n, temperature, top_p, max_tokens, stop, seed, top_logprobs=-1,
+              prompt: list[int] | None = None) -> tuple[list[_Row], int]:
         import torch
-        prompt = self.encode_prompt(lm, messages)
+        prompt = prompt if prompt is not None else self.encode_prompt(lm, messages)
         events: queue.Queue = queue.Queue()
         rows = []
         for i in range(n):
@@ -580,48 +671,64 @@ class Registry:
                      [s for s in list(stop) + lm.stops if s], seed_for(seed, i), events)
             r.gen = torch.Generator()
             r.gen.manual_seed(r.seed)
+            r.top_logprobs = int(top_logprobs)
             rows.append(r)
         return rows, len(prompt)
 
     def chat(self, name: str, messages: Sequence[dict[str, Any]], *, n: int = 1, temperature: float = 1.0,
-             top_p: float = 1.0, max_tokens: int = 128, stop: Sequence[str] = (), seed: int | None = None
-             ) -> tuple[list[Choice], int]:
-        """Generate ``n`` choices; returns (choices, prompt_tokens). The rows join the model's running batch."""
+             top_p: float = 1.0, max_tokens: int = 128, stop: Sequence[str] = (), seed: int | None = None,
+             top_logprobs: int = -1, prompt: list[int] | None = None) -> tuple[list[Choice], int]:
+        """Generate ``n`` choices; returns (choices, prompt_tokens). The rows join the model's running batch.
+        ``top_logprobs`` >= 0 asks for logprobs (and that many alternatives); ``prompt`` is the already encoded
+        prompt (the route encodes it to check the context length first)."""
         lm = self.get(name)
-        rows, prompt_tokens = self._rows(lm, messages, n, temperature, top_p, max_tokens, stop, seed)
+        rows, prompt_tokens = self._rows(lm, messages, n, temperature, top_p, max_tokens, stop, seed, top_logprobs,
+                                         prompt)
         lm.engine.submit(rows)
         finished: dict[int, tuple[str, int]] = {}
+        lps: dict[int, list] = {i: [] for i in range(n)}
         while len(finished) < n:
-            i, _, finish, used = rows[0].events.get()
+            i, _, finish, used, lp = rows[0].events.get()
             if isinstance(finish, BaseException):
                 raise finish
+            lps[i] += lp
             if finish:
                 finished[i] = (finish, used)
-        return [Choice(r.text, *finished[r.index]) for r in rows], prompt_tokens
+        return [Choice(r.text, *finished[r.index], lps[r.index] if top_logprobs >= 0 else None) for r in rows], \
+            prompt_tokens
 
     def stream(self, name: str, messages: Sequence[dict[str, Any]], *, n: int = 1, temperature: float = 1.0,
-               top_p: float = 1.0, max_tokens: int = 128, stop: Sequence[str] = (), seed: int | None = None
-               ) -> Iterator[tuple[int, str, str | None, int, int]]:
-        """Yield (choice index, text delta, finish_reason or None, prompt_tokens, completion tokens so far).
+               top_p: float = 1.0, max_tokens: int = 128, stop: Sequence[str] = (), seed: int | None = None,
+               top_logprobs: int = -1, prompt: list[int] | None = None
+               ) -> Iterator[tuple[int, str, str | None, int, int, list]]:
+        """Yield (choice index, text delta, finish_reason or None, prompt_tokens, completion tokens so far, logprob
+        entries of the tokens behind this delta).
 
         The ``n`` rows decode in the shared batch like any other; text that could still become a stop string is
         held back, so a stop string is never half-sent. Closing the generator (a client that went away) takes the
         rows out of the batch at the next step.
         """
         lm = self.get(name)
-        rows, prompt_tokens = self._rows(lm, messages, n, temperature, top_p, max_tokens, stop, seed)
+        rows, prompt_tokens = self._rows(lm, messages, n, temperature, top_p, max_tokens, stop, seed, top_logprobs,
+                                         prompt)
         lm.engine.submit(rows)
         left = n
         try:
             while left:
-                i, delta, finish, used = rows[0].events.get()
+                i, delta, finish, used, lp = rows[0].events.get()
                 if isinstance(finish, BaseException):
                     raise finish
                 left -= bool(finish)
-                yield i, delta, finish, prompt_tokens, used
+                yield i, delta, finish, prompt_tokens, used, lp
         finally:
             for r in rows:
                 r.cancelled = True
+
+
+def _take(r: _Row) -> list:
+    """The row's logprob entries not yet handed out (they travel with the next text delta or the finish)."""
+    out, r.lp = r.lp, []
+    return out
 
 
 def _length_buckets(rows: list[_Row], n: int) -> list[list[_Row]]:
@@ -636,6 +743,23 @@ def _length_buckets(rows: list[_Row], n: int) -> list[list[_Row]]:
         else:
             buckets.append([r])
     return buckets
+
+
+_BYTE_OF: dict[str, int] | None = None
+
+
+def _token_bytes(tok, token_id: int) -> bytes:
+    """The bytes a token stands for. Byte-level BPE vocabularies (GPT-2's, SmolLM2's) spell each byte as one
+    printable character (transformers' ``bytes_to_unicode`` table); anything else falls back to the decoded text."""
+    global _BYTE_OF
+    if _BYTE_OF is None:
+        from transformers.convert_slow_tokenizer import bytes_to_unicode
+        _BYTE_OF = {ch: b for b, ch in bytes_to_unicode().items()}
+    piece = tok.convert_ids_to_tokens(int(token_id))
+    if isinstance(piece, str) and piece and all(ch in _BYTE_OF for ch in piece) and \
+            token_id not in set(tok.all_special_ids):
+        return bytes(_BYTE_OF[ch] for ch in piece)
+    return tok.decode([int(token_id)], skip_special_tokens=False).encode("utf-8", errors="replace")
 
 
 def seed_for(seed: int | None, i: int) -> int:

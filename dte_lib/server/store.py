@@ -293,7 +293,7 @@ class Jobs:
             val_limit=int(extra.get("val_limit", 16)), seed=int(job["seed"]),
             threads=extra.get("threads") or self.registry.threads or 2,
             layers=int(extra.get("lora_layers", 0)), targets=str(extra.get("lora_targets", "")),
-            patience=int(extra.get("patience", 0)))
+            patience=int(extra.get("patience", 0)), precision=str(extra.get("precision", "auto")))
         with self._lock:
             self.jobs[jid]["hyperparameters"] = {"n_epochs": int(n_epochs), "batch_size": int(batch),
                                                  "learning_rate_multiplier": float(lr_mult)}
