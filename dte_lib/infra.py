@@ -38,6 +38,10 @@ def detect_device() -> dict[str, Any]:
     """The device torch will use, with what matters for training speed (bf16 support, threads, memory)."""
     import torch
     info = envinfo.device_info()
+    if info["device"] == "mps":
+        from .device import cpu_fallback
+        cpu_fallback("mps", "notebook 05's measurements (matmul rate, training step, peak memory)",
+                     "they time the course trainer on CPU tensors, and peak memory is this process's resident set")
     info["memory_gib"] = envinfo._memory_gib()
     info["cpu_count"] = os.cpu_count()
     if info["device"] == "cuda":

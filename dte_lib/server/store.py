@@ -322,7 +322,8 @@ class Jobs:
             return self.root / "models" / f"{jid}-epoch{epoch}"
 
         result = teacher.finetune(self.registry.path(job["model"]), train, val, out, settings, on_event=on_event,
-                                  should_stop=lambda: jid in self._cancel, checkpoint_dir=ckpt_dir)
+                                  should_stop=lambda: jid in self._cancel, checkpoint_dir=ckpt_dir,
+                                  device=self.registry.device)  # where the server runs its models
         if result["stopped"]:
             self._status(jid, "cancelled", finished_at=now())  # no-op when cancel() already marked it
             return
