@@ -35,7 +35,8 @@ from . import envinfo, planner
 
 
 def detect_device() -> dict[str, Any]:
-    """The device torch will use, with what matters for training speed (bf16 support, threads, memory)."""
+    """The device torch will use, with what matters for training speed (bf16 support, threads, memory). The CPU's
+    AVX-512 / bf16 flags come from ``/proc/cpuinfo`` on Linux; elsewhere they read as absent."""
     import torch
     info = envinfo.device_info()
     if info["device"] == "mps":
