@@ -89,7 +89,7 @@ def test_only_envinfo_touches_os_specific_apis():
                 continue
             for n in set(names) & {"fcntl", "resource"}:
                 offenders.setdefault((rel, node.lineno), f"{rel}:{node.lineno} imports {n} (use dte_lib.envinfo)")
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and "/proc/" in node.value:
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("/proc"):
                 offenders[rel, node.lineno] = f"{rel}:{node.lineno} reads {node.value!r} (use dte_lib.envinfo)"
             if isinstance(node, ast.Attribute) and node.attr in ("sysconf", "getrusage", "flock"):
                 offenders[rel, node.lineno] = f"{rel}:{node.lineno} calls {node.attr} (use dte_lib.envinfo / filelock)"
