@@ -1,6 +1,7 @@
 # The course's two commands: `make course` (run every notebook headless) and `make test` (the test suite).
 # Both create .venv and install everything on first use. torch is pinned in the same pip command as the rest so
-# pip takes the CPU build on a CPU machine instead of a multi-GB CUDA one.
+# pip takes the CPU build on a CPU machine instead of a multi-GB CUDA one. POSIX shell commands and GNU Make 3.81
+# features only, so macOS's own make runs it; native Windows: the README's Platforms section.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin

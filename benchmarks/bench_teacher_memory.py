@@ -4,7 +4,7 @@ The `long` fine-tune (SmolLM2-135M, LoRA on all 30 blocks, batch 8, cut at 512 t
 in its first run — most of a 24 GB machine. Activations grow with the conversations in one forward pass, so
 ``micro_batch`` (gradient accumulation, the same update) should cut the peak. Each setting runs in a fresh process
 (``teacher.finetune`` itself, one optimizer step over the 8 longest seed TRAIN conversations, no validation) and
-reports that process's peak resident memory (``ru_maxrss``) and wall time.
+reports that process's peak resident memory (``dte_lib.envinfo.peak_rss_bytes``) and wall time.
 
 Run it alone (it is a benchmark): ``python benchmarks/bench_teacher_memory.py --micro 8 4 2``.
 """
@@ -19,9 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 CHILD = r"""
-import json, resource, sys, tempfile, time
+import json, sys, tempfile, time
 sys.path.insert(0, {root!r})
-from dte_lib import config, data, teacher
+from dte_lib import config, data, envinfo, teacher
 micro, max_length, threads = {micro}, {max_length}, {threads}
 cfg = config.load("long")
 seed = data.load_corpus(cfg.path(cfg.data.corpus), strict=True).examples
@@ -33,7 +33,8 @@ t0 = time.perf_counter()
 with tempfile.TemporaryDirectory() as out:
     res = teacher.finetune(teacher.base_model_dir(), [ex.messages for ex in longest], [], out + "/m", s)
 step_s = res["history"][-1]["elapsed_s"]
-print(json.dumps({{"micro_batch": micro or 8, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+# peak_rss_gb is kilobytes / 1e6 (Linux's ru_maxrss / 1e6), the unit the recorded results use
+print(json.dumps({{"micro_batch": micro or 8, "peak_rss_gb": envinfo.peak_rss_bytes() / 1024 / 1e6,
                   "step_s": step_s, "tokens": res["history"][-1]["tokens"], "total_s": time.perf_counter() - t0}}))
 """
 

@@ -16,6 +16,11 @@ What else a module needs to run on an accelerator lives here too, so every modul
 :func:`model_device` (where a model's weights are: inference helpers put their inputs there),
 :func:`grad_scaler` (a ``GradScaler`` exactly when the autocast dtype is fp16) and :func:`fused_adamw` (the fused
 AdamW kernel on CUDA). On the CPU each of them is a no-op, so CPU runs are bit-identical to what they were.
+
+On Apple's GPU (``mps``) ``precision="auto"`` trains in fp32 (bf16 or fp16 autocast only when asked for), and
+:func:`configure` says so in one line. A phase that cannot use the device it was given calls :func:`cpu_fallback`,
+which says in one line that it runs on the CPU and why (notebook 05's measurements, the distributed trainer on
+MPS, the sentence embedder). No Apple hardware has run this code yet: the MPS paths are read, not verified.
 """
 from __future__ import annotations
 
@@ -200,14 +205,27 @@ def autocast(device: str | torch.device, precision: str = "auto") -> contextlib.
 
 def configure(device: str | torch.device) -> torch.device:
     """Resolve ``device`` and set what runs faster there: on CUDA, TF32 tensor cores for fp32 matmuls and
-    convolutions (10-bit mantissa inputs, fp32 accumulate — what large-model trainers use). Nothing on CPU/MPS."""
+    convolutions (10-bit mantissa inputs, fp32 accumulate — what large-model trainers use). Nothing on the CPU; on
+    MPS one line stating the precision."""
     dev = resolve(device)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         if dev.index is not None:
             torch.cuda.set_device(dev)
+    elif dev.type == "mps":
+        print("training on the Apple GPU (mps): precision auto is fp32 there (no autocast; "
+              "train.precision bf16 or fp16 asks for autocast)")
     return dev
+
+
+def cpu_fallback(device: str | torch.device, what: str, why: str) -> torch.device:
+    """The CPU, for a phase that does not run on ``device``'s accelerator; when that is not the CPU, one line says
+    so and why."""
+    dev = resolve(device)
+    if dev.type != "cpu":
+        print(f"{what}: on the CPU, not {dev.type} — {why}")
+    return torch.device("cpu")
 
 
 def model_device(model: Any) -> torch.device:

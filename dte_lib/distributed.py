@@ -79,8 +79,12 @@ def placement(device: Any, local_rank: int, backend: str | None = None) -> tuple
     """(backend, torch device) for one rank: ``nccl`` and ``cuda:LOCAL_RANK`` when the setting resolves to CUDA,
     else ``gloo`` and the CPU; ``backend`` or ``$DTE_DIST_BACKEND`` override the backend."""
     import torch
-    from .device import resolve
-    on_gpu = resolve(device).type == "cuda"
+    from .device import cpu_fallback, resolve
+    dev = resolve(device)
+    on_gpu = dev.type == "cuda"
+    if dev.type == "mps" and local_rank == 0:
+        cpu_fallback(dev, "the distributed trainer", "torch.distributed has no Apple GPU backend (gloo works on CPU "
+                     "tensors); the one-process trainer uses mps")
     backend = backend or os.environ.get("DTE_DIST_BACKEND") or ("nccl" if on_gpu else "gloo")
     return backend, torch.device("cuda", local_rank) if on_gpu or backend == "nccl" else torch.device("cpu")
 

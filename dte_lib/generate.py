@@ -461,11 +461,13 @@ def build_batch_file(requests: Iterable[Request], path: str | os.PathLike, engin
 
 
 def run_batch(requests: Sequence[Request], out_dir: str | os.PathLike, *, base_url: str | None = None,
-              api_key: str | None = None, engine: EngineConfig, poll_s: float = 30.0, max_wait_s: float = 86_400,
-              client: Any = None) -> Summary:
+              api_key: str | None = None, engine: EngineConfig, poll_s: float = 5.0, max_poll_s: float = 60.0,
+              max_wait_s: float = 86_400, client: Any = None) -> Summary:
     """Generate through the Batch API: submit once (the batch id is saved before anything else), poll, merge.
 
-    Re-running after a crash polls the saved batch; rows already in raw.jsonl are never added twice.
+    Status polls start ``poll_s`` apart and the gap doubles up to ``max_poll_s`` (a batch allowed 24 h costs ~1,450
+    status calls, not one a second), never sleeping past ``max_wait_s``. Re-running after a crash or a timeout polls
+    the saved batch; rows already in raw.jsonl are never added twice.
     """
     import openai
     out_dir = Path(out_dir)
@@ -488,15 +490,17 @@ def run_batch(requests: Sequence[Request], out_dir: str | os.PathLike, *, base_u
         atomic_write_text(state_path, json.dumps(state, indent=2))
     new_ok, failures = 0, []
     if state.get("batch_id") and not state.get("merged"):
-        deadline = time.time() + max_wait_s
+        deadline, gap = time.monotonic() + max_wait_s, poll_s
         while True:
             batch = client.batches.retrieve(state["batch_id"])
             if batch.status in ("completed", "failed", "expired", "cancelled"):
                 break
-            if time.time() > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise GenerationError(f"batch {batch.id} still {batch.status} after {max_wait_s:.0f} s; "
                                       f"re-run to keep polling it")
-            time.sleep(poll_s)
+            time.sleep(min(gap, left))
+            gap = min(2 * gap, max_poll_s)
         if batch.status != "completed" or not batch.output_file_id:
             raise GenerationError(f"batch {batch.id} ended {batch.status}; see it in the dashboard")
         text = client.files.content(batch.output_file_id).text

@@ -13,8 +13,9 @@ Definitions:
 - **MFU** — model FLOP utilisation (Chowdhery et al. 2022): ``tokens/s × training FLOPs per token / peak FLOP/s``,
   with FLOPs per token from :func:`dte_lib.planner.flops_per_token` (recomputation, padding, data loading all count
   against it; that is the point).
-- **peak memory (CPU)** — the training process's peak resident set (``ru_maxrss``) minus its resident set after the
-  model, optimizer and batch were built: gradients, AdamW states, activations and allocator slack. On CUDA,
+- **peak memory (CPU)** — the training process's peak resident set (:func:`dte_lib.envinfo.peak_rss_bytes`:
+  ``ru_maxrss`` on Linux and macOS, the peak working set on Windows) minus its resident set after the model,
+  optimizer and batch were built: gradients, AdamW states, activations and allocator slack. On CUDA,
   ``torch.cuda.max_memory_allocated``.
 """
 from __future__ import annotations
@@ -23,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,37 +31,28 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
-from . import planner
+from . import envinfo, planner
 
 
 def detect_device() -> dict[str, Any]:
-    """The device torch will use, with what matters for training speed (bf16 support, threads, memory)."""
+    """The device torch will use, with what matters for training speed (bf16 support, threads, memory). The CPU's
+    AVX-512 / bf16 flags come from ``/proc/cpuinfo`` on Linux; elsewhere they read as absent."""
     import torch
-    from .envinfo import _memory_gib, device_info
-    info = device_info()
-    info["memory_gib"] = _memory_gib()
+    info = envinfo.device_info()
+    if info["device"] == "mps":
+        from .device import cpu_fallback
+        cpu_fallback("mps", "notebook 05's measurements (matmul rate, training step, peak memory)",
+                     "they time the course trainer on CPU tensors, and peak memory is this process's resident set")
+    info["memory_gib"] = envinfo._memory_gib()
     info["cpu_count"] = os.cpu_count()
     if info["device"] == "cuda":
         info["bf16"] = torch.cuda.is_bf16_supported()
     else:
-        flags = ""
-        try:
-            with open("/proc/cpuinfo") as fh:
-                flags = next((line for line in fh if line.startswith("flags")), "")
-        except OSError:
-            pass
-        info["avx512"] = " avx512f " in f" {flags} "
-        info["bf16"] = " avx512_bf16 " in f" {flags} " or " amx_bf16 " in f" {flags} "
-        info["cpu_model"] = _cpu_model() or platform.processor()
+        flags = envinfo.cpu_flags()  # empty off Linux: the flags are then reported as absent
+        info["avx512"] = "avx512f" in flags
+        info["bf16"] = "avx512_bf16" in flags or "amx_bf16" in flags
+        info["cpu_model"] = envinfo.cpu_model()
     return info
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            return next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "")
-    except OSError:
-        return ""
 
 
 def _sync(device: str) -> None:
@@ -108,11 +99,6 @@ class BenchCfg:
     def shape(self) -> planner.ModelShape:
         return planner.gpt2(self.n_layer, self.n_embd, self.vocab_size, self.context,
                             n_head=max(1, self.n_embd // 64))
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 class _VocabOnly:
@@ -174,7 +160,7 @@ def measure_training(bc: BenchCfg, device: str | None = None) -> dict[str, Any]:
     model = GPT2LMHeadModel(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randint(0, m.vocab_size, (bc.batch, bc.context), device=device)
-    rss0 = _rss_bytes() if device == "cpu" else 0
+    rss0 = envinfo.rss_bytes() if device == "cpu" else 0
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -196,7 +182,7 @@ def measure_training(bc: BenchCfg, device: str | None = None) -> dict[str, Any]:
     if device == "cuda":
         out["peak_extra_bytes"] = torch.cuda.max_memory_allocated() - base
     else:
-        out["peak_extra_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss0
+        out["peak_extra_bytes"] = envinfo.peak_rss_bytes() - rss0
     out["saved_activation_bytes"] = saved
     out["gradient_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
     out["adamw_state_bytes"] = sum(t.numel() * t.element_size() for st in opt.state.values()
@@ -220,7 +206,7 @@ def _measure_course_trainer(bc: BenchCfg) -> dict[str, Any]:
         del tiny
         trainer = _course_trainer(bc, tmp + "/run")
         batches = [trainer.loader.next_batch() for _ in range(bc.warmup + bc.steps)]
-        rss0 = _rss_bytes()
+        rss0 = envinfo.rss_bytes()
         times, losses = [], []
         for i, batch in enumerate(batches):
             t0 = time.perf_counter()
@@ -228,7 +214,7 @@ def _measure_course_trainer(bc: BenchCfg) -> dict[str, Any]:
             if i >= bc.warmup:
                 times.append(time.perf_counter() - t0)
                 losses.append(out["loss"])
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss0
+        peak = envinfo.peak_rss_bytes() - rss0
         model, opt = trainer.model, trainer.opt
         saved = saved_activation_bytes(model, batches[0]["input_ids"], bc.bf16, "cpu")
     step = statistics.median(times)

@@ -165,12 +165,12 @@ def plan_batch(m: ModelShape, batch: int, context: int, device_bytes: float, act
 
 def device_memory_bytes(device: Any = None) -> float:
     """Total memory of a CUDA device (``torch.cuda.get_device_properties``), else of this machine's RAM."""
-    import os
     import torch
+    from .envinfo import total_memory_bytes
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if dev.type == "cuda":
         return float(torch.cuda.get_device_properties(dev).total_memory)
-    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    return float(total_memory_bytes())
 
 # ---------------------------------------------------------------------------------------------- corpus tokens
 

@@ -1,15 +1,14 @@
 """A run's shared record: ``metrics.json`` (key figures per notebook) and ``figures/*.png``.
 
 Each notebook ends with ``runlog.record(RUN_DIR, "03_week1_eval", {...})``; the course runner turns the file into
-``report.md`` and the tests assert on the values. Writes are atomic and locked, so two notebooks executed at once
-(nbval under xdist) never lose each other's figures.
+``report.md`` and the tests assert on the values. Writes are atomic and locked (``filelock``, on every OS), so two
+notebooks executed at once (nbval under xdist) never lose each other's figures.
 
 Run it: ``python -m dte_lib.runlog outputs/runs/demo`` prints a run's metrics.
 """
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
 import os
@@ -17,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
+
+from filelock import FileLock
 
 from .data import atomic_write_text
 
@@ -26,12 +27,8 @@ METRICS_FILE = "metrics.json"
 @contextlib.contextmanager
 def _locked(run_dir: Path) -> Iterator[None]:
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".metrics.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with FileLock(run_dir / ".metrics.lock"):  # flock on Linux and macOS, msvcrt on Windows
+        yield
 
 
 def _clean(value: Any) -> Any:

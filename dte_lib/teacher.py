@@ -28,7 +28,6 @@ Run it: ``python -m dte_lib.teacher`` builds (or finds) the cached base model an
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import math
 import os
 import random
@@ -57,13 +56,10 @@ def cache_dir() -> Path:
 
 @contextlib.contextmanager
 def _file_lock(path: Path):
+    from filelock import FileLock
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with FileLock(path):  # flock on Linux and macOS, msvcrt on Windows
+        yield
 
 
 def base_model_dir() -> Path:

@@ -2,7 +2,6 @@
 lock) and reused until a notebook, the library or the data changes."""
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -10,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from dte_lib import config
 
@@ -32,8 +32,7 @@ def ci_run() -> Path:
     run_dir = Path(os.environ.get("DTE_CI_RUN") or REPO / "outputs" / "runs" / "ci-test").resolve()
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     fp = _fingerprint()
-    with open(run_dir.parent / f".{run_dir.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with FileLock(run_dir.parent / f".{run_dir.name}.lock"):
         stamp = run_dir / "fingerprint.json"
         if stamp.exists():
             prev = json.loads(stamp.read_text())

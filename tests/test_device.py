@@ -407,3 +407,27 @@ def test_fp16_step_goes_through_the_grad_scaler(parts, tmp_path):
     losses = [tr.train_step(tr.loader.next_batch(), 3e-3)["loss"] for _ in range(6)]
     assert all(loss == loss for loss in losses) and tr.scaler.get_scale() > 0
     assert losses[-1] < max(losses)  # (the first batches of this tiny corpus score no assistant token: loss 0)
+
+
+def test_on_an_apple_gpu_each_phase_runs_there_or_says_why_not(monkeypatch, capsys):
+    """With ``device auto`` on a Mac with MPS (stood in for: torch is told MPS is available; nothing runs on it):
+    the trainer states its precision in one line, and each phase that stays on the CPU says so in one line."""
+    from dte_lib import distributed, infra
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert D.resolve("auto") == torch.device("mps")
+    assert D.autocast_dtype("mps") is None and D.grad_scaler("mps") is None  # precision auto on MPS: fp32
+    assert D.autocast_dtype("mps", "bf16") is torch.bfloat16  # asked for, it is autocast
+    capsys.readouterr()
+    assert D.configure("auto") == torch.device("mps")
+    line = capsys.readouterr().out
+    assert line.count("\n") == 1 and "mps" in line and "fp32" in line
+    assert distributed.placement("auto", 0) == ("gloo", torch.device("cpu"))
+    assert distributed.placement("auto", 1) == ("gloo", torch.device("cpu"))  # (said once, by local rank 0)
+    line = capsys.readouterr().out
+    assert line.count("\n") == 1 and "on the CPU, not mps" in line and "torch.distributed" in line
+    assert infra.detect_device()["device"] == "mps"
+    line = capsys.readouterr().out
+    assert line.count("\n") == 1 and line.startswith("notebook 05's measurements (matmul rate, training step, peak memory): on the CPU, not mps")
+    assert D.cpu_fallback("cpu", "anything", "no reason") == torch.device("cpu")
+    assert capsys.readouterr().out == ""  # on the CPU nothing is said

@@ -1,7 +1,10 @@
 """Reliability of the generation engine against a real loopback server (tests/fake_openai_server.py) through the
-real openai SDK: SIGKILL and resume, ~40% injected faults, malformed answers, the Batch API path."""
+real openai SDK: SIGKILL and resume, ~40% injected faults, malformed answers, the Batch API path; and the Batch
+API's status polling against the course's own server (dte_lib.server) with a slow batch."""
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import os
 import random
@@ -12,9 +15,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import httpx
+import openai
 import pytest
 
 from dte_lib import config, generate, prompts
+from dte_lib import server as local_server
+from tests._tiny_lm import make_tiny_lm
 
 sys.path.insert(0, str(Path(__file__).parent))
 import fake_openai_server  # noqa: E402
@@ -155,3 +162,53 @@ def test_batch_api_path_submits_once_and_merges(fresh, tmp_path):
     assert s2.new_ok == 0 and fresh.stats()["batches"] == 1  # nothing paid twice
     assert Counter(generate.corpus_ids(out)) == Counter(r.id for r in reqs)
     assert json.loads((out / "ledger.json").read_text())["batch"] is True
+
+
+def polls_for(seconds: float, first: float, cap: float) -> int:
+    """Status calls a poller backing off from ``first`` to ``cap`` (doubling) makes in ``seconds``, the last one
+    included: the bound a slow batch's poll count must stay within."""
+    t, gap, n = 0.0, first, 1
+    while t < seconds:
+        t, gap, n = t + gap, min(2 * gap, cap), n + 1
+    return n
+
+
+def test_batch_status_polls_back_off_within_max_wait_and_resume(tmp_path):
+    """Against the course's own server (dte_lib.server, a tiny GPT-2) with a batch kept in progress 3 s
+    (fault ``batch_ms``): the status calls the server counts stay within the back-off schedule, the first run
+    stops at its ``max_wait_s`` without sleeping past it, and a re-run polls the same batch to the end."""
+    tiny = make_tiny_lm(tmp_path / "tiny")
+    first, cap = 0.1, 0.8  # the shape of the defaults (5 s doubling to 60 s), scaled so the test takes seconds
+    with local_server.launch({"tiny": tiny}, data_dir=tmp_path / "srv", faults="batch_ms:3000", threads=1,
+                       timeout=90) as srv:
+        def retrievals():
+            return httpx.get(srv.base_url.replace("/v1", "/dte/stats"),
+                             headers={"Authorization": f"Bearer {srv.api_key}"}).json().get("batch_retrievals", 0)
+
+        # the plan's ids and seeds with short prompts: the tiny model has 256 positions
+        reqs = [dataclasses.replace(r, system="", hint="", prompt=f"Who are you? ({r.topic})") for r in plan(6)]
+        out, eng = tmp_path / "corpus", engine(model="tiny", max_tokens=4)
+        t0 = time.monotonic()
+        with pytest.raises(generate.GenerationError, match="re-run to keep polling it"):
+            generate.run_batch(reqs, out, base_url=srv.base_url, api_key=srv.api_key, engine=eng, poll_s=first,
+                               max_poll_s=cap, max_wait_s=1.0)
+        waited = time.monotonic() - t0
+        polls_1 = retrievals()
+        assert waited < 1.0 + 0.5  # the last sleep was cut to the deadline
+        assert 3 <= polls_1 <= polls_for(1.0, first, cap)
+        t0 = time.monotonic()
+        s = generate.run_batch(reqs, out, base_url=srv.base_url, api_key=srv.api_key, engine=eng, poll_s=first,
+                               max_poll_s=cap, max_wait_s=60)
+        took = time.monotonic() - t0
+        polls_2 = retrievals() - polls_1
+        assert s.new_ok == 6 and s.failed == 0
+        assert len(openai.OpenAI(base_url=srv.base_url, api_key=srv.api_key).batches.list().data) == 1  # resumed
+        assert polls_2 <= polls_for(took, first, cap)
+        # polling every `first` seconds would have made one call per `first`; the back-off makes under half of that
+        assert polls_1 + polls_2 < (waited + took) / first / 2, (polls_1, polls_2, waited, took)
+
+
+def test_batch_polls_default_to_seconds_not_every_second():
+    params = inspect.signature(generate.run_batch).parameters
+    assert params["poll_s"].default >= 2 and params["max_poll_s"].default <= 60
+    assert polls_for(86_400, params["poll_s"].default, params["max_poll_s"].default) < 1_500  # 24 h: not 86,400

@@ -12,6 +12,8 @@ PermissionDeniedError, 404 NotFoundError, 409 ConflictError, 413 APIStatusError,
 - ``403:P`` / ``403:xN`` — fail *fine-tuning job creation* with OpenAI's 403 ``training_not_available``.
 - ``latency_ms:N`` — wait N ms before answering every ``/v1`` request; ``retry_after_ms:N`` — the 429 header value
   (default 100); ``seed:N`` — the fault RNG's seed (default 0).
+- ``batch_ms:N`` — a batch stays ``in_progress`` for at least N ms (OpenAI's own queue for minutes to hours), so a
+  client's status polling can be tested; ``GET /dte/stats`` counts those polls as ``batch_retrievals``.
 ``GET`` requests never get error faults, so ``/v1/models`` stays a reliable readiness check. ``GET /dte/stats``
 (not an OpenAI route) counts requests and injected faults.
 
@@ -51,7 +53,7 @@ class Faults:
 
     def __init__(self, spec: str | None):
         self.rules: dict[int, tuple[str, float]] = {}  # code -> ("p", prob) or ("x", count)
-        self.latency_ms, self.retry_after_ms, seed = 0, 100, 0
+        self.latency_ms, self.retry_after_ms, self.batch_ms, seed = 0, 100, 0, 0
         for part in filter(None, (p.strip() for p in (spec or "").split(","))):
             key, _, value = part.partition(":")
             try:
@@ -59,6 +61,8 @@ class Faults:
                     self.latency_ms = int(value)
                 elif key == "retry_after_ms":
                     self.retry_after_ms = int(value)
+                elif key == "batch_ms":
+                    self.batch_ms = int(value)
                 elif key == "seed":
                     seed = int(value)
                 elif int(key) in (403, 429, 500, 502, 503):
@@ -67,7 +71,7 @@ class Faults:
                     raise ValueError
             except ValueError:
                 raise ValueError(f"bad fault spec entry {part!r}: use CODE:P, CODE:xN (CODE 403/429/500/502/503), "
-                                 "latency_ms:N, retry_after_ms:N or seed:N") from None
+                                 "latency_ms:N, retry_after_ms:N, batch_ms:N or seed:N") from None
         self.rng = random.Random(seed)
         self.fired: Counter[int] = Counter()
         self._lock = threading.Lock()
@@ -381,8 +385,8 @@ def create_app(models: dict[str, str | Path], *, api_key: str | None = None, fau
                         precision=precision)
     files = Files(data_dir)
     jobs = Jobs(data_dir, files, registry, train_defaults)
-    batches = Batches(files, lambda body: complete(registry, body))
     fault = Faults(faults)
+    batches = Batches(files, lambda body: complete(registry, body), min_seconds=fault.batch_ms / 1000)
     stats: Counter[str] = Counter()
     app = FastAPI(title="Deep Tree Echo local OpenAI-compatible server", docs_url=None, redoc_url=None)
     app.state.registry, app.state.jobs, app.state.batches, app.state.files = registry, jobs, batches, files
@@ -533,6 +537,7 @@ def create_app(models: dict[str, str | Path], *, api_key: str | None = None, fau
 
     @app.get("/v1/batches/{bid}")
     async def get_batch(bid: str):
+        stats["batch_retrievals"] += 1
         return batches.get(bid)
 
     @app.post("/v1/batches/{bid}/cancel")

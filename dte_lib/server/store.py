@@ -322,7 +322,8 @@ class Jobs:
             return self.root / "models" / f"{jid}-epoch{epoch}"
 
         result = teacher.finetune(self.registry.path(job["model"]), train, val, out, settings, on_event=on_event,
-                                  should_stop=lambda: jid in self._cancel, checkpoint_dir=ckpt_dir)
+                                  should_stop=lambda: jid in self._cancel, checkpoint_dir=ckpt_dir,
+                                  device=self.registry.device)  # where the server runs its models
         if result["stopped"]:
             self._status(jid, "cancelled", finished_at=now())  # no-op when cancel() already marked it
             return
@@ -360,10 +361,11 @@ class Jobs:
 
 
 class Batches:
-    """Batch jobs over ``/v1/chat/completions``, run by one worker thread through ``complete(body)``."""
+    """Batch jobs over ``/v1/chat/completions``, run by one worker thread through ``complete(body)``; each stays
+    ``in_progress`` for at least ``min_seconds`` (fault injection's ``batch_ms``: a slow provider, for tests)."""
 
-    def __init__(self, files: Files, complete: Callable[[dict[str, Any]], dict[str, Any]]):
-        self.files, self.complete = files, complete
+    def __init__(self, files: Files, complete: Callable[[dict[str, Any]], dict[str, Any]], min_seconds: float = 0.0):
+        self.files, self.complete, self.min_seconds = files, complete, min_seconds
         self.batches: dict[str, dict[str, Any]] = {}
         self._cancel: set[str] = set()
         self._q: queue.Queue[str] = queue.Queue()
@@ -452,6 +454,7 @@ class Batches:
             return
         self._set(bid, status="in_progress", in_progress_at=now(),
                   request_counts={"total": len(lines), "completed": 0, "failed": 0})
+        started = time.monotonic()
         results: list[tuple[str, dict] | None] = [None] * len(lines)
         counts = {"done": 0, "failed": 0}
         count_lock = threading.Lock()
@@ -475,6 +478,7 @@ class Batches:
                                                "failed": counts["failed"]})
         with ThreadPoolExecutor(max_workers=BATCH_CONCURRENCY, thread_name_prefix="dte-batch") as pool:
             list(pool.map(one, range(len(lines))))
+        time.sleep(max(0.0, self.min_seconds - (time.monotonic() - started)))
         out = [r[1] for r in results if r and r[0] == "out"]
         err = [r[1] for r in results if r and r[0] == "err"]
         self._set(bid, status="finalizing", finalizing_at=now())
