@@ -285,10 +285,9 @@ def export_run(run_dir: str | os.PathLike, student_dtype: str = "f16", teacher_d
     its model card and Ollama Modelfile. A model whose GGUF is newer than its weights is not written again."""
     from . import modelcard, teacher as teacher_mod
     run_dir = Path(run_dir)
-    sources = {"student": final_student(run_dir)}
-    info = teacher_mod.load_model_info(run_dir, missing_ok=True)
-    if info and info.get("backend", "local") == "local" and info.get("path") and Path(info["path"]).exists():
-        sources["teacher"] = Path(info["path"])
+    info = teacher_mod.load_model_info(run_dir, missing_ok=True) or {}
+    local_teacher = info.get("backend", "local") == "local" and info.get("path") and Path(info["path"]).exists()
+    sources = {"student": final_student(run_dir), "teacher": Path(info["path"]) if local_teacher else None}
     done: dict[str, Exported] = {}
     for role, src in sources.items():
         if src is None:

@@ -75,7 +75,7 @@ def launch(models: dict[str, str | os.PathLike], *, host: str = "127.0.0.1", por
            api_key: str | None = None, faults: str | None = None, data_dir: str | os.PathLike | None = None,
            timeout: float = 120, threads: int | None = None, max_body_mb: float | None = None,
            train_defaults: dict | None = None, max_batch: int | None = None, prefix_cache: bool = True,
-           device: str | None = None) -> ServerHandle:
+           device: str | None = None, own_session: bool = False) -> ServerHandle:
     """Start ``python -m dte_lib.server`` as a subprocess and wait until ``/v1/models`` answers.
 
     ``models`` maps served names to local HF causal-LM directories (loaded lazily on first request). ``port=0``
@@ -86,7 +86,9 @@ def launch(models: dict[str, str | os.PathLike], *, host: str = "127.0.0.1", por
     learning_rate, eval_every, val_limit, lora_layers, lora_targets, patience).
     ``max_batch`` caps the rows (choices) decoding together in the continuous batch (default
     ``engine.DEFAULT_MAX_BATCH``); ``prefix_cache=False`` recomputes every prompt in full; ``device`` is
-    ``auto | cpu | cuda | mps`` (default auto).
+    ``auto | cpu | cuda | mps`` (default auto). ``own_session`` starts the server in a new session, so a Ctrl-C
+    typed at the caller's terminal (sent to its whole process group) stops the caller's work, not the server
+    (``dte chat``).
     """
     import httpx
     port = port or free_port(host if host not in ("0.0.0.0", "::") else "127.0.0.1")
@@ -117,7 +119,8 @@ def launch(models: dict[str, str | os.PathLike], *, host: str = "127.0.0.1", por
     env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     log_path = data_dir / "server.log"
     log = open(log_path, "ab")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
+                            start_new_session=own_session)
     log.close()
     shown_host = f"[{host}]" if ":" in host else host
     if host in ("0.0.0.0", "::"):
