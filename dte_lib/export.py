@@ -266,6 +266,28 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, dtype: str
     return Exported(out, arch, dtype, n_tensors, n_params, out.stat().st_size, time.perf_counter() - t0)
 
 
+def load_gguf(path: str | os.PathLike):
+    """(model, tokenizer) read back from a GGUF by transformers, dequantized to float32, in eval mode.
+
+    For gpt2 the position table's size is passed from the file's ``gpt2.context_length``: transformers' GGUF reader
+    maps that key to ``n_ctx``, not ``n_positions``, and would otherwise build 1,024 positions. Its dequantization
+    progress bar is kept out of notebooks."""
+    import contextlib
+    import io
+    import torch
+    from gguf import GGUFReader
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    path = Path(path)
+    fields = GGUFReader(path).fields
+    arch = fields["general.architecture"].contents()
+    extra = {"n_positions": int(fields["gpt2.context_length"].contents())} if arch == "gpt2" else {}
+    with contextlib.redirect_stderr(io.StringIO()):
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32,
+                                                     **extra)
+    return model.eval(), tok
+
+
 # ---------------------------------------------------------------------------------------------- a course run
 def final_student(run_dir: str | os.PathLike) -> Path | None:
     """The run's final student: the model notebook 11 chose on val (``final_dir`` in its metrics record), else the

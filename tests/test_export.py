@@ -87,10 +87,8 @@ def test_round_trip_logits(arch, dtype, gpt2_dir, llama_dir, tmp_path):
     tok = AutoTokenizer.from_pretrained(src)
     ids = tok.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
     original = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
-    # transformers' GGUF reader maps gpt2.context_length to n_ctx, not n_positions: name the position table's size
-    extra = {"n_positions": original.config.n_positions} if arch == "gpt2" else {}
-    back = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=res.path.name, dtype=torch.float32,
-                                                **extra).eval()
+    back, _ = export.load_gguf(res.path)  # transformers' own GGUF reader (gguf_file=)
+    assert back.config.model_type == arch and back.config.num_hidden_layers == 2
     a, b = _logits(original, ids), _logits(back, ids)
     diff = (a - b).abs().max().item()
     if dtype == "f32":
