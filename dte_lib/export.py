@@ -253,7 +253,8 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, dtype: str
         for tname, w in gguf_tensors(arch, cfg, _state(model_dir)):
             data, raw = _encode(tname, w, dtype)
             writer.add_tensor(tname, data, raw_shape=data.shape if raw is None else None, raw_dtype=raw)
-            n_tensors, n_params = n_tensors + 1, n_params + w.size
+            copy = arch == "gpt2" and tname == "output.weight" and cfg.get("tie_word_embeddings", True)
+            n_tensors, n_params = n_tensors + 1, n_params + (0 if copy else w.size)  # the tied copy is no new weight
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
