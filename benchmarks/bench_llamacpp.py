@@ -55,14 +55,14 @@ def shipped_gguf() -> Path:
 class LlamaServer:
     """``python -m llama_cpp.server`` as a child process, stopped by its own pid."""
 
-    def __init__(self, python: str, gguf: Path, threads: int, log: Path):
+    def __init__(self, python: str, gguf: Path, threads: int, log: Path, n_ctx: int = 2048):
         from dte_lib.server import free_port
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.log = open(log, "w")
         self.proc = subprocess.Popen(
             [python, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", ALIAS, "--host", "127.0.0.1",
-             "--port", str(self.port), "--n_threads", str(threads), "--n_ctx", "2048"],
+             "--port", str(self.port), "--n_threads", str(threads), "--n_ctx", str(n_ctx)],
             stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait(self, timeout: float = 180) -> None:

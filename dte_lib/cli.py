@@ -28,6 +28,8 @@ COMMANDS = {  # name -> (module, one-line help)
     "metrics": ("dte_lib.metrics", "score a checkpoint on the four success metrics with floors and ceilings"),
     "dashboard": ("dte_lib.dashboard", "print a run's success dashboard (metrics per checkpoint vs thresholds)"),
     "continue": ("dte_lib.continued", "continue training from checkpoints/final (months 5-12)"),
+    "export": ("dte_lib.export", "export a student or teacher to GGUF (llama.cpp, Ollama) with a model card"),
+    "chat": ("dte_lib.chat", "chat in the terminal with a run's model or any OpenAI-compatible server"),
 }
 
 

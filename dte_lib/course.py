@@ -8,6 +8,8 @@
 - An executed notebook is for reading: the kernels draw progress bars on this terminal, not into the notebook
   (:func:`dte_lib.ui.progress`), third-party loading bars are off, and each notebook is signed as it is written, so
   JupyterLab on this machine trusts it and draws its saved widgets.
+- Once notebook 11 has succeeded, the final student and the local teacher are exported to GGUF with their model
+  cards under ``<run>/export/`` (:func:`dte_lib.export.export_run`; nothing is rewritten when notebook 11 already did).
 - At the end (and after a failure) ``<run>/report.md`` is rebuilt from ``metrics.json`` and ``course.json``: what
   the run did and the roadmap's four metrics first, then every notebook's figures.
 
@@ -207,6 +209,12 @@ def run(preset: str | None = None, run_dir: str | os.PathLike | None = None, sta
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+    if state["notebooks"].get("11_months10_12_refine", {}).get("status") == "ok":
+        from . import export  # the final student and the teacher as GGUF files others' tools run (~3 s at demo)
+        t0 = time.perf_counter()
+        done = export.export_run(rdir, log=bar.write if progress else (lambda _: None))
+        state["export"] = {"seconds": round(time.perf_counter() - t0, 1),
+                           **{role: str(e.path.relative_to(rdir)) for role, e in done.items()}}
     state["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     _save_state(rdir, state)
     write_report(rdir)

@@ -58,6 +58,8 @@ def cases(d: Path) -> dict[str, tuple[list[str], int, str]]:
         "metrics": ([ "metrics", str(d / "ckpt"), "--preset", "ci"], 1, "corrupt"),
         "dashboard": (["dashboard", str(d / "nope")], 1, "no such run directory"),
         "continue": (["continue", "--preset", "ci", "--run-dir", str(d / "run")], 1, "config.json"),
+        "export": (["export", str(d / "nope"), "--out", str(d / "x.gguf")], 1, "no such model directory"),
+        "chat": (["chat", str(d / "nope")], 1, "no such run or model directory"),
     }
 
 

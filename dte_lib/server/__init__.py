@@ -75,7 +75,7 @@ def launch(models: dict[str, str | os.PathLike], *, host: str = "127.0.0.1", por
            api_key: str | None = None, faults: str | None = None, data_dir: str | os.PathLike | None = None,
            timeout: float = 120, threads: int | None = None, max_body_mb: float | None = None,
            train_defaults: dict | None = None, max_batch: int | None = None, prefix_cache: bool = True,
-           device: str | None = None, precision: str | None = None) -> ServerHandle:
+           device: str | None = None, precision: str | None = None, own_session: bool = False) -> ServerHandle:
     """Start ``python -m dte_lib.server`` as a subprocess and wait until ``/v1/models`` answers.
 
     ``models`` maps served names to local HF causal-LM directories (loaded lazily on first request). ``port=0``
@@ -87,7 +87,9 @@ def launch(models: dict[str, str | os.PathLike], *, host: str = "127.0.0.1", por
     ``max_batch`` caps the rows (choices) decoding together in the continuous batch (default
     ``engine.DEFAULT_MAX_BATCH``); ``prefix_cache=False`` recomputes every prompt in full; ``device`` is
     ``auto | cpu | cuda | mps`` (default auto); ``precision`` is the weights' dtype, ``auto | fp32 | bf16 | fp16``
-    (default auto: bf16 where ``dte_lib.device`` finds it native and faster).
+    (default auto: bf16 where ``dte_lib.device`` finds it native and faster). ``own_session`` starts the server in
+    a new session, so a Ctrl-C typed at the caller's terminal (sent to its whole process group) stops the caller's
+    work, not the server (``dte chat``).
     """
     import httpx
     port = port or free_port(host if host not in ("0.0.0.0", "::") else "127.0.0.1")
@@ -120,7 +122,8 @@ def launch(models: dict[str, str | os.PathLike], *, host: str = "127.0.0.1", por
     env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     log_path = data_dir / "server.log"
     log = open(log_path, "ab")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
+                            start_new_session=own_session)
     log.close()
     shown_host = f"[{host}]" if ":" in host else host
     if host in ("0.0.0.0", "::"):
