@@ -169,6 +169,10 @@ class GenerateCfg:
     prompt_angles: str = "data/prompt_angles.jsonl"  # framings added to bank prompts after round 0 ("": none)
     temperature: float = 0.8  # sampling temperature (each request also carries its own seed)
     few_shot: int = 1  # seed examples from the TRAIN split shown before each prompt (0 = persona prompt only)
+    ground_facts: int = 1  # persona facts its scenario touches quoted in each request's hint (0 = none; one beat all
+    # twelve on the 135M teacher: ../shared/DESIGN.md) -- sent, never kept in the example
+    logprobs_topk: int = 0  # keep the teacher's top-k next-token log-probabilities per answer token beside raw.jsonl
+    # (0 = off; at most 20, OpenAI's limit) for distilling the student from the teacher's distribution
     max_retries: int = 4  # SDK retries for 408/409/429/5xx and timeouts (it honours retry-after)
     malformed_retries: int = 2  # engine-level retries for a 200 answer with no usable content
     timeout_s: float = 600.0  # per-request timeout (one attempt); a local server queues requests, so allow for that
@@ -198,7 +202,7 @@ GENERATE = {
     "demo": GenerateCfg(max_tokens_cap=128),
     # long: 4,000 distinct requests (bank + angles) in notebook 02, all of them decided on in 03 and cleaned in 04;
     # max_tokens = the seed's p90 (279), uncapped, so most answers end on their own
-    "long": GenerateCfg(n_examples=4000, n_month1=4000, concurrency=64, checkpoint_every=100),
+    "long": GenerateCfg(n_examples=10_800, n_month1=10_800, concurrency=64, checkpoint_every=100, logprobs_topk=20),
     "full": GenerateCfg(n_examples=10_000, n_month1=100_000, concurrency=32, max_tokens=400, few_shot=2,
                         length_hint="", trim_truncated=False),
 }

@@ -258,7 +258,7 @@ def make_row(req: Request, content: str, finish: str, usage: dict[str, int], mod
     return {"id": req.id, "bank_id": req.bank_id, "topic": req.topic, "task": req.task, "style": req.style,
             "messages": req.example_messages(content), "finish_reason": finish, "usage": usage, "model": model,
             "seed": req.seed, "few_shot_ids": req.few_shot_ids, "angle_id": req.angle_id, "origin": "synthetic",
-            **extra}
+            "fact_ids": req.fact_ids, **extra}
 
 
 async def _ask(client: Any, req: Request, ec: EngineConfig, limiter: RateLimiter

@@ -9,7 +9,15 @@ first 120 answers and asks only for the 80 new ones.
 Round 0 asks the bank's prompts as written. Every later round adds an *angle* to each scenario's prompt — one of the
 framings in ``data/prompt_angles.jsonl`` ("Start from one concrete example...", "Aim it at a researcher who wants
 precision.") — drawn from a per-scenario permutation, so no scenario meets the same angle twice until all are used:
-130 scenarios × (1 + 40 angles) = 5,330 distinct requests before any prompt text repeats (``long`` asks 4,000).
+130 scenarios × (1 + 85 angles) = 11,180 distinct requests before any prompt text repeats (``long`` asks 10,800).
+
+**Grounding.** A request's hint (sent with the system prompt, never kept in the example) can carry the persona's
+facts that its scenario touches: each fact of ``data/persona.json`` names the bank topics it belongs to, and a
+prompt that spells one of a fact's keywords touches it too. ``ground_facts`` of them (rotated by the request's seed,
+so every touched fact gets its turn) are quoted as "Facts about you to state in your own words where they fit: …".
+One fact, not all twelve: a 135M teacher given every fact loses the thread (recall 0.15 with all twelve, 0.33 with
+the one the question is about: ../shared/DESIGN.md). The fact ids travel with the answer (``fact_ids`` in
+``raw.jsonl``), so the corpus can be checked for stating them.
 
 Every request carries a deterministic id (``g<seed>-<index>-<bank id>``, plus ``-<angle id>`` from round 1 on) —
 the key that makes a killed run resume with no duplicate and no loss — and its own sampling seed, so the same
@@ -47,6 +55,7 @@ class Request:
     few_shot: list[dict[str, Any]] = field(default_factory=list)  # alternating user/assistant turns
     few_shot_ids: list[str] = field(default_factory=list)
     hint: str = ""  # an instruction sent with the system prompt (e.g. a length hint) but not kept in the example
+    fact_ids: list[str] = field(default_factory=list)  # persona facts quoted in the hint (grounding)
     angle_id: str = ""  # the angle added to the bank prompt (round 1 on), "" in round 0
 
     def messages(self) -> list[dict[str, str]]:
@@ -111,16 +120,39 @@ def _round_order(bank: Sequence[dict[str, Any]], seed: int, round_no: int) -> li
     return order
 
 
+GROUND_TEMPLATE = "Facts about you to state in your own words where they fit: {facts}"
+
+
+def facts_touched(facts: Sequence[dict[str, Any]], topic: str, prompt: str) -> list[dict[str, Any]]:
+    """The persona facts a scenario touches: those listing its topic, and those whose keyword the prompt spells."""
+    low = prompt.lower()
+    return [f for f in facts if topic in f.get("topics", ()) or
+            any(len(k) > 4 and k.lower() in low for k in f.get("keywords", ()))]
+
+
+def grounding(facts: Sequence[dict[str, Any]], topic: str, prompt: str, k: int, seed: int
+              ) -> tuple[str, list[str]]:
+    """(hint text, fact ids): ``k`` of the facts the scenario touches, rotated by ``seed``; ("", []) for none."""
+    touched = facts_touched(facts, topic, prompt)
+    if not touched or k <= 0:
+        return "", []
+    start = seed % len(touched)
+    chosen = (touched[start:] + touched[:start])[:k]
+    return GROUND_TEMPLATE.format(facts=" ".join(f["statement"] for f in chosen)), [f["id"] for f in chosen]
+
+
 def plan(bank: Sequence[dict[str, Any]], n: int, *, seed: int = 0, system: str = "",
          few_shot_pool: Sequence[data_mod.ChatExample] = (), few_shot: int = 0, hint: str = "",
-         angles: Sequence[dict[str, Any]] = ()) -> list[Request]:
+         angles: Sequence[dict[str, Any]] = (), facts: Sequence[dict[str, Any]] = (),
+         ground_facts: int = 0) -> list[Request]:
     """The first ``n`` requests of the (infinite, prefix-stable) stratified plan.
 
     ``few_shot_pool`` should be the TRAIN split of the seed corpus; each request picks ``few_shot`` of them,
     preferring the same topic, with a generator seeded by the request id (so a resumed run sends the same thing).
     ``angles`` (from :func:`load_angles`): round ``r >= 1`` appends angle number ``(r - 1) mod len(angles)`` of the
     scenario's own permutation (seeded by ``seed`` and the scenario id) to its prompt; without angles every round
-    repeats the bank's prompts with new sampling seeds.
+    repeats the bank's prompts with new sampling seeds. ``facts`` (data/persona.json's) with ``ground_facts > 0``
+    add the facts each scenario touches to its hint (see the module docstring); ids and seeds do not change.
     """
     if n < 0:
         raise ValueError("n must be >= 0")
@@ -148,11 +180,12 @@ def plan(bank: Sequence[dict[str, Any]], n: int, *, seed: int = 0, system: str =
                 for ex in rng.sample(candidates, min(few_shot, len(candidates))):
                     shots += [{"role": "user", "content": ex.prompt}, {"role": "assistant", "content": ex.response}]
                     shot_ids.append(ex.id)
+            text = f"{row['prompt']} {angle['angle']}" if angle else row["prompt"]
+            ground, fact_ids = grounding(facts, row["topic"], row["prompt"], ground_facts, req_seed)
             requests.append(Request(id=rid, bank_id=row["id"], topic=row["topic"], task=row["task"],
-                                    style=row["style"], system=system,
-                                    prompt=f"{row['prompt']} {angle['angle']}" if angle else row["prompt"],
-                                    seed=req_seed, few_shot=shots, few_shot_ids=shot_ids, hint=hint,
-                                    angle_id=angle["id"] if angle else ""))
+                                    style=row["style"], system=system, prompt=text, seed=req_seed, few_shot=shots,
+                                    few_shot_ids=shot_ids, hint=" ".join(x for x in (hint, ground) if x),
+                                    angle_id=angle["id"] if angle else "", fact_ids=fact_ids))
         round_no += 1
     return requests
 
@@ -227,7 +260,8 @@ def plan_from_config(cfg: Any, n: int | None = None) -> list[Request]:
         pool = data_mod.split(seed_corpus, cfg.data.val_fraction, cfg.data.test_fraction)["train"]
     return plan(bank, cfg.generate.n_examples if n is None else n, seed=cfg.seed,
                 system=persona.get("system_prompt", ""), few_shot_pool=pool, few_shot=cfg.generate.few_shot,
-                hint=answer_budget(cfg).hint, angles=angles)
+                hint=answer_budget(cfg).hint, angles=angles, facts=persona.get("facts", []),
+                ground_facts=cfg.generate.ground_facts)
 
 
 if __name__ == "__main__":
