@@ -16,7 +16,7 @@ export TOKENIZERS_PARALLELISM := false
 .PHONY: course test venv lab clean
 
 $(STAMP): pyproject.toml constraints.txt
-	@echo "installing the course's packages into $(VENV)/ (first time, ~2 min, ~2.2 GB)..."
+	@echo "installing the course's packages into $(VENV)/ (first time, 2-3 min, ~2.6 GB)..."
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
 	@$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt torch==2.13.0 -e '.[dev]'
