@@ -42,6 +42,7 @@ import os
 import re
 import tempfile
 import unicodedata
+import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -334,9 +335,9 @@ def open_text_bytes(path: str | os.PathLike) -> IO[bytes]:
         try:
             text = raw.decode("utf-16" if raw.startswith((b"\xff\xfe", b"\xfe\xff")) else enc)
         except UnicodeDecodeError as e:
-            raise CorpusError([Problem(str(path), 0, "bad_utf16", f"looks like UTF-16 but does not decode ({e.reason} "
-                                       f"at byte {e.start})", "re-save it as UTF-8 (iconv -f utf-16 -t utf-8 IN > OUT)")],
-                              0) from None
+            problem = Problem(str(path), 0, "bad_utf16", f"looks like UTF-16 but does not decode ({e.reason} at "
+                              f"byte {e.start})", "re-save it as UTF-8 (iconv -f utf-16 -t utf-8 IN > OUT)")
+            raise CorpusError([problem], 0) from None
         return io.BytesIO(text.encode("utf-8"))
     return open(path, "rb")
 
@@ -351,7 +352,7 @@ def _iter_lines(path: Path, max_line_bytes: int) -> Iterator[tuple[int, str | No
                 raw = next(lines)
             except StopIteration:
                 return
-            except (EOFError, OSError) as e:  # a truncated or corrupt gzip stream
+            except (EOFError, OSError, zlib.error) as e:  # a truncated or corrupt gzip stream
                 yield n + 1, None, Problem(str(path), n + 1, "bad_gzip",
                                            f"the gzip stream breaks off after line {n} ({e})",
                                            "download or compress the file again (gzip -t FILE tests it)")
@@ -497,7 +498,7 @@ def binary_problem(path: Path) -> Problem | None:
             head = fh.read(1 << 16)
     except CorpusError as e:
         return e.problems[0]
-    except (EOFError, OSError) as e:
+    except (EOFError, OSError, zlib.error) as e:
         return Problem(str(path), 0, "bad_gzip", f"a gzip file that does not decompress ({e})",
                        "download or compress the file again (gzip -t FILE tests it)")
     kind = next((name for magic, name in _MAGIC.items() if head.startswith(magic)), None)

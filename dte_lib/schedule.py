@@ -1,4 +1,4 @@
-"""The progressive trainer's stage schedule from a ``TrainCfg``: what each stage trains, at which depth, for how many tokens.
+"""The progressive trainer's stage schedule from a ``TrainCfg``: what each stage trains, at what depth, how long.
 
 One ``grow`` stage per depth (from scratch at the first), a ``joint`` stage every ``joint_every`` layers, a ``final``
 stage. :mod:`dte_lib.progressive` runs it; :mod:`dte_lib.planner` counts its FLOPs and hours. It lives below both
