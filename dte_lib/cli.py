@@ -17,7 +17,7 @@ import sys
 
 COMMANDS = {  # name -> (module, one-line help)
     "course": ("dte_lib.course", "run the notebooks headless with papermill (run, list, report)"),
-    "data": ("dte_lib.data", "check a chat corpus (problems, lengths vs context, duplicates, filter) and split it"),
+    "data": ("dte_lib.datacheck", "check a chat corpus (problems, lengths vs context, duplicates, filter); split it"),
     "env": ("dte_lib.envinfo", "print versions, threads, device, memory and disk"),
     "generate": ("dte_lib.generate", "generate a synthetic corpus from an OpenAI-compatible endpoint (resumable)"),
     "serve": ("dte_lib.server", "serve local HF models behind an OpenAI-compatible API (chat, files, fine-tuning)"),

@@ -10,33 +10,43 @@ Formats read (detected per file, not by extension — users keep transcripts und
   line starts with a role token and holds an assistant turn — at the end of each line. Your own tags work with a
   role map, ``roles="<|persona|>=assistant,<|record|>=record"`` (``--roles`` on the command line,
   ``$DTE_CORPUS_ROLES`` in a course run): a ``record`` (or ``start``) tag opens each example, an ``end`` tag closes
-  one. Unknown ``<|...|>`` tags are reported once per file with a proposed mapping (:func:`propose_roles`).
+  one. An empty turn at the very start of a record opens it and is not a message, so a persona tag that both opens
+  each record and marks its turns (``<|echo|><|system|> ... <|user|> ... <|echo|> ...``) reads as it is meant.
+  Unknown ``<|...|>`` tags are reported once per file with a proposed mapping (:func:`propose_roles`); when most
+  records fail, :func:`best_roles` tries the mappings and proposes the one that loads the most.
 
-Binary files (NUL bytes: an image, an archive, a checkpoint) are refused as a whole with one problem, not one per
-"line". When most records of a file fail for one reason, :meth:`LoadResult.summary` says once that the format looks
-misread and what to try, then shows a few examples and a count.
+Stored as: UTF-8 (a BOM is dropped), UTF-16 (a BOM, or NUL bytes beside ASCII: decoded) or gzip (``my.jsonl.gz``:
+decompressed as read) — :func:`open_text_bytes`. Binary files (NUL bytes: an image, an archive, a checkpoint) are
+refused as a whole with one problem, not one per "line". A JSON line holding half a UTF-16 surrogate pair
+(``"\\ud800"``) is one problem naming its column. When most records of a file fail for one reason,
+:meth:`LoadResult.summary` says once that the format looks misread and what to try, then shows a few examples and
+a count.
 
 Bad input never disappears silently: each malformed line becomes a :class:`Problem` with ``file:line``, what is
 wrong and how to fix it, and :class:`LoadResult` always says how many examples were kept and rejected. The table of
 cases lives in docs/DATA.md and in tests/test_data.py.
 
+The lowest layer of the library: it imports no other ``dte_lib`` module (docs/ARCHITECTURE.md, "Layers"); its
+command line, ``dte data``, lives in :mod:`dte_lib.datacheck`.
 Explained in notebook 00 (the tour) and used by every later notebook.
-Run it: ``dte data check data/seed_corpus.jsonl`` (or ``python -m dte_lib.data check FILE``).
+Run it: ``dte data check data/seed_corpus.jsonl`` (or ``python -m dte_lib.datacheck check FILE``).
 """
 from __future__ import annotations
 
-import argparse
+import bisect
+import gzip
 import hashlib
+import io
 import json
 import os
 import re
-import sys
 import tempfile
 import unicodedata
+import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import IO, Any, Iterable, Iterator, Sequence
 
 ROLES = ("system", "user", "assistant", "tool")
 ROLE_ALIASES = {"echo": "assistant", "bot": "assistant", "model": "assistant", "ai": "assistant",
@@ -295,10 +305,59 @@ def _pair(obj: dict, ask: str, answer: str):
 
 
 # ---------------------------------------------------------------------------------------------- readers
+def encoding_of(path: str | os.PathLike) -> str:
+    """How the file's text is stored: ``gzip`` (read through :mod:`gzip`), ``utf-16-le`` / ``utf-16-be`` (a BOM, or
+    ASCII text with a NUL byte beside every character), else ``utf-8``."""
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf-16-le" if head.startswith(b"\xff\xfe") else "utf-16-be"
+    pairs = len(head) // 2
+    if pairs >= 4:
+        even, odd = head[0:2 * pairs:2].count(0), head[1:2 * pairs:2].count(0)
+        if odd >= 0.9 * pairs and even < 0.1 * pairs:
+            return "utf-16-le"
+        if even >= 0.9 * pairs and odd < 0.1 * pairs:
+            return "utf-16-be"
+    return "utf-8"
+
+
+def open_text_bytes(path: str | os.PathLike) -> IO[bytes]:
+    """The file's content as UTF-8 bytes, whatever :func:`encoding_of` says it is stored as (gzip is decompressed
+    as it is read; UTF-16 is decoded once). Raises :class:`CorpusError` for a UTF-16 file that does not decode."""
+    enc = encoding_of(path)
+    if enc == "gzip":
+        return gzip.open(path, "rb")
+    if enc.startswith("utf-16"):
+        raw = Path(path).read_bytes()
+        try:
+            text = raw.decode("utf-16" if raw.startswith((b"\xff\xfe", b"\xfe\xff")) else enc)
+        except UnicodeDecodeError as e:
+            problem = Problem(str(path), 0, "bad_utf16", f"looks like UTF-16 but does not decode ({e.reason} at "
+                              f"byte {e.start})", "re-save it as UTF-8 (iconv -f utf-16 -t utf-8 IN > OUT)")
+            raise CorpusError([problem], 0) from None
+        return io.BytesIO(text.encode("utf-8"))
+    return open(path, "rb")
+
+
 def _iter_lines(path: Path, max_line_bytes: int) -> Iterator[tuple[int, str | None, Problem | None]]:
     """Yield (line number, decoded text or None, problem or None) for each line, in binary-safe fashion."""
-    with open(path, "rb") as fh:
-        for n, raw in enumerate(fh, start=1):
+    with open_text_bytes(path) as fh:
+        n = 0
+        lines = iter(fh)
+        while True:
+            try:
+                raw = next(lines)
+            except StopIteration:
+                return
+            except (EOFError, OSError, zlib.error) as e:  # a truncated or corrupt gzip stream
+                yield n + 1, None, Problem(str(path), n + 1, "bad_gzip",
+                                           f"the gzip stream breaks off after line {n} ({e})",
+                                           "download or compress the file again (gzip -t FILE tests it)")
+                return
+            n += 1
             if len(raw) > max_line_bytes:
                 yield n, None, Problem(str(path), n, "line_too_long",
                                        f"line is {len(raw):,} bytes, over the {max_line_bytes:,}-byte limit",
@@ -431,9 +490,17 @@ _MAGIC = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "
 
 
 def binary_problem(path: Path) -> Problem | None:
-    """A single ``binary_file`` problem when the file's first 64 KiB hold NUL bytes or are mostly undecodable."""
-    with open(path, "rb") as fh:
-        head = fh.read(1 << 16)
+    """A single ``binary_file`` problem when the file's first 64 KiB hold NUL bytes or are mostly undecodable
+    (read as :func:`open_text_bytes` reads it: a gzip file's content, a UTF-16 file's text); ``bad_gzip`` /
+    ``bad_utf16`` when it cannot be read that way."""
+    try:
+        with open_text_bytes(path) as fh:
+            head = fh.read(1 << 16)
+    except CorpusError as e:
+        return e.problems[0]
+    except (EOFError, OSError, zlib.error) as e:
+        return Problem(str(path), 0, "bad_gzip", f"a gzip file that does not decompress ({e})",
+                       "download or compress the file again (gzip -t FILE tests it)")
     kind = next((name for magic, name in _MAGIC.items() if head.startswith(magic)), None)
     nul = head.find(b"\x00")
     if kind is None and nul < 0:
@@ -447,8 +514,11 @@ def binary_problem(path: Path) -> Problem | None:
         if bad < max(3, len(lines) // 2):  # a few bad lines: reported one by one as not_utf8
             return None
     what = kind or (f"NUL byte at offset {nul}" if nul >= 0 else "most lines are not text in any UTF-8 sense")
-    return Problem(str(path), 0, "binary_file", f"binary file ({what}), not a text corpus",
-                   "pass a UTF-8 text file: JSONL ({\"messages\": [...]} per line) or a <|user|>/<|echo|> transcript")
+    inside = " inside the gzip file" if encoding_of(path) == "gzip" else ""
+    hint = "pass a UTF-8 text file: JSONL ({\"messages\": [...]} per line) or a <|user|>/<|echo|> transcript"
+    if nul >= 0 and kind is None:
+        hint += " (UTF-16 or UTF-32 text? convert it: iconv -f utf-16 -t utf-8 IN > OUT)"
+    return Problem(str(path), 0, "binary_file", f"binary file ({what}{inside}), not a text corpus", hint)
 
 
 def detect_format(path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
@@ -468,9 +538,37 @@ def detect_format(path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
             break
     else:
         return "empty"
-    with open(path, "rb") as fh:
+    with open_text_bytes(path) as fh:
         head = fh.read(1 << 20).decode("utf-8", errors="replace")
     return "transcript" if _tag_regex(_tag_map(roles)).search(head) else "plain_text"
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u(d[89ab][0-9a-f]{2})(\\u(d[c-f][0-9a-f]{2}))?|\\u(d[c-f][0-9a-f]{2})", re.I)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _strings(obj: Any) -> Iterator[str]:
+    if isinstance(obj, str):
+        yield obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _strings(k)
+            yield from _strings(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _strings(v)
+
+
+def _lone_surrogate(line: str, obj: Any) -> str:
+    """What is wrong when a JSON line's strings hold half of a UTF-16 surrogate pair (``"\\ud800"`` alone), which
+    no text encoding can write; empty when none. A pair (``"\\ud83d\\ude00"``) is one character and fine."""
+    if "\\u" not in line or not any(_SURROGATE.search(t) for t in _strings(obj)):
+        return ""
+    for m in _SURROGATE_ESCAPE.finditer(line):
+        if m.group(4) or not m.group(2):
+            half = (m.group(1) or m.group(4)).lower()
+            return f"lone UTF-16 surrogate \\u{half} at column {m.start() + 1}: half a character"
+    return "lone UTF-16 surrogate in a string: half a character"
 
 
 def read_jsonl(path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, roles: dict[str, str] | None = None
@@ -492,6 +590,12 @@ def read_jsonl(path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, roles: 
             problems.append(Problem(str(path), n, "invalid_json", f"invalid JSON ({e.msg} at column {e.colno})",
                                     hint))
             continue
+        lone = _lone_surrogate(text, obj)
+        if lone:
+            problems.append(Problem(str(path), n, "lone_surrogate", lone,
+                                    "the tool that wrote this line cut a character (an emoji?) in half: export it "
+                                    "again, or delete that \\u escape"))
+            continue
         if names and isinstance(obj, dict) and isinstance(obj.get("messages"), list):
             obj = {**obj, "messages": [{**m, "role": names.get(m.get("role"), m.get("role"))}
                                        if isinstance(m, dict) else m for m in obj["messages"]]}
@@ -507,28 +611,84 @@ def read_transcripts(path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, r
                      ) -> tuple[list[ChatExample], list[Problem], dict[str, str]]:
     """Parse tagged transcripts (see the module docstring for where examples end).
 
-    Returns (examples, problems, proposal): ``proposal`` maps the unknown tags seen to a guessed role (empty when
-    every tag is known); records holding an unknown tag are rejected with the proposal in their hint."""
+    Returns (examples, problems, proposal): ``proposal`` maps tags to the roles to try (empty when there is nothing
+    to propose) — a guessed role for each unknown tag, and, when most records fail, the mapping
+    :func:`best_roles` found to load the most of them. Records holding an unknown tag are rejected with the
+    proposal in their hint."""
     texts: list[str] = []
-    problems: list[Problem] = []
+    line_problems: list[Problem] = []
     for n, text, problem in _iter_lines(path, max_line_bytes):
         if problem:
-            problems.append(problem)
+            line_problems.append(problem)
             texts.append("")
         else:
             texts.append(text)
+    examples, problems, proposal = _transcripts(str(path), texts, roles)
+    if len(problems) > len(examples):  # most records fail: search for the mapping that loads the most
+        best = best_roles(str(path), texts, roles, proposal)
+        if best != {**(roles or {}), **proposal}:
+            proposal = {t: r for t, r in best.items() if (roles or {}).get(t) != r}
+            for p in problems:
+                if p.code == "unknown_tag":
+                    p.hint = _roles_hint({**(roles or {}), **proposal})
+    return examples, line_problems + problems, proposal
+
+
+def _roles_hint(mapping: dict[str, str]) -> str:
+    return f"map your tags to roles: --roles '{format_roles(mapping)}' (roles: {', '.join(TAG_ROLES)})"
+
+
+SEARCH_CHARS = 200_000  # best_roles tries its mappings on the file's first records, up to this many characters
+
+
+def best_roles(path: str, texts: Sequence[str], roles: dict[str, str] | None, proposal: dict[str, str]
+               ) -> dict[str, str]:
+    """The role map (``roles`` with changes) that loads the most records of a transcript file's first
+    ``SEARCH_CHARS`` characters: starting from ``roles`` plus the guessed ``proposal``, each tag seen (the 8 most
+    frequent) is tried in every role, a change kept when more records load, until no change helps. Returns the
+    start unchanged when nothing loads more."""
+    sample: list[str] = []
+    size = 0
+    for t in texts:
+        sample.append(t)
+        size += len(t) + 1
+        if size > SEARCH_CHARS:
+            break
+    seen = Counter(m.group(0) for m in _tag_regex(_tag_map(roles)).finditer("\n".join(sample)))
+
+    def loaded(mapping: dict[str, str]) -> int:
+        return len(_transcripts(path, sample, mapping, propose=False)[0])
+
+    best = {**(roles or {}), **proposal}
+    most = loaded(best)
+    for _ in range(3):
+        improved = False
+        for tag, _n in seen.most_common(8):
+            for role in TAG_ROLES:
+                if role == _tag_map(best).get(tag):
+                    continue
+                n = loaded({**best, tag: role})
+                if n > most:
+                    best, most, improved = {**best, tag: role}, n, True
+        if not improved:
+            break
+    return best
+
+
+def _transcripts(path: str, texts: Sequence[str], roles: dict[str, str] | None, propose: bool = True
+                 ) -> tuple[list[ChatExample], list[Problem], dict[str, str]]:
+    """Examples and problems from a transcript file's lines under one role map (:func:`read_transcripts`)."""
     full = "\n".join(texts)
     starts = [0]
     for t in texts[:-1]:
         starts.append(starts[-1] + len(t) + 1)
     tags = _tag_map(roles)
     rx = _tag_regex(tags)
-    proposal = propose_roles(full, roles)
+    proposal = propose_roles(full, roles) if propose else {}
     guess = {**tags, **proposal}  # chunking uses the guesses too, so each misread record is reported once
     found = list(rx.finditer(full))
 
     def line_of(pos: int) -> int:
-        import bisect
         return bisect.bisect_right(starts, pos)
 
     cuts: list[int] = [0]  # positions where a new example starts
@@ -545,8 +705,7 @@ def read_transcripts(path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, r
                 cuts.append(starts[i])
     cuts += [m.end() for m in found if guess.get(m.group(0)) == "end"]
     cuts = sorted(set(cuts)) + [len(full)]
-    examples = []
-    hint_roles = format_roles({**{t: r for t, r in (roles or {}).items()}, **proposal})
+    examples, problems = [], []
     for a, b in zip(cuts, cuts[1:]):
         piece = full[a:b]
         if not piece.strip():
@@ -556,8 +715,8 @@ def read_transcripts(path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, r
         ex, code, msg, hint = _parse_transcript(piece, f"{path}:{line_no}", tags, rx)
         if ex is None:
             if code == "unknown_tag":
-                hint = f"map your tags to roles: --roles '{hint_roles}' (roles: {', '.join(TAG_ROLES)})"
-            problems.append(Problem(str(path), line_no, code, msg, hint))
+                hint = _roles_hint({**(roles or {}), **proposal})
+            problems.append(Problem(path, line_no, code, msg, hint))
         else:
             examples.append(ex)
     return examples, problems, proposal
@@ -580,13 +739,19 @@ def _parse_transcript(text: str, source: str, tags: dict[str, str] | None = None
     if before:
         return None, "text_before_first_token", f"text before the first role token: {before[:40]!r}", \
             "begin the transcript with a role token such as <|user|>"
-    msgs = []
+    msgs, tag_of = [], []
     for i, m in enumerate(tokens):
         end = tokens[i + 1].start() if i + 1 < len(tokens) else len(text)
         content = rx.sub("", text[m.end():end])  # a record/end tag inside a turn holds no text
+        if not msgs and not content.strip() and i + 1 < len(tokens):
+            continue  # an empty turn at the very start opens the record (`<|echo|><|system|> ...`): not a message
         msgs.append({"role": tags[m.group(0)], "content": content})
+        tag_of.append(m.group(0))
     msgs, code, msg, hint = check_messages(msgs)
     if msgs is None:
+        if code == "empty_content":  # name the tag, and a fix that fits a transcript
+            k = int(re.search(r"message (\d+)", msg).group(1))
+            hint = f"write the turn's text after its {tag_of[k]} tag, or remove the tag"
         return None, code, msg, hint
     return ChatExample(messages=msgs, source=source), "", "", ""
 
@@ -621,7 +786,31 @@ def load_file(path: str | os.PathLike, max_line_bytes: int = DEFAULT_MAX_LINE_BY
                                           "use JSONL ({\"messages\": [...]} per line) or mark turns with "
                                           "<|user|> and <|echo|> (your own tags: --roles)")]
     proposals = {str(path): format_roles({**(roles or {}), **proposal})} if proposal else {}
-    return LoadResult(examples, problems, {str(path): fmt}, proposals)
+    enc = encoding_of(path) if fmt != "empty" else "utf-8"
+    label = fmt if enc == "utf-8" else f"{fmt}, {enc if enc == 'gzip' else enc.upper()}"  # e.g. "jsonl, gzip"
+    return LoadResult(examples, problems, {str(path): label}, proposals)
+
+
+CORPUS_SUFFIXES = (".jsonl", ".txt", ".json")  # what a directory given as a corpus is read for (also gzipped: .gz)
+
+
+def corpus_files(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+    """The files a corpus argument names: each file as given, each directory's ``*.jsonl``/``*.txt``/``*.json``
+    (and the same ending in ``.gz``), sorted."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            inside = sorted(q for q in p.iterdir() if q.is_file() and
+                            (q.suffix in CORPUS_SUFFIXES or "".join(q.suffixes[-2:]) in
+                             tuple(x + ".gz" for x in CORPUS_SUFFIXES)))
+            if not inside:
+                raise IsADirectoryError(f"{p} is a directory with no *.jsonl, *.txt or *.json file in it")
+            files += inside
+        else:
+            files.append(p)
+    return files
 
 
 def load_corpus(paths: str | os.PathLike | Iterable[str | os.PathLike], *, strict: bool = False,
@@ -634,19 +823,8 @@ def load_corpus(paths: str | os.PathLike | Iterable[str | os.PathLike], *, stric
     listing every problem if any record is malformed.
     """
     role_map = parse_roles(roles) if roles is not None else roles_from_env()
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            inside = sorted(q for q in p.iterdir() if q.suffix in (".jsonl", ".txt", ".json"))
-            if not inside:
-                raise IsADirectoryError(f"{p} is a directory with no *.jsonl, *.txt or *.json file in it")
-            files += inside
-        else:
-            files.append(p)
     result = LoadResult([], [], {})
-    for f in files:
+    for f in corpus_files(paths):
         r = load_file(f, max_line_bytes, role_map)
         result.examples += r.examples
         result.problems += r.problems
@@ -780,39 +958,3 @@ def corpus_stats(examples: Sequence[ChatExample]) -> dict[str, Any]:
 def load_persona(path: str | os.PathLike) -> dict[str, Any]:
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="dte data", description="Check and split chat corpora.")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("check", help="what matters before spending: problems with file:line, lengths against the "
-                                     "context and fine-tune limits, duplicates, markup, language, the calibrated "
-                                     "filter's false-drop rate (dte_lib.datacheck)")
-    c.add_argument("paths", nargs="+")
-    c.add_argument("--max-line-bytes", type=int, default=DEFAULT_MAX_LINE_BYTES)
-    c.add_argument("--roles", default=None, help="your transcript tags, e.g. '<|persona|>=assistant,<|record|>=record'")
-    c.add_argument("--all", action="store_true", help="list every problem (default: the first 5 of each kind)")
-    c.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of the text report")
-    c.add_argument("--preset", default=None, help="whose limits to check against (default: $DTE_PRESET or demo)")
-    s = sub.add_parser("split", help="write train/val/test JSONL files")
-    s.add_argument("paths", nargs="+")
-    s.add_argument("--out", required=True, help="directory for train.jsonl, val.jsonl, test.jsonl")
-    s.add_argument("--val", type=float, default=0.1)
-    s.add_argument("--test", type=float, default=0.1)
-    s.add_argument("--roles", default=None, help="your transcript tags (as for check)")
-    args = ap.parse_args(argv)
-    if args.cmd == "check":
-        from . import datacheck
-        return datacheck.main(args.paths, roles=args.roles, preset=args.preset, as_json=args.json,
-                              max_line_bytes=args.max_line_bytes, all_problems=args.all)
-    res = load_corpus(args.paths, strict=True, roles=args.roles)
-    parts = split(res.examples, args.val, args.test)
-    for name, rows in parts.items():
-        write_jsonl(Path(args.out) / f"{name}.jsonl", rows)
-        print(f"{name}: {len(rows)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

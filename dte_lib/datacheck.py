@@ -16,13 +16,18 @@ For the corpus in the given files (any format :mod:`dte_lib.data` reads; ``--rol
   (``filter_false_drop_rate``), with the thresholds and the percentiles they came from.
 
 A one-screen summary comes first, details after; ``--json`` prints one JSON object on stdout instead.
-Run it: ``dte data check my.jsonl`` · ``dte data check chats.txt --roles '<|me|>=assistant,<|rec|>=record' --json``.
+The ``dte data`` command (``check`` and ``split``) is this module's :func:`main`; :mod:`dte_lib.data`, below it,
+imports nothing from here.
+Run it: ``dte data check my.jsonl`` · ``dte data check chats.txt --roles '<|me|>=assistant,<|rec|>=record' --json``
+· ``dte data split my.jsonl --out splits/``.
 Explained in docs/DATA.md.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
+import sys
 import unicodedata
 from collections import Counter
 from pathlib import Path
@@ -88,16 +93,13 @@ def _scripts(text: str) -> Counter:
 def raw_file_facts(paths: Sequence[str]) -> dict[str, Any]:
     """CRLF line endings and escaped \\r\\n inside JSON strings, per file (the loader normalises both)."""
     out = {}
-    for p in paths:
-        files = sorted(q for q in Path(p).iterdir() if q.suffix in (".jsonl", ".txt", ".json")) \
-            if Path(p).is_dir() else [Path(p)]
-        for f in files:
-            try:
-                raw = f.read_bytes()
-            except OSError:
-                continue
-            out[str(f)] = {"crlf_lines": raw.count(b"\r\n"), "escaped_crlf": raw.count(b"\\r\\n"),
-                           "bytes": len(raw)}
+    for f in data.corpus_files(paths):
+        try:
+            with data.open_text_bytes(f) as fh:  # a gzip file's content, a UTF-16 file's text
+                raw = fh.read()
+        except (OSError, EOFError, ValueError):  # unreadable: the loader has reported it
+            continue
+        out[str(f)] = {"crlf_lines": raw.count(b"\r\n"), "escaped_crlf": raw.count(b"\\r\\n"), "bytes": len(raw)}
     return out
 
 
@@ -290,8 +292,8 @@ def render(rep: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(paths: Sequence[str], roles: str | None = None, preset: str | None = None, as_json: bool = False,
-         max_line_bytes: int = data.DEFAULT_MAX_LINE_BYTES, all_problems: bool = False) -> int:
+def run_check(paths: Sequence[str], roles: str | None = None, preset: str | None = None, as_json: bool = False,
+              max_line_bytes: int = data.DEFAULT_MAX_LINE_BYTES, all_problems: bool = False) -> int:
     """What ``dte data check`` runs; exit code 1 when any record was rejected."""
     rep = check(paths, roles=roles, preset=preset, max_line_bytes=max_line_bytes)
     if as_json:
@@ -302,3 +304,39 @@ def main(paths: Sequence[str], roles: str | None = None, preset: str | None = No
                                                    roles=roles).summary(all_problems=True)
         print(render(rep))
     return 1 if rep["rejected"] else 0
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def main(argv: Sequence[str] | None = None) -> int:
+    """``dte data``: ``check`` (this module's report) and ``split`` (train/val/test JSONL files)."""
+    ap = argparse.ArgumentParser(prog="dte data", description="Check and split chat corpora.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("check", help="what matters before spending: problems with file:line, lengths against the "
+                                     "context and fine-tune limits, duplicates, markup, language, the calibrated "
+                                     "filter's false-drop rate")
+    c.add_argument("paths", nargs="+")
+    c.add_argument("--max-line-bytes", type=int, default=data.DEFAULT_MAX_LINE_BYTES)
+    c.add_argument("--roles", default=None, help="your transcript tags, e.g. '<|persona|>=assistant,<|record|>=record'")
+    c.add_argument("--all", action="store_true", help="list every problem (default: the first 5 of each kind)")
+    c.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of the text report")
+    c.add_argument("--preset", default=None, help="whose limits to check against (default: $DTE_PRESET or demo)")
+    s = sub.add_parser("split", help="write train/val/test JSONL files")
+    s.add_argument("paths", nargs="+")
+    s.add_argument("--out", required=True, help="directory for train.jsonl, val.jsonl, test.jsonl")
+    s.add_argument("--val", type=float, default=0.1)
+    s.add_argument("--test", type=float, default=0.1)
+    s.add_argument("--roles", default=None, help="your transcript tags (as for check)")
+    args = ap.parse_args(argv)
+    if args.cmd == "check":
+        return run_check(args.paths, roles=args.roles, preset=args.preset, as_json=args.json,
+                         max_line_bytes=args.max_line_bytes, all_problems=args.all)
+    res = data.load_corpus(args.paths, strict=True, roles=args.roles)
+    parts = data.split(res.examples, args.val, args.test)
+    for name, rows in parts.items():
+        data.write_jsonl(Path(args.out) / f"{name}.jsonl", rows)
+        print(f"{name}: {len(rows)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -306,7 +306,7 @@ def datasheet_peak(device_name: str) -> tuple[float, str] | None:
 def schedule_flops(tc: Any) -> float:
     """Training FLOPs of a progressive-trainer schedule (``TrainCfg``): each stage's tokens at its depth's
     :func:`flops_per_token` (every layer trainable — the upper bound; greedy stages cost less)."""
-    from .progressive import build_schedule
+    from .schedule import build_schedule
     return sum(flops_per_token(gpt2(s.depth, tc.d_model, tc.vocab_size, tc.block_size, tc.n_head), tc.block_size)
                * s.tokens for s in build_schedule(tc))
 

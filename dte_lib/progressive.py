@@ -42,7 +42,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -53,40 +53,7 @@ from . import device as device_mod
 from . import model as M
 from . import packing
 from . import tokenizer as toklib
-
-
-@dataclass
-class Stage:
-    name: str  # directory name under checkpoints/
-    depth: int  # model depth during the stage
-    tokens: int  # token budget
-    policy: str  # greedy | all | all_lower_lr
-    lr: float  # peak learning rate
-    kind: str  # grow | joint | final
-    new_layers: tuple[int, ...] = ()  # layers added at the start of this stage
-
-
-def build_schedule(tc, depths: Any = None, tokens_per_stage: int | None = None,
-                   final_tokens: int | None = None) -> list[Stage]:
-    """Stages from a TrainCfg: one grow stage per depth, joint phases every ``joint_every`` layers, a final phase."""
-    from .config import as_list
-    ds = as_list(depths or tc.depths)
-    if ds != sorted(set(ds)) or ds[0] < 1:
-        raise ValueError(f"depths {ds} must be increasing positive integers")
-    tokens = tc.tokens_per_stage if tokens_per_stage is None else tokens_per_stage
-    final = tc.final_tokens if final_tokens is None else final_tokens
-    stages: list[Stage] = []
-    prev = 0
-    for i, d in enumerate(ds):
-        policy = "all" if i == 0 else tc.policy  # from scratch, embeddings must train
-        stages.append(Stage(f"s{len(stages) + 1:02d}-grow-d{d}", d, tokens, policy, tc.lr, "grow",
-                            tuple(range(prev, d))))
-        if tc.joint_every and tc.joint_tokens and d % tc.joint_every == 0 and i:
-            stages.append(Stage(f"s{len(stages) + 1:02d}-joint-d{d}", d, tc.joint_tokens, "all", tc.lr, "joint"))
-        prev = d
-    if final:
-        stages.append(Stage(f"s{len(stages) + 1:02d}-final-d{prev}", prev, final, "all", tc.lr, "final"))
-    return stages
+from .schedule import Stage, build_schedule  # noqa: F401 - re-exported: progressive.Stage, progressive.build_schedule
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int, schedule: str, decay_frac: float,

@@ -1,13 +1,16 @@
-"""Three bring-your-own-data corpora of very different shapes, generated from word lists (no copied prose).
+"""Bring-your-own-data corpora of very different shapes, generated from word lists (no copied prose).
 
 - :func:`longform` — long answers (median ≥ 500 words) with Markdown headings, lists, tables, inline code and
   fenced code blocks; some end in a code block or a list item, some run past 600 words.
 - :func:`templated` — short answers from a handful of templates: full of near-duplicates and a few exact ones.
 - :func:`transcripts` — multi-turn plain-text transcripts with the persona's own tags (``<|convo|>`` opens each
   record, ``<|visitor|>`` asks, ``<|quill|>`` answers), CRLF line endings.
+- :func:`opener` — the persona's tag both opens each record and marks its turns, as real exports have it:
+  ``<|echo|><|system|> You are … <|user|> … <|echo|> I … <|endoftext|>`` (``opener_custom``: the same with the
+  persona's own unknown tag ``<|quill|>``, for the mapping ``dte data check`` proposes).
 
 Used by tests/test_byod.py (``dte data check`` and a ci ``--corpus`` course run on each) and by docs/DATA.md.
-Run it: ``python tests/byod_corpora.py OUT_DIR`` writes the three files.
+Run it: ``python tests/byod_corpora.py OUT_DIR`` writes them.
 """
 from __future__ import annotations
 
@@ -142,14 +145,44 @@ def transcripts(n: int = 40, seed: int = 2) -> str:
 ROLES = "<|convo|>=record,<|visitor|>=user,<|quill|>=assistant"
 
 
+def opener(n: int = 40, seed: int = 3, tag: str = "<|echo|>") -> str:
+    """Records like ``<|echo|><|system|> You are Echo … <|user|> … <|echo|> I … <|endoftext|>``: the persona's tag
+    opens each record with no text of its own, then marks the persona's turns; 1–3 exchanges, a record on one line
+    or over several (some answers hold a blank line between paragraphs)."""
+    rng = random.Random(seed)
+    name = tag.strip("<|>").capitalize()
+    out = []
+    for _ in range(n):
+        parts = [f"{tag}<|system|> You are {name}, a studio assistant who answers in the first person."]
+        for _ in range(rng.randint(1, 3)):
+            ask = rng.choice(VISITOR_ASKS).format(name=name, n=rng.choice(NOUNS), v=rng.choice(VERBS),
+                                                  t=rng.choice(TIMES), a=rng.choice(ADJS))
+            answer = _paragraph(rng, rng.randint(2, 4))
+            if rng.random() < 0.3:
+                answer += "\n\n" + _paragraph(rng, rng.randint(1, 2))
+            parts += [f"<|user|> {ask}", f"{tag} {answer}"]
+        out.append((" " if rng.random() < 0.5 else "\n").join(parts) + " <|endoftext|>")
+    return "\n".join(out) + "\n"
+
+
+OPENER_ROLES = "<|echo|>=assistant"  # what the user passed; <|echo|> is also a default tag, so none is needed
+
+
 def write_all(directory: str | Path) -> dict[str, Path]:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     paths = {"longform": d / "longform.jsonl", "templated": d / "templated.jsonl",
-             "transcripts": d / "transcripts.txt"}
+             "transcripts": d / "transcripts.txt", "opener": d / "opener.txt", "opener_custom": d / "quill.txt",
+             "transcripts_and_opener": d / "two-exports"}
     paths["longform"].write_text("".join(json.dumps(r) + "\n" for r in longform()))
     paths["templated"].write_text("".join(json.dumps(r) + "\n" for r in templated()))
     paths["transcripts"].write_bytes(transcripts().encode())
+    paths["opener"].write_text(opener())
+    paths["opener_custom"].write_text(opener(seed=4, tag="<|quill|>"))
+    both = paths["transcripts_and_opener"]  # one user's two exports in a folder: the course reads every file
+    both.mkdir(exist_ok=True)
+    (both / "transcripts.txt").write_bytes(paths["transcripts"].read_bytes())
+    (both / "opener.txt").write_text(paths["opener"].read_text())
     return paths
 
 

@@ -73,8 +73,11 @@ def _scratch_run(ci_run: Path, dest: Path) -> Path:
 @pytest.fixture()
 def lab(ci_run, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.fail("no chromium on PATH: install the OS package (`apt-get install chromium`; .ci/run does)")
+    if chromium is None:  # `make test` ran .ci/install-browser, which installs it where it can
+        why = "no chromium on PATH: install it with `sudo apt-get install chromium` (or run .ci/install-browser)"
+        if os.environ.get("DTE_REQUIRE_BROWSER", "") not in ("", "0"):  # .ci/run: the browser test must run
+            pytest.fail(why)
+        pytest.skip(why)
     root = tmp_path / "lab"
     root.mkdir()
     run_dir = _scratch_run(ci_run, tmp_path / "run")

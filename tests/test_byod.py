@@ -1,5 +1,7 @@
-"""Bring your own data: three generated corpora of very different shapes (tests/byod_corpora.py) through
-`dte data check` and a ci-preset `dte course run --corpus` over the notebooks that consume the corpus (00–04).
+"""Bring your own data: generated corpora of very different shapes (tests/byod_corpora.py) through `dte data check`
+and a ci-preset `dte course run --corpus` over the notebooks that consume the corpus (00–04). Three course runs:
+long-form JSONL, templated pairs, and a folder of two transcript exports — custom tags, and the shape whose opener
+tag is also the persona's role tag (``<|echo|><|system|> … <|user|> … <|echo|> …``).
 
 On each, the quality filter calibrated to the corpus must drop at most 5% of the user's own examples — the
 figure `dte data check` prints and notebook 03 records as ``filter_false_drop_rate`` — while the uncalibrated
@@ -9,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -21,7 +25,8 @@ import byod_corpora  # noqa: E402
 
 from dte_lib import config, data, diversity, runlog  # noqa: E402
 
-SHAPES = {"longform": None, "templated": None, "transcripts": byod_corpora.ROLES}
+SHAPES = {"longform": None, "templated": None, "transcripts": byod_corpora.ROLES, "opener": byod_corpora.OPENER_ROLES}
+COURSE_RUNS = {"longform": "longform", "templated": "templated", "transcripts": "transcripts_and_opener"}  # corpora key
 NOTEBOOKS = ["00", "01", "02", "03", "04"]
 
 
@@ -55,6 +60,13 @@ def test_the_generated_corpora_have_the_shapes_they_claim(corpora):
     tr = data.load_corpus(corpora["transcripts"], strict=True, roles=byod_corpora.ROLES).examples
     assert len(tr) == 40 and all(sum(m["role"] == "user" for m in ex.messages) >= 2 for ex in tr)
     assert all(ex.system and "\r" not in ex.response for ex in tr)
+    assert corpora["opener"].read_text().count("<|echo|><|system|>") == 40
+    for roles in (byod_corpora.OPENER_ROLES, None):  # the opener turn is not a message, with --roles or without
+        op = data.load_corpus(corpora["opener"], strict=True, roles=roles).examples
+        assert len(op) == 40 and all(ex.messages[0]["role"] == "system" and ex.response for ex in op)
+        assert sum(len(ex.messages) > 3 for ex in op) >= 10  # multi-turn records among them
+    both = data.load_corpus(corpora["transcripts_and_opener"], strict=True, roles=byod_corpora.ROLES)
+    assert both.kept == 80 and len(both.formats) == 2
 
 
 def test_custom_tags_without_roles_are_misread_once_with_the_mapping_to_try(corpora):
@@ -67,6 +79,18 @@ def test_custom_tags_without_roles_are_misread_once_with_the_mapping_to_try(corp
     assert r.stdout.count("looks misread") == 2  # once in "what matters", once in the details — not per record
     assert r.stdout.count("unknown tags") <= 6 and "and 35 more unknown_tag problem(s)" in r.stdout
     assert "--roles '" in r.stdout
+
+
+def test_a_custom_opener_tag_gets_a_command_to_copy_that_loads_every_record(corpora):
+    path = str(corpora["opener_custom"])  # <|quill|> opens each record and marks Quill's turns; no --roles given
+    r = dte("data", "check", path, "--preset", "ci")
+    assert r.returncode == 1 and "Traceback" not in r.stderr + r.stdout
+    commands = set(re.findall(r"try: (dte data check .*?--roles '[^']*')", r.stdout))
+    assert len(commands) == 1, r.stdout[-3000:]  # one command, said the same way wherever it appears
+    args = shlex.split(commands.pop())
+    assert args[:4] == ["dte", "data", "check", path]
+    rep = json.loads(dte(*args[1:], "--preset", "ci", "--json").stdout)
+    assert rep["examples"] == 40 and rep["rejected"] == 0
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
@@ -90,20 +114,26 @@ def test_data_check_on_each_shape(corpora, shape):
         assert rep["filter"]["filter_false_drop_rate_uncalibrated"] > 0.2
     if shape == "transcripts":
         assert rep["crlf_lines"] > 0 and rep["stats"]["multi_turn"] == rep["examples"]
+    if shape == "opener":
+        assert rep["examples"] == 40 and rep["stats"]["with_system"] == 40
     text = dte("data", "check", str(corpora[shape]), "--preset", "ci", *_roles_args(shape)).stdout
     head = text.split("\ndetails\n")[0]
     assert len(head.splitlines()) <= 24 and "filter_false_drop_rate:" in head  # one screen first
 
 
-@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("shape", list(COURSE_RUNS))
 def test_course_run_on_each_shape(corpora, shape, tmp_path):
-    """A ci course over notebooks 00–04 on the user's corpus; notebook 03 prints and records the false-drop rate."""
+    """A ci course over notebooks 00–04 on the user's corpus; notebook 03 prints and records the false-drop rate.
+    The transcripts run reads a folder: the custom-tag export and the opener-tag export together."""
     run = tmp_path / "run"
-    r = dte("course", "run", "--preset", "ci", "--corpus", str(corpora[shape]), *_roles_args(shape),
+    corpus = corpora[COURSE_RUNS[shape]]
+    r = dte("course", "run", "--preset", "ci", "--corpus", str(corpus), *_roles_args(shape),
             "--only", *NOTEBOOKS, "--run-dir", str(run), "--no-progress", timeout=1500)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     m = runlog.load(run)
-    n = len(data.load_corpus(corpora[shape], roles=SHAPES[shape]).examples)
+    n = len(data.load_corpus(corpus, roles=SHAPES[shape]).examples)
+    if shape == "transcripts":
+        assert n == 80  # both exports: 40 records each
     assert m["00_setup_and_tour"]["examples"] == n and m["00_setup_and_tour"]["rejected"] == 0
     assert m["03_week1_evaluate"]["filter_false_drop_rate"] <= 0.05
     nb = json.loads((run / "notebooks" / "03_week1_evaluate.ipynb").read_text())

@@ -103,3 +103,25 @@ def test_explain_is_one_line_for_library_errors():
     assert "\n" not in line and "f.jsonl:3" in line and "dte data check f.jsonl" in line
     assert "\n" not in cli.explain(ValueError("first\nsecond"))
     assert "no such file" in cli.explain(FileNotFoundError(2, "No such file", "x.jsonl"))
+
+
+def test_how_a_file_is_stored_is_named_or_read_never_a_traceback(tmp_path):
+    """A lone surrogate escape: one problem with file:line and the fix. UTF-16 and gzip: read, and named as such."""
+    import gzip
+    good = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello, I am Echo."}]}\n'
+    (tmp_path / "sur.jsonl").write_text(good + '{"messages": [{"role": "user", "content": "hi \\ud800"}, '
+                                               '{"role": "assistant", "content": "ok"}]}\n')
+    (tmp_path / "u16.jsonl").write_bytes((good * 3).encode("utf-16"))
+    (tmp_path / "my.jsonl.gz").write_bytes(gzip.compress((good * 3).encode()))
+    (tmp_path / "cut.jsonl.gz").write_bytes(gzip.compress(os.urandom(20000).hex().encode())[:5000])
+    expect = {"sur.jsonl": (1, f"{tmp_path / 'sur.jsonl'}:2: lone UTF-16 surrogate \\ud800 at column 47"),
+              "u16.jsonl": (0, "(jsonl, UTF-16-LE)"), "my.jsonl.gz": (0, "(jsonl, gzip)"),
+              "cut.jsonl.gz": (1, "gzip file that does not decompress")}
+    for name, (rc, phrase) in expect.items():
+        r = dte("data", "check", str(tmp_path / name), "--preset", "ci")
+        assert r.returncode == rc and "Traceback" not in r.stderr + r.stdout, (name, r.stderr[-2000:])
+        assert not r.stderr.strip(), (name, r.stderr)  # the report is on stdout; nothing leaks to stderr
+        assert phrase in r.stdout, (name, r.stdout[-2000:])
+    sur = dte("data", "check", str(tmp_path / "sur.jsonl"), "--preset", "ci").stdout
+    lines = [ln for ln in sur.splitlines() if "lone UTF-16 surrogate" in ln]
+    assert len(lines) == 1 and "— fix: " in lines[0] and "export it again" in lines[0]

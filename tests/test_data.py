@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from dte_lib import data
+from dte_lib import data, datacheck
 
 GOOD = {"messages": [{"role": "user", "content": "Who are you?"},
                      {"role": "assistant", "content": "I am Deep Tree Echo."}]}
@@ -51,6 +51,12 @@ BAD_INPUT = [
      "text_before_first_token", 1, "begin the transcript"),
     ("transcript without an echo turn", "<|system|> be kind\n<|user|> hi\n", "no_assistant_turn", 1,
      "<|echo|>"),
+    ("lone UTF-16 surrogate in a JSON string", jl(GOOD) + '{"input": "hi \\ud800", "output": "x"}\n',
+     "lone_surrogate", 2, "\\ud800 at column 15"),
+    ("lone low surrogate", '{"input": "a \\udc00", "output": "x"}\n',
+     "lone_surrogate", 1, "\\udc00"),
+    ("empty turn inside a transcript", "<|user|> hi\n<|echo|> hello\n<|user|>\n<|echo|> bye\n", "empty_content", 1,
+     "after its <|user|> tag"),
 ]
 
 
@@ -186,7 +192,7 @@ def test_write_jsonl_is_atomic_and_round_trips(tmp_path):
 def test_cli_check_exit_code_and_output(tmp_path, capsys):
     path = tmp_path / "c.jsonl"
     path.write_text(jl(GOOD, GOOD, "nope"))
-    assert data.main(["check", str(path)]) == 1
+    assert datacheck.main(["check", str(path)]) == 1
     out = capsys.readouterr().out
     assert "kept 2 example(s), rejected 1 record(s)" in out
     assert f"{path}:3: invalid JSON" in out
@@ -257,3 +263,72 @@ def test_binary_file_is_one_problem(tmp_path):
     assert [p.code for p in data.load_corpus(blob).problems] == ["binary_file"]
     with pytest.raises(FileNotFoundError, match="check the path"):
         data.load_corpus(tmp_path / "nope.jsonl")
+
+
+# ---------------------------------------------------------------------------------------------- how files are stored
+def test_surrogate_pairs_load_and_a_lone_half_is_one_problem(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text(jl(GOOD) + '{"input": "smile \\ud83d\\ude00", "output": "x"}\n'
+                    + '{"input": "cut \\ud83d", "output": "y"}\n')
+    res = data.load_corpus(path)
+    assert res.examples[1].prompt == "smile \U0001F600"  # a pair is one character
+    assert [(p.line, p.code) for p in res.problems] == [(3, "lone_surrogate")]
+    assert "export it again" in res.problems[0].hint and "\\ud83d at column 16" in res.problems[0].message
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+def test_utf16_files_are_read(tmp_path, encoding):
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(jl(GOOD, {"input": "café?", "output": "Oui."}).encode(encoding))
+    res = data.load_corpus(path, strict=True)
+    assert [ex.prompt for ex in res.examples] == ["Who are you?", "café?"]
+    assert res.formats[str(path)] == "jsonl, " + ("UTF-16-LE" if encoding == "utf-16" else encoding.upper())
+    tr = tmp_path / "t.txt"
+    tr.write_bytes("<|user|> hi\n<|echo|> I am Echo.\n".encode(encoding))
+    assert data.load_corpus(tr, strict=True).examples[0].response == "I am Echo."
+
+
+def test_gzip_files_are_read_and_a_truncated_one_is_named(tmp_path):
+    import gzip
+    path = tmp_path / "my.jsonl.gz"
+    path.write_bytes(gzip.compress(jl(GOOD, {"input": "q", "output": "a"}).encode()))
+    res = data.load_corpus(path, strict=True)
+    assert res.kept == 2 and res.formats[str(path)] == "jsonl, gzip"
+    (tmp_path / "notes.md").write_text("not a corpus")
+    assert data.load_corpus(tmp_path, strict=True).kept == 2  # a directory's *.jsonl.gz too
+    rows = [{"input": f"question {i} " + "x" * (i % 50), "output": f"answer {i * 7919 % 10007}"} for i in range(3000)]
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(gzip.compress(jl(*rows).encode())[:4000])
+    probs = data.load_corpus(cut).problems
+    assert [p.code for p in probs] == ["bad_gzip"] and "gzip -t" in probs[0].hint
+    inner = tmp_path / "png.jsonl.gz"
+    inner.write_bytes(gzip.compress(b"\x89PNG\r\n\x1a\n\x00\x00" + bytes(range(256)) * 8))
+    probs = data.load_corpus(inner).problems
+    assert [p.code for p in probs] == ["binary_file"] and "inside the gzip file" in probs[0].message
+
+
+# ---------------------------------------------------------------------------------------------- opener tags
+ECHO_OPENER = "".join(f"<|echo|><|system|> You are Echo. <|user|> Question {i}? <|echo|> I am Echo; answer {i}. "
+                      "<|endoftext|>\n" for i in range(12))
+
+
+@pytest.mark.parametrize("roles", [None, "<|echo|>=assistant"])
+def test_a_persona_tag_that_also_opens_each_record_is_an_opener(tmp_path, roles):
+    path = tmp_path / "echo.txt"
+    path.write_text(ECHO_OPENER)
+    res = data.load_corpus(path, strict=True, roles=roles)
+    assert res.kept == 12
+    assert [m["role"] for m in res.examples[3].messages] == ["system", "user", "assistant"]
+    assert res.examples[3].response == "I am Echo; answer 3."
+
+
+def test_when_most_records_fail_the_mapping_that_loads_most_is_proposed(tmp_path):
+    path = tmp_path / "quinn.txt"  # the persona's tag <|q|> reads like a question tag to the name heuristic
+    path.write_text("".join(f"<|q|><|system|> You are Quinn.\n<|user|> Ask {i}?\n<|q|> Quinn answers {i}.\n"
+                            "<|endoftext|>\n" for i in range(20)))
+    assert data.propose_roles(path.read_text()) == {"<|q|>": "user"}  # the guess alone loads nothing
+    res = data.load_corpus(path)
+    assert res.kept == 0 and data.parse_roles(res.proposals[str(path)]) == {"<|q|>": "assistant"}
+    assert "--roles '<|q|>=assistant'" in res.misread()[str(path)]["advice"]
+    assert all("<|q|>=assistant" in p.hint for p in res.problems)  # every hint agrees with the advice
+    assert data.load_corpus(path, strict=True, roles=res.proposals[str(path)]).kept == 20

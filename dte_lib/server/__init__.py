@@ -25,8 +25,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-
 
 @dataclass
 class ServerHandle:

@@ -11,8 +11,9 @@ import os
 import sys
 from pathlib import Path
 
-from . import LOOPBACK
 from .engine import DEFAULT_MAX_BATCH
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}  # hosts that may serve without an API key
 
 
 def main(argv=None) -> int:
