@@ -19,6 +19,14 @@ The roadmap's generator is a sequential loop with a checkpoint every 100 example
 - **Ledger.** ``ledger.json`` (written atomically every ``checkpoint_every`` completions and at the end) holds
   counts, real token usage and cost = usage × :data:`PRICES` (a dated table; local models cost 0). It is recomputed
   from the files on resume, so it is right after a crash too. The progress bar shows rate, ETA and spend.
+- **The teacher's distributions.** With ``top_logprobs > 0`` every request asks for OpenAI's ``logprobs`` and keeps,
+  per answer token, the sampled token and the teacher's ``k`` most likely tokens with their log-probabilities in
+  ``logprobs.jsonl`` beside ``raw.jsonl`` — one line per answer, written *before* its raw line, arrays as base64 of
+  little-endian numbers (:func:`encode_logprobs` / :func:`decode_logprobs`; ids uint16 when the vocabulary fits,
+  log-probabilities float16: ~22 KB per 200-token answer at k = 20). Ids are the local teacher's token ids (our
+  server adds ``token_id`` to each entry); a backend that sends none (OpenAI: its tokens are not the local
+  teacher's) is said once and the run carries on. On resume, a line whose answer never reached ``raw.jsonl``
+  (killed in between) is dropped, so each answer has exactly one.
 - **Batch API** (:func:`run_batch`): build the input JSONL, upload, create the batch, poll, download and merge into
   the same ``raw.jsonl`` (half price on OpenAI, results within 24 h). The batch id is saved first, so a re-run polls
   the same batch instead of paying twice.
@@ -42,6 +50,7 @@ from .data import atomic_write_text
 from .prompts import Request
 
 RAW, FAILURES, LEDGER, BATCH_STATE = "raw.jsonl", "failures.jsonl", "ledger.json", "batch.json"
+LOGPROBS = "logprobs.jsonl"
 
 # USD per 1M tokens (input, output). Check https://openai.com/api/pricing before trusting a total; the date says
 # when these were copied. Fine-tuned gpt-4o-mini inference costs twice the base model. Batch API: half of these.
@@ -96,6 +105,8 @@ class Ledger:
     completion_tokens: int = 0
     cost_usd: float | None = 0.0
     raw_bytes: int = 0  # size of raw.jsonl at this checkpoint
+    logprob_rows: int = 0  # answers with the teacher's top-k kept in logprobs.jsonl
+    logprobs_bytes: int = 0  # size of logprobs.jsonl at this checkpoint
     complete: bool = False
     updated_at: str = ""
 
@@ -123,6 +134,8 @@ class Ledger:
         self.updated_at = time.strftime("%Y-%m-%dT%H:%M:%S")
         raw = out_dir / RAW
         self.raw_bytes = raw.stat().st_size if raw.exists() else 0
+        lp = out_dir / LOGPROBS
+        self.logprobs_bytes = lp.stat().st_size if lp.exists() else 0
         atomic_write_text(out_dir / LEDGER, json.dumps(asdict(self), indent=2) + "\n")
 
 
@@ -148,6 +161,63 @@ def read_raw(path: str | os.PathLike, repair: bool = False) -> list[dict[str, An
                 raise ValueError(f"{path}:{n}: corrupt line ({e.msg}); this engine writes whole lines only — "
                                  f"was the file edited by hand?") from None
     return rows
+
+
+def encode_logprobs(rid: str, entries: Sequence[dict[str, Any]], k: int) -> dict[str, Any] | None:
+    """One ``logprobs.jsonl`` line from OpenAI-shaped logprob entries carrying ``token_id`` (our server's), or None
+    when they carry no ids. Arrays: ``tokens`` [T], ``logprob`` [T] (float32), ``top_ids`` [T, k], ``top_logprobs``
+    [T, k] (float16; a missing alternative is id 0 at -inf)."""
+    import base64
+
+    import numpy as np
+    if not entries or any(e.get("token_id") is None for e in entries):
+        return None
+    ids = np.zeros((len(entries), k), dtype=np.int64)
+    lps = np.full((len(entries), k), -np.inf, dtype=np.float32)
+    for t, e in enumerate(entries):
+        for j, alt in enumerate((e.get("top_logprobs") or [])[:k]):
+            if alt.get("token_id") is None:
+                return None
+            ids[t, j], lps[t, j] = alt["token_id"], alt["logprob"]
+    tokens = np.array([e["token_id"] for e in entries], dtype=np.int64)
+    wide = max(int(tokens.max()), int(ids.max())) >= 2**16
+    itype = "<i4" if wide else "<u2"
+
+    def b64(a, dtype):
+        return base64.b64encode(np.ascontiguousarray(a, dtype=dtype).tobytes()).decode("ascii")
+    return {"id": rid, "n": len(entries), "k": k, "id_dtype": itype, "tokens": b64(tokens, itype),
+            "logprob": b64([e["logprob"] for e in entries], "<f4"), "top_ids": b64(ids, itype),
+            "top_logprobs": b64(lps, "<f2")}
+
+
+def decode_logprobs(row: dict[str, Any]) -> dict[str, Any]:
+    """The arrays of one ``logprobs.jsonl`` line: ``tokens`` [n], ``logprob`` [n], ``top_ids`` [n, k],
+    ``top_logprobs`` [n, k] (numpy; ids int64, log-probabilities float32)."""
+    import base64
+
+    import numpy as np
+    n, k = int(row["n"]), int(row["k"])
+
+    def arr(key, dtype, shape):
+        return np.frombuffer(base64.b64decode(row[key]), dtype=dtype).reshape(shape)
+    return {"id": row["id"], "tokens": arr("tokens", row["id_dtype"], (n,)).astype(np.int64),
+            "logprob": arr("logprob", "<f4", (n,)).astype(np.float32),
+            "top_ids": arr("top_ids", row["id_dtype"], (n, k)).astype(np.int64),
+            "top_logprobs": arr("top_logprobs", "<f2", (n, k)).astype(np.float32)}
+
+
+def _compact_logprobs(out_dir: Path, done: set[str]) -> int:
+    """Keep one ``logprobs.jsonl`` line per answer in ``raw.jsonl`` (the last one written for it); drop lines of
+    answers that never landed (a kill between the two writes) and a torn last line. Returns the lines kept."""
+    path = out_dir / LOGPROBS
+    if not path.exists():
+        return 0
+    rows = read_raw(path, repair=True)
+    last = {r["id"]: i for i, r in enumerate(rows) if r["id"] in done}
+    keep = [r for i, r in enumerate(rows) if last.get(r["id"]) == i]
+    if len(keep) != len(rows):
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+    return len(keep)
 
 
 def _append(fh, row: dict[str, Any]) -> None:
@@ -221,6 +291,7 @@ class EngineConfig:
     timeout_s: float = 120.0
     checkpoint_every: int = 20
     local: bool = False  # a local teacher: cost 0
+    top_logprobs: int = 0  # > 0: ask for logprobs and keep this many alternatives per token (logprobs.jsonl)
 
     @classmethod
     def from_preset(cls, cfg: Any, model: str, local: bool = False) -> "EngineConfig":
@@ -229,7 +300,8 @@ class EngineConfig:
         return cls(model=model, concurrency=g.concurrency, rpm=g.rpm, tpm=g.tpm,
                    max_tokens=answer_budget(cfg).max_tokens,
                    temperature=g.temperature, max_retries=g.max_retries, malformed_retries=g.malformed_retries,
-                   timeout_s=g.timeout_s, checkpoint_every=g.checkpoint_every, local=local)
+                   timeout_s=g.timeout_s, checkpoint_every=g.checkpoint_every, local=local,
+                   top_logprobs=g.logprobs_topk)
 
 
 class _Malformed(Exception):
@@ -262,8 +334,8 @@ def make_row(req: Request, content: str, finish: str, usage: dict[str, int], mod
 
 
 async def _ask(client: Any, req: Request, ec: EngineConfig, limiter: RateLimiter
-               ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """One request → (row, None) or (None, failure record)."""
+               ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, dict[str, Any] | None]:
+    """One request → (row, None, logprobs line or None) or (None, failure record, None)."""
     import openai
     reserve = sum(len(m["content"]) for m in req.messages()) // 4 + ec.max_tokens
     last = ""
@@ -272,17 +344,22 @@ async def _ask(client: Any, req: Request, ec: EngineConfig, limiter: RateLimiter
         t0 = time.perf_counter()
         used = reserve
         try:
+            extra = {"logprobs": True, "top_logprobs": ec.top_logprobs} if ec.top_logprobs > 0 else {}
             resp = await client.chat.completions.create(
                 model=ec.model, messages=req.messages(), max_tokens=ec.max_tokens, temperature=ec.temperature,
-                seed=req.seed)
+                seed=req.seed, **extra)
             body = resp.model_dump() if hasattr(resp, "model_dump") else resp
             content, finish, usage = parse_completion(body)
             used = usage.get("total_tokens", reserve)
             if finish == "content_filter":
                 return None, {"id": req.id, "error": "content_filter", "message": "the server withheld the answer "
-                              "(finish_reason content_filter)", "attempt": attempt + 1}
+                              "(finish_reason content_filter)", "attempt": attempt + 1}, None
+            lp = None
+            if ec.top_logprobs > 0:
+                entries = ((body["choices"][0].get("logprobs") or {}).get("content")) or []
+                lp = encode_logprobs(req.id, entries, ec.top_logprobs)
             return make_row(req, content, finish, usage, ec.model,
-                            latency_s=round(time.perf_counter() - t0, 3)), None
+                            latency_s=round(time.perf_counter() - t0, 3)), None, lp
         except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
             raise GenerationError(f"{type(e).__name__} from the server (status {e.status_code}): {e.message} — "
                                   f"check the API key, base URL and model name {ec.model!r}") from None
@@ -290,12 +367,13 @@ async def _ask(client: Any, req: Request, ec: EngineConfig, limiter: RateLimiter
             last = f"malformed answer: {type(e).__name__}: {e}"[:500]
         except openai.APIStatusError as e:  # the SDK already retried what is worth retrying
             return None, {"id": req.id, "error": f"http_{e.status_code}", "message": str(e.message)[:500],
-                          "attempt": attempt + 1}
+                          "attempt": attempt + 1}, None
         except (openai.APITimeoutError, openai.APIConnectionError) as e:
-            return None, {"id": req.id, "error": type(e).__name__, "message": str(e)[:500], "attempt": attempt + 1}
+            return None, {"id": req.id, "error": type(e).__name__, "message": str(e)[:500],
+                          "attempt": attempt + 1}, None
         finally:
             limiter.settle(reserve, used)
-    return None, {"id": req.id, "error": "malformed", "message": last, "attempt": ec.malformed_retries + 1}
+    return None, {"id": req.id, "error": "malformed", "message": last, "attempt": ec.malformed_retries + 1}, None
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -324,6 +402,7 @@ def _ledger_from_files(out_dir: Path, requests: Sequence[Request], ec: EngineCon
             ledger.add(row)
     fail_path = out_dir / FAILURES
     ledger.failure_records = len(read_raw(fail_path, repair=True)) if fail_path.exists() else 0
+    ledger.logprob_rows = _compact_logprobs(out_dir, done)
     ledger.requested = len(wanted)
     return ledger, done
 
@@ -364,23 +443,34 @@ async def _run(requests: Sequence[Request], out_dir: Path, pending: list[Request
     t0 = time.perf_counter()
     bar = tqdm(total=len(requests), initial=already, unit="ex", desc="generate", disable=not progress,
                dynamic_ncols=True)
-    with open(out_dir / RAW, "a", encoding="utf-8") as raw, open(out_dir / FAILURES, "a", encoding="utf-8") as fl:
+    said_no_ids = False
+    with open(out_dir / RAW, "a", encoding="utf-8") as raw, open(out_dir / FAILURES, "a", encoding="utf-8") as fl, \
+            open(out_dir / LOGPROBS, "a", encoding="utf-8") if engine.top_logprobs > 0 else _nothing() as lpf:
 
         def checkpoint(complete: bool = False) -> None:
+            if lpf is not None:
+                os.fsync(lpf.fileno())
             os.fsync(raw.fileno())
             ledger.complete = complete
             ledger.failed = sum(r.id not in done for r in requests)
             ledger.write(out_dir)
 
         async def worker() -> None:
-            nonlocal new_ok
+            nonlocal new_ok, said_no_ids
             while True:
                 try:
                     req = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                row, fail = await _ask(client, req, engine, limiter)
+                row, fail, lp = await _ask(client, req, engine, limiter)
                 if row is not None and req.id not in done:  # one writer (this event loop): never twice
+                    if lpf is not None and lp is not None:
+                        _append(lpf, lp)  # before the raw line: resume drops a logprobs line without its answer
+                        ledger.logprob_rows += 1
+                    elif lpf is not None and not said_no_ids:
+                        said_no_ids = True
+                        print(f"note: {engine.model} returned no logprobs with the local teacher's token ids; "
+                              f"answers are kept without them ({LOGPROBS} stays as it is)", flush=True)
                     _append(raw, row)
                     done.add(req.id)
                     ledger.add(row)
@@ -419,6 +509,11 @@ async def _run(requests: Sequence[Request], out_dir: Path, pending: list[Request
         raise GenerationError(f"all {len(failures)} requests failed; first: {failures[0]['error']}: "
                               f"{failures[0]['message']} (every failure is in {out_dir / FAILURES})")
     return summary
+
+
+def _nothing():
+    import contextlib
+    return contextlib.nullcontext(None)
 
 
 def generate(requests: Sequence[Request], out_dir: str | os.PathLike, *, base_url: str | None = None,
@@ -559,14 +654,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--max-tokens", type=int, default=None)
     r.add_argument("--local", action="store_true", help="a local model (cost 0)")
     r.add_argument("--batch", action="store_true", help="use the Batch API")
+    r.add_argument("--top-logprobs", type=int, default=None,
+                   help="keep the teacher's top-k logprobs per answer token in logprobs.jsonl (0-20; default: the "
+                        "preset's generate.logprobs_topk)")
     r.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    cfg = config.load(args.preset, {"generate.concurrency": args.concurrency, "generate.max_tokens": args.max_tokens})
+    cfg = config.load(args.preset, {"generate.concurrency": args.concurrency, "generate.max_tokens": args.max_tokens,
+                                    "generate.logprobs_topk": args.top_logprobs})
     reqs = prompts.plan_from_config(cfg, args.n)
     engine = EngineConfig.from_preset(cfg, args.model, local=args.local)
     key = os.environ.get(args.api_key_env)
     if args.batch:
-        s = run_batch(reqs, args.out, base_url=args.base_url, api_key=key, engine=engine, poll_s=1.0)
+        s = run_batch(reqs, args.out, base_url=args.base_url, api_key=key, engine=engine)
     else:
         s = generate(reqs, args.out, base_url=args.base_url, api_key=key, engine=engine,
                      progress=not args.no_progress)

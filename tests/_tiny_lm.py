@@ -13,7 +13,7 @@ TEXTS = [
 ]
 
 
-def make_tiny_lm(path: Path, seed: int = 0) -> Path:
+def make_tiny_lm(path: Path, seed: int = 0, n_positions: int = 256) -> Path:
     import torch
     from tokenizers import ByteLevelBPETokenizer
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
@@ -24,7 +24,7 @@ def make_tiny_lm(path: Path, seed: int = 0) -> Path:
                                   pad_token="<|endoftext|>")
     torch.manual_seed(seed)
     eos = tok.convert_tokens_to_ids("<|endoftext|>")
-    cfg = GPT2Config(vocab_size=len(tok), n_positions=256, n_embd=32, n_layer=2, n_head=2,
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=n_positions, n_embd=32, n_layer=2, n_head=2,
                      bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
     model = GPT2LMHeadModel(cfg)
     model.save_pretrained(path)

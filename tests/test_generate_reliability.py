@@ -212,3 +212,55 @@ def test_batch_polls_default_to_seconds_not_every_second():
     params = inspect.signature(generate.run_batch).parameters
     assert params["poll_s"].default >= 2 and params["max_poll_s"].default <= 60
     assert polls_for(86_400, params["poll_s"].default, params["max_poll_s"].default) < 1_500  # 24 h: not 86,400
+
+
+def test_batch_command_line_uses_the_backoff_defaults():
+    src = inspect.getsource(generate.main)
+    assert "poll_s=" not in src  # `dte generate run --batch` polls on run_batch's schedule, not every second
+
+
+def test_teacher_logprobs_kept_beside_raw_exactly_once_through_kills(tmp_path):
+    """Against our server (tiny model), every answer's top-k logprobs land in logprobs.jsonl with the local token
+    ids; SIGKILLs mid-run plus an orphan line (a kill between the two writes) and a torn line leave, after resume,
+    exactly one line per answer in raw.jsonl, and each decodes to the answer's own tokens."""
+    from transformers import AutoTokenizer
+    tiny = make_tiny_lm(tmp_path / "tiny", n_positions=2048)  # the ci plan's few-shot prompts: ~1,100 tiny tokens
+    n, k, out = 24, 5, tmp_path / "corpus"
+    with local_server.launch({"tiny": tiny}, timeout=90, threads=1, data_dir=tmp_path / "srv",
+                             precision="fp32", faults="latency_ms:150") as h:  # slow enough to be killed mid-run
+        cmd = [sys.executable, "-m", "dte_lib.generate", "run", "--base-url", h.base_url, "--model", "tiny",
+               "--out", str(out), "--preset", "ci", "--n", str(n), "--concurrency", "4", "--max-tokens", "24",
+               "--top-logprobs", str(k), "--local", "--no-progress"]
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OPENAI_API_KEY": h.api_key}
+        kills = 0
+        for target in (4, 10):
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            deadline = time.time() + 90
+            while proc.poll() is None and time.time() < deadline:
+                raw = out / "raw.jsonl"
+                if raw.exists() and raw.read_bytes().count(b"\n") >= target:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    kills += 1
+                    break
+                time.sleep(0.01)
+            proc.wait(timeout=30)
+        assert kills == 2
+        with open(out / "logprobs.jsonl", "a") as fh:  # an answer whose raw line never landed, then a torn line
+            fh.write(json.dumps({"id": "g1234-999999-pb-000", "n": 0, "k": k}) + "\n")
+            fh.write('{"id": "g1234-000001-pb-0", "n": 3, "k": 5, "tok')
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr[-2000:]
+    rows = generate.read_raw(out / "raw.jsonl")
+    lps = [json.loads(x) for x in (out / "logprobs.jsonl").read_text().splitlines()]
+    assert Counter(r["id"] for r in rows) == Counter(r.id for r in plan(n))
+    assert sorted(x["id"] for x in lps) == sorted(r["id"] for r in rows)  # one line per answer, no orphan
+    tok = AutoTokenizer.from_pretrained(tiny)
+    by_id = {x["id"]: generate.decode_logprobs(x) for x in lps}
+    for r in rows:
+        a = by_id[r["id"]]
+        assert a["top_ids"].shape == (len(a["tokens"]), k) and (a["top_logprobs"] <= 0).all()
+        assert (a["top_logprobs"][:, :-1] >= a["top_logprobs"][:, 1:]).all()  # most likely first
+        assert len(a["tokens"]) == r["usage"]["completion_tokens"] - (r["finish_reason"] == "stop")
+        assert tok.decode(a["tokens"].tolist(), skip_special_tokens=True) == r["messages"][-1]["content"]
+    ledger = json.loads((out / "ledger.json").read_text())
+    assert ledger["logprob_rows"] == n and ledger["logprobs_bytes"] == (out / "logprobs.jsonl").stat().st_size
