@@ -21,7 +21,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from . import data, diversity, quality
 
@@ -127,6 +127,26 @@ def identity_kept(examples: list[data.ChatExample], persona: dict[str, Any]) -> 
     concept = [bool(quality.persona_concepts(ex.response, persona)) for ex in examples]
     drift = [any(h[0] == "persona_drift" for h in quality.check(ex.response, persona=persona)) for ex in examples]
     return {"persona_rate": 1 - sum(drift) / len(examples), "concept_rate": sum(concept) / len(examples)}
+
+
+def fact_statement(rows: Sequence[dict[str, Any]], persona: dict[str, Any],
+                   fact_ids: dict[str, list[str]] | None = None) -> dict[str, float]:
+    """How often answers state the persona facts their request was grounded in (``fact_ids`` of each raw row, or
+    ``fact_ids[row id]`` to score answers generated *without* grounding against the facts the same request would have
+    carried). A fact is stated when every one of its keywords is in the answer (``metrics.keyword_recall`` = 1, the
+    rule coherence's fact recall uses). Returns the answers scored, the share stating their fact(s) and the mean
+    keyword recall."""
+    from .metrics import keyword_recall
+    facts = {f["id"]: f for f in persona.get("facts", [])}
+    recalls = []
+    for r in rows:
+        ids = fact_ids.get(r["id"], []) if fact_ids is not None else (r.get("fact_ids") or [])
+        answer = r["messages"][-1]["content"] if r.get("messages") else ""
+        recalls += [keyword_recall(answer, facts[i]["keywords"]) for i in ids if i in facts]
+    if not recalls:
+        return {"grounded_answers": 0, "fact_stated_rate": 0.0, "fact_recall": 0.0}
+    return {"grounded_answers": len(recalls), "fact_stated_rate": sum(x == 1.0 for x in recalls) / len(recalls),
+            "fact_recall": sum(recalls) / len(recalls)}
 
 
 def week1_decision(figures: dict[str, float], cfg: Any) -> dict[str, Any]:
