@@ -1,12 +1,14 @@
 """Server throughput: generated tokens/s at 1, 8, 32 and 64 concurrent chat requests, with the course's sampling
-(temperature 0.8, top-p 0.95) and greedy, for the engine with the old settings (``--max-batch 8
---no-prefix-cache``) and the new defaults, in one run, with the same prompts — plus in-process ``model.generate``
-at the same batch as the reference, a sweep of ``--max-batch`` (16–128) at 128 concurrent requests, and one row with
-the course's own requests (persona prompt + a few-shot turn, as notebook 02 sends them).
+(temperature 0.8, top-p 0.95) and greedy, for two engines in one run with the same prompts — by default the engine
+with fp32 weights (its defaults until 2026-12-07) against ``--precision auto`` (bf16 weights where the CPU has them
+natively; ``--compare batching`` instead sets the old ``--max-batch 8 --no-prefix-cache`` against the defaults) —
+plus in-process ``model.generate`` at the same batch as the reference, an optional sweep of ``--max-batch`` at 128
+concurrent requests, and one row with the course's own requests (persona prompt + a few-shot turn + the grounding
+hint, as notebook 02 sends them).
 
 Prompts: the persona's system prompt with the course's length hint, then a question from data/prompt_bank.jsonl
 (request i asks question i: different questions, one shared system prompt — the shape of notebook 02's traffic).
-SmolLM2-135M-Instruct fp32 from the cache, 48 new tokens per request.
+SmolLM2-135M-Instruct from the cache, 48 new tokens per request.
 
 Run it alone on the machine: ``timeout 900 env PYTHONPATH=. .venv/bin/python
 benchmarks/bench_server.py`` (about 6 minutes on 2 cores). Results are appended to benchmarks/RESULTS-server.md
@@ -85,16 +87,16 @@ async def burst(base_url: str, key: str, msgs: list[list[dict]], tokens: int, sa
 
 
 def served(path: Path, threads: int, max_batch: int, prefix_cache: bool, runs: list[tuple[str, int, dict, list]],
-           tokens: int) -> dict[str, dict]:
+           tokens: int, precision: str = "auto") -> dict[str, dict]:
     from dte_lib import server
     res = {}
     with server.launch({"teacher": path}, threads=threads, max_batch=max_batch, prefix_cache=prefix_cache,
-                       timeout=300) as srv:
+                       timeout=300, precision=precision) as srv:
         asyncio.run(burst(srv.base_url, srv.api_key, prompts(2), 2, GREEDY))  # load and warm up
         for label, conc, sampling, msgs in runs:
             r = asyncio.run(burst(srv.base_url, srv.api_key, msgs[:conc], tokens, sampling))
             res[label] = r
-            print(f"max_batch {max_batch} prefix_cache {prefix_cache} {label}: {r['tok_s']:.1f} tok/s "
+            print(f"max_batch {max_batch} prefix_cache {prefix_cache} {precision} {label}: {r['tok_s']:.1f} tok/s "
                   f"(wall {r['wall_s']:.1f} s, median latency {r['median_latency_s']:.1f} s)", flush=True)
     return res
 
@@ -103,7 +105,10 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--sweep", default="16,32,64,128", help="max-batch values to sweep at 128 concurrent")
+    ap.add_argument("--sweep", default="", help="max-batch values to sweep at 128 concurrent, e.g. 16,32,64,128")
+    ap.add_argument("--compare", default="precision", choices=("precision", "batching"),
+                    help="precision: fp32 weights vs precision auto; batching: max-batch 8 without prefix cache vs "
+                         "the defaults (both at precision auto)")
     ap.add_argument("--sweep-tokens", type=int, default=24)
     ap.add_argument("--sweep-concurrency", type=int, default=128)
     ap.add_argument("--concurrency", default="1,8,32,64", help="concurrent requests to measure (a smoke run: 1,2)")
@@ -125,14 +130,23 @@ def main() -> int:
                                       args.threads)}
     raw.write_text(json.dumps(results, indent=1))
     grid = [(f"{name}@{c}", c, s, ps) for c in concs for name, s in (("sampled", SAMPLED), ("greedy", GREEDY))]
-    results["old"] = served(path, args.threads, 8, False,
+    from dte_lib import device
+    if args.compare == "precision":
+        old_engine, old_label = (DEFAULT_MAX_BATCH, True, "fp32"), "fp32 weights"
+        new_label = device.precision_note("cpu", "auto").split(" — ")[0].replace("precision auto on cpu: ", "")
+        new_label = f"precision auto ({new_label})"
+    else:
+        old_engine, old_label = (8, False, "auto"), "max-batch 8, no prefix cache"
+        new_label = f"max-batch {DEFAULT_MAX_BATCH}, prefix cache"
+    results["labels"] = {"old": old_label, "new": new_label}
+    results["old"] = served(path, args.threads, old_engine[0], old_engine[1],
                             [g for g in grid if g[1] in old_concs and (g[0].startswith("sampled") or g[1] == top)],
-                            args.tokens)
+                            args.tokens, precision=old_engine[2])
     raw.write_text(json.dumps(results, indent=1))
     results["new"] = served(path, args.threads, DEFAULT_MAX_BATCH, True,
                             grid + ([(f"course sampled@{top}", top, SAMPLED, course_prompts(top))]
                                     if args.course else []),
-                            args.tokens)
+                            args.tokens, precision="auto")
     raw.write_text(json.dumps(results, indent=1))
     results["sweep"] = {}
     for mb in [int(x) for x in args.sweep.split(",") if x]:
@@ -146,13 +160,12 @@ def main() -> int:
     d, old, new = results["direct"], results["old"], results["new"]
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {args.threads}; "
                f"load average {load_start:.2f} at the start; `uptime` at the end: {uptime}")
-    lines = [f"\n## Continuous batching vs the old settings — {time.strftime('%Y-%m-%d %H:%M')}\n",
-             f"SmolLM2-135M-Instruct fp32, {args.tokens} new tokens per request (fewer where a request ends on its "
+    lines = [f"\n## {new_label} vs {old_label} — {time.strftime('%Y-%m-%d %H:%M')}\n",
+             f"SmolLM2-135M-Instruct, {args.tokens} new tokens per request (fewer where a request ends on its "
              "own), "
              f"persona system prompt + one prompt-bank question per request; {machine}. One run, {minutes:.1f} min.\n",
-             f"| concurrent | sampling | old settings (max-batch 8, no prefix cache) tok/s | new (max-batch "
-             f"{DEFAULT_MAX_BATCH}, prefix cache) tok/s | new / old | model.generate same batch tok/s | new / generate "
-             "| new median latency (s) |",
+             f"| concurrent | sampling | {old_label} tok/s | {new_label} tok/s | new / old | model.generate (fp32) "
+             "same batch tok/s | new / generate | new median latency (s) |",
              "|---|---|---|---|---|---|---|---|"]
     for c in concs:
         for name in ("sampled", "greedy"):
@@ -172,6 +185,8 @@ def main() -> int:
               "prefix cache on:",
               "", "| max-batch | tok/s | median latency (s) |", "|---|---|---|"]
     lines += [f"| {mb} | {r['tok_s']:.1f} | {r['median_latency_s']:.1f} |" for mb, r in results["sweep"].items()]
+    if not results["sweep"]:
+        lines = lines[:-4]
     text = "\n".join(lines) + "\n"
     print(text)
     with open(args.out, "a") as fh:
