@@ -129,7 +129,7 @@ def identity_kept(examples: list[data.ChatExample], persona: dict[str, Any]) -> 
     return {"persona_rate": 1 - sum(drift) / len(examples), "concept_rate": sum(concept) / len(examples)}
 
 
-def fact_statement(rows: Sequence[dict[str, Any]], persona: dict[str, Any],
+def fact_statement(rows: Sequence[dict[str, Any] | data.ChatExample], persona: dict[str, Any],
                    fact_ids: dict[str, list[str]] | None = None) -> dict[str, float]:
     """How often answers state the persona facts their request was grounded in (``fact_ids`` of each raw row, or
     ``fact_ids[row id]`` to score answers generated *without* grounding against the facts the same request would have
@@ -140,8 +140,9 @@ def fact_statement(rows: Sequence[dict[str, Any]], persona: dict[str, Any],
     facts = {f["id"]: f for f in persona.get("facts", [])}
     recalls = []
     for r in rows:
-        ids = fact_ids.get(r["id"], []) if fact_ids is not None else (r.get("fact_ids") or [])
-        answer = r["messages"][-1]["content"] if r.get("messages") else ""
+        r = quality.as_example(r)  # a raw.jsonl row or a ChatExample (its other keys are its meta)
+        ids = fact_ids.get(r.id, []) if fact_ids is not None else (r.meta.get("fact_ids") or [])
+        answer = r.response
         recalls += [keyword_recall(answer, facts[i]["keywords"]) for i in ids if i in facts]
     if not recalls:
         return {"grounded_answers": 0, "fact_stated_rate": 0.0, "fact_recall": 0.0}

@@ -72,3 +72,22 @@ def test_no_probe_question_or_reference_reaches_what_the_teacher_is_sent():
     ref_grams = set().union(*(_ngrams(r) for r in references))
     beyond = [h[:80] for h in hints if (_ngrams(h) & ref_grams) - spec]
     assert not beyond, beyond[:3]
+
+
+def test_fact_statement_counts_answers_that_state_their_fact():
+    from dte_lib import corpus, quality
+    persona = data.load_persona(config.load("ci").path("data/persona.json"))
+
+    def row(i, answer, ids):
+        return {"id": f"r{i}", "messages": [{"role": "user", "content": "q"},
+                                            {"role": "assistant", "content": answer}], "fact_ids": ids}
+    rows = [row(0, "I keep my spectral radius just below one.", ["spectral_radius"]),
+            row(1, "My memory is a hypergraph of many links.", ["hypergraph"]),  # 'hyperedge' missing: half
+            row(2, "I am an echo.", []),  # not grounded: not scored
+            row(3, "Nothing about it here.", ["membranes"])]
+    got = corpus.fact_statement(rows, persona)
+    assert got["grounded_answers"] == 3 and abs(got["fact_stated_rate"] - 1 / 3) < 1e-9
+    assert abs(got["fact_recall"] - (1 + 0.5 + 0) / 3) < 1e-9
+    assert corpus.fact_statement([quality.as_example(r) for r in rows], persona) == got  # ChatExamples too
+    plain = corpus.fact_statement(rows, persona, {"r2": ["name"]})  # scored against the facts given
+    assert plain["grounded_answers"] == 1 and plain["fact_stated_rate"] == 0.0
