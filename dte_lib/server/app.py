@@ -288,12 +288,13 @@ def _logprobs_body(registry: Registry, model: str, entries: list | None) -> dict
     carries ``token_id`` (not in OpenAI's API): the local teacher's vocabulary id, what a distillation cache keeps."""
     if entries is None:
         return None
+    lm = registry.get(model)
     piece = registry.token_piece
     content = []
     for tid, lp, alts in entries:
-        text, raw = piece(model, tid)
+        text, raw = piece(lm, tid)
         content.append({"token": text, "logprob": lp, "bytes": raw, "token_id": tid,
-                        "top_logprobs": [{"token": (p := piece(model, i))[0], "logprob": v, "bytes": p[1],
+                        "top_logprobs": [{"token": (p := piece(lm, i))[0], "logprob": v, "bytes": p[1],
                                           "token_id": i} for i, v in alts]})
     return {"content": content, "refusal": None}
 

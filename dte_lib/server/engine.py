@@ -646,10 +646,10 @@ class Registry:
         c = lm.model.config
         return int(getattr(c, "max_position_embeddings", 0) or getattr(c, "n_positions", 0) or 0)
 
-    def token_piece(self, name: str, token_id: int) -> tuple[str, list[int]]:
+    @staticmethod
+    def token_piece(lm: Loaded, token_id: int) -> tuple[str, list[int]]:
         """(text, UTF-8 bytes) of one vocabulary entry, as OpenAI's logprobs report a token: byte-level BPE tokens
         are mapped back to their exact bytes (a piece of a multi-byte character has bytes but no whole text)."""
-        lm = self.get(name)
         hit = lm.pieces.get(token_id)
         if hit is None:
             raw = _token_bytes(lm.tokenizer, token_id)
