@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -445,7 +446,7 @@ async def _run(requests: Sequence[Request], out_dir: Path, pending: list[Request
                dynamic_ncols=True)
     said_no_ids = False
     with open(out_dir / RAW, "a", encoding="utf-8") as raw, open(out_dir / FAILURES, "a", encoding="utf-8") as fl, \
-            open(out_dir / LOGPROBS, "a", encoding="utf-8") if engine.top_logprobs > 0 else _nothing() as lpf:
+            open(out_dir / LOGPROBS, "a", encoding="utf-8") if engine.top_logprobs > 0 else contextlib.nullcontext() as lpf:
 
         def checkpoint(complete: bool = False) -> None:
             if lpf is not None:
@@ -509,11 +510,6 @@ async def _run(requests: Sequence[Request], out_dir: Path, pending: list[Request
         raise GenerationError(f"all {len(failures)} requests failed; first: {failures[0]['error']}: "
                               f"{failures[0]['message']} (every failure is in {out_dir / FAILURES})")
     return summary
-
-
-def _nothing():
-    import contextlib
-    return contextlib.nullcontext(None)
 
 
 def generate(requests: Sequence[Request], out_dir: str | os.PathLike, *, base_url: str | None = None,
