@@ -445,8 +445,9 @@ async def _run(requests: Sequence[Request], out_dir: Path, pending: list[Request
     bar = tqdm(total=len(requests), initial=already, unit="ex", desc="generate", disable=not progress,
                dynamic_ncols=True)
     said_no_ids = False
+    keep_lp = engine.top_logprobs > 0
     with open(out_dir / RAW, "a", encoding="utf-8") as raw, open(out_dir / FAILURES, "a", encoding="utf-8") as fl, \
-            open(out_dir / LOGPROBS, "a", encoding="utf-8") if engine.top_logprobs > 0 else contextlib.nullcontext() as lpf:
+            open(out_dir / LOGPROBS, "a", encoding="utf-8") if keep_lp else contextlib.nullcontext() as lpf:
 
         def checkpoint(complete: bool = False) -> None:
             if lpf is not None:
