@@ -165,7 +165,8 @@ def precision_note(device: str | torch.device, precision: str = "auto") -> str:
     if dev.type == "cpu":
         c = cpu_bf16_check()
         if not c["native"]:
-            return "precision auto on cpu: fp32 (this CPU has no native bf16: AVX512-BF16 or AMX; emulated bf16 is slower)"
+            return ("precision auto on cpu: fp32 (this CPU has no native bf16: AVX512-BF16 or AMX; emulated bf16 "
+                    "is slower)")
         verdict = "bf16" if c["faster"] else f"fp32 (below the {BF16_MIN_SPEEDUP}x bar)"
         return (f"precision auto on cpu: {verdict} — native bf16, measured {c['speedup']:.2f}x fp32's speed on a "
                 f"{'x'.join(map(str, c['shape']))} linear layer, forward + backward, one core")
