@@ -24,12 +24,13 @@ lookup is by the block's content hash and a block the cache does not hold fails 
 
 **Teacher-vocabulary subset** (``TrainCfg.tokenizer = "teacher_subset"``, :func:`subset_tokenizer`): the teacher's
 tokenizer restricted to the ids the corpus uses (plus specials, bytes and merge parents), remapped to a compact range
-— on the seed corpus 7,982 of 49,152 ids, the teacher's segmentation (4.58 bytes per token against the course BPE's
-3.65) at a sixth of its head. Saved as ``tokenizer.json`` + ``id_map.json``; :func:`map_topk` moves a logprobs row's
+— on the seed corpus 7,982 of 49,152 ids (5,499 used), the teacher's segmentation (4.58 bytes per token against the course BPE's
+3.90) at a sixth of its head. Saved as ``tokenizer.json`` + ``id_map.json``; :func:`map_topk` moves a logprobs row's
 teacher top-k into student ids and counts what falls outside.
 
 The comparison with the sequence-level student at equal FLOPs is ``benchmarks/distill.py`` (the ablation arm).
-Run it: ``python -m dte_lib.distill`` prints the head cost of the teacher tokenizer at the demo width.
+Run it: ``python -m dte_lib.distill demo --vocab-report`` prints the head cost of the teacher tokenizer at the demo
+width, and the three tokenizers' sizes and bytes per token on the seed corpus (or on the corpus files given).
 """
 from __future__ import annotations
 
@@ -359,13 +360,36 @@ def train(cfg: Any, run_dir: str | Path, out_name: str, teacher_dir: str | Path,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from . import config
-    cfg = config.load(argv[0] if argv else None)
+    import argparse
+    from . import config, data, teacher
+    from . import tokenizer as toklib
+    ap = argparse.ArgumentParser(prog="python -m dte_lib.distill", description="Head cost of the teacher's vocabulary; "
+                                 "with --vocab-report, vocabulary size and bytes per token of the course BPE, the "
+                                 "teacher's tokenizer and its corpus subset (train.tokenizer teacher_subset).")
+    ap.add_argument("preset", nargs="?", default=None)
+    ap.add_argument("--vocab-report", nargs="*", metavar="CORPUS", default=None,
+                    help="corpus files (default: the preset's seed corpus)")
+    args = ap.parse_args(list(argv or []))
+    cfg = config.load(args.preset)
     d = cfg.train.d_model
-    fitted, teacher = head_cost(cfg.train.vocab_size, d), head_cost(49_152, d)
+    fitted, full = head_cost(cfg.train.vocab_size, d), head_cost(49_152, d)
     print(f"d_model {d}: fitted vocabulary {cfg.train.vocab_size}: head {fitted['head_params'] / 1e6:.2f}M params, "
           f"{fitted['head_flops_per_token'] / 1e6:.1f} MFLOPs/token; teacher's 49,152: "
-          f"{teacher['head_params'] / 1e6:.2f}M params, {teacher['head_flops_per_token'] / 1e6:.1f} MFLOPs/token")
+          f"{full['head_params'] / 1e6:.2f}M params, {full['head_flops_per_token'] / 1e6:.1f} MFLOPs/token")
+    if args.vocab_report is not None:
+        ex = data.load_corpus(args.vocab_report or cfg.path(cfg.data.corpus)).examples
+        ttok = teacher_tokenizer(teacher.base_model_dir())
+        sub, ids = subset_tokenizer(ttok, [render_with_template(ttok, e.messages) for e in ex])
+        course = toklib.train_from_examples(ex, cfg.train.vocab_size)
+        print(f"{len(ex)} conversations; each tokenizer on its own rendering (course: role tokens; teacher: its "
+              f"chat template)")
+        print("| tokenizer | vocabulary | tokens | bytes/token | head params at d_model |\n|---|---|---|---|---|")
+        for name, tok, render in (("course BPE", course, toklib.render), ("teacher", ttok, None),
+                                  ("teacher subset", sub, None)):
+            texts = [render(e.messages) if render else render_with_template(ttok, e.messages) for e in ex]
+            r = vocab_report(texts, {name: tok})[0]
+            print(f"| {name} | {r['vocab']:,} | {r['tokens']:,} | {r['bytes_per_token']:.2f} | "
+                  f"{head_cost(r['vocab'], d)['head_params'] / 1e6:.2f}M |")
     return 0
 
 
