@@ -9,8 +9,9 @@ slices under the machine-wide lock):
    split: answer perplexity and bits/byte (``metrics.lm_score``). A power law ppl = A · n^(−b) is fitted to these points.
 2. ``sampling``: the all-data student's answers on the VAL split under a small grid of temperature × top-p ×
    repetition penalty, scored with ``metrics.evaluate`` (identity normalised, diversity, copy rate; coherence is
-   reported, not used: the probes are not split). Choice: the highest normalised identity among settings with
-   diversity ≥ the roadmap's 0.7 and copy rate ≤ 0.05.
+   reported, not used: the probes are not split), each over ``eval.sample_seeds`` samples with a 95% interval.
+   Choice, among settings with diversity ≥ the roadmap's 0.7 and copy rate ≤ 0.05: ``metrics.choose`` on normalised
+   identity — the first setting of GRID unless another beats it by more than the interval of the difference.
 3. ``ladder``: the TEST split, read once, after the choices: the all-data student with the chosen sampling
    settings, the base SmolLM2-135M-Instruct (the only teacher on this machine: notebook 01's fine-tuned teacher
    is not here) with the same settings, and the scripted references (copied, second halves, shuffled).
@@ -81,14 +82,21 @@ def score(path, es: metrics.EvalSet, cfg, t: float, p: float, r: float, ppl: boo
     ans = metrics.hf_answerer(model, tok, max_new_tokens=cfg.eval.max_new_tokens, temperature=t, top_p=p,
                               system=system, seed=cfg.seed, batch_size=cfg.eval.batch_size, repetition_penalty=r)
     out = metrics.evaluate(ans, es, model=model if ppl else None, tokenizer=tok if ppl else None,
-                           paraphrases=cfg.eval.paraphrases, ppl_examples=cfg.eval.ppl_examples, system=system)
+                           paraphrases=cfg.eval.paraphrases, ppl_examples=cfg.eval.ppl_examples, system=system,
+                           samples=cfg.eval.sample_seeds)
     out["params_m"] = sum(x.numel() for x in model.parameters()) / 1e6
     return {k: v for k, v in out.items() if not k.startswith("_")}
 
 
 def choose(rows: list[dict]) -> dict:
+    """Among settings with diversity ≥ 0.7 and copy rate ≤ 0.05 (all, if none passes), the course's one selection
+    rule (``metrics.choose``) on normalised identity: the first setting in GRID order (least random first)
+    unless a later one beats it by more than the 95% interval of the difference. Prints the reason."""
     ok = [r for r in rows if r["diversity"] >= 0.7 and r["copy_rate"] <= 0.05] or rows
-    return max(ok, key=lambda r: r["identity_normalised"])
+    name = lambda r: f"T {r['temperature']} top-p {r['top_p']} rep {r['repetition_penalty']}"  # noqa: E731
+    pick = metrics.choose([(name(r), r["identity_normalised"], r.get("identity_normalised_ci")) for r in ok])
+    print(pick.reason)
+    return ok[pick.index]
 
 
 def power_law(rows: list[dict]) -> tuple[float, float]:

@@ -7,7 +7,8 @@ same batches of blocks; *equal compute* means equal LM steps and tokens — ``mu
 forward/backward on 2k paraphrase prefixes per step (its ``flops`` column counts only the LM part, the trainer's
 count; the extra cost is stated, not hidden), and ``metacog`` trains on slightly longer conversations within the same
 token budget. Each arm is scored with :func:`dte_lib.metrics.evaluate` on the VAL split (and the probes);
-the winner (:func:`best_arm`) is chosen from those numbers only.
+the winner (:func:`best_arm`) is chosen from those numbers only, by the course's one selection rule: ``plain``
+unless a mechanism beats it by more than the 95% interval of the difference (:func:`choose_arm` says why).
 
 Explained in notebook 10 (a small run); the full table: ``python benchmarks/ablation_identity.py --preset demo``
 (results in benchmarks/RESULTS-identity.md).
@@ -31,6 +32,7 @@ ARMS: dict[str, dict[str, Any]] = {
             "coherence_weight": None},
 }
 KEYS = ("perplexity", "bits_per_byte", "identity", "identity_normalised", "diversity", "coherence", "copy_rate")
+CI_KEYS = tuple(f"{m}_ci" for m in metrics.INTERVAL_METRICS)  # each run's 95% half-widths (metrics.evaluate)
 
 
 def arm_kwargs(cfg: Any, arm: str) -> dict[str, Any]:
@@ -60,27 +62,54 @@ def run(cfg: Any, run_dir: str | Path, *, arms: Sequence[str] = tuple(ARMS), see
             score = metrics.evaluate_checkpoint(res["dir"], evalset, cfg, seed=seed)
             rows.append({"arm": arm, "seed": seed, "steps": steps, "depth": depth, "train_s": train_s,
                          "split": evalset.split,
-                         "lm_flops": res["flops"], **{k: score.get(k) for k in KEYS}})
+                         "lm_flops": res["flops"], **{k: score.get(k) for k in KEYS + CI_KEYS}})
             if progress:
                 print(f"{arm:13s} seed {seed}: " + ", ".join(f"{k} {rows[-1][k]:.3f}" for k in KEYS
                                                             if rows[-1][k] is not None))
     return rows
 
 
-def best_arm(rows: Sequence[dict[str, Any]], metric: str = "identity_normalised") -> str:
-    """The arm with the best mean ``metric`` over its seeds; val-split rows only (raises on any other)."""
+def arm_interval(rows: Sequence[dict[str, Any]], metric: str = "identity_normalised") -> dict[str, tuple[float, float]]:
+    """arm -> (mean over its seeds, 95% half-width of that mean).
+
+    The half-width is 1.96 · sqrt(v / n) over the arm's n training seeds, with v the larger of two estimates of one
+    run's variance: the spread of the seeds' scores (training noise and evaluation noise together; unreliable with
+    2 seeds) and the runs' own evaluation variance (mean of (half-width / 1.96)², from :func:`metrics.evaluate`),
+    so one seed still gets an interval and two lucky seeds do not shrink it below the evaluation noise.
+    """
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get(metric) is not None and r[metric] == r[metric]:
+            by.setdefault(r["arm"], []).append(r)
+    out = {}
+    for arm, rs in by.items():
+        vals = [r[metric] for r in rs]
+        spread = statistics.variance(vals) if len(vals) > 1 else 0.0
+        own = statistics.mean(((r.get(f"{metric}_ci") or 0.0) / 1.96) ** 2 for r in rs)
+        out[arm] = (statistics.mean(vals), 1.96 * (max(spread, own) / len(vals)) ** 0.5)
+    return out
+
+
+def choose_arm(rows: Sequence[dict[str, Any]], metric: str = "identity_normalised") -> metrics.Choice:
+    """The ablation's winner by :func:`dte_lib.metrics.choose` (the course's one selection rule) on each arm's mean
+    over seeds and its interval (:func:`arm_interval`): ``plain`` unless a mechanism beats it by more than the
+    interval, then the simpler arm in :data:`ARMS` order. Val-split rows only (raises on any other)."""
     wrong = sorted({r["arm"] for r in rows if r.get("split") != "val"})
     if wrong:
         raise ValueError(f"ablation.best_arm: arms {wrong} were not scored on the val split; choices read val only")
-    by: dict[str, list[float]] = {}
-    for r in rows:
-        if r.get(metric) is not None:
-            by.setdefault(r["arm"], []).append(r[metric])
-    return max(by, key=lambda a: statistics.mean(by[a]))
+    est = arm_interval(rows, metric)
+    order = [a for a in ARMS if a in est] + [a for a in est if a not in ARMS]
+    return metrics.choose([(a, *est[a]) for a in order], metric=metric)
+
+
+def best_arm(rows: Sequence[dict[str, Any]], metric: str = "identity_normalised") -> str:
+    """The winning arm's name (:func:`choose_arm`; its ``reason`` says why)."""
+    return choose_arm(rows, metric).name
 
 
 def summary(rows: Sequence[dict[str, Any]]):
-    """Mean ± sd over seeds per arm, and the difference of each arm's mean from ``plain``'s (a DataFrame)."""
+    """Mean ± sd over seeds per arm, and the difference of each arm's mean from ``plain``'s (a DataFrame); ``±95%``:
+    the half-width of the arm's normalised-identity interval (:func:`arm_interval`), what the winner is chosen by."""
     import pandas as pd
     by: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
@@ -99,5 +128,8 @@ def summary(rows: Sequence[dict[str, Any]]):
             line[k] = f"{m:.3f} ± {sd:.3f}" if len(vals) > 1 else f"{m:.3f}"
             if base:
                 line[f"Δ{k}"] = f"{m - base[k]:+.3f}" if arm != "plain" else "—"
+        ci = arm_interval(rs).get(arm)
+        if ci is not None:
+            line["identity_normalised ±95%"] = f"{ci[1]:.3f}"
         out.append(line)
     return pd.DataFrame(out)

@@ -248,7 +248,8 @@ class TrainCfg:
     short_depths: str = "1,2"  # notebook 06's short demonstration run
     short_tokens: int = 30_000  # token budget per stage of notebook 06's short run
     sample_tokens: int = 60  # new tokens per sample generation
-    tokenizer: str = "fitted"  # fitted (BPE fitted to the corpus, vocab_size) | teacher (the teacher's 49,152 tokens)
+    tokenizer: str = "fitted"  # fitted (BPE fitted to the corpus, vocab_size) | teacher (the teacher's 49,152 tokens) |
+    # teacher_subset (the teacher's tokens the training corpus uses, remapped: dte_lib.distill.subset_tokenizer)
     distill_weight: float = 0.0  # token-level distillation: weight α of the KL to the teacher's top-k (0 = off)
     distill_topk: int = 32  # teacher tokens kept per position in the distillation cache
     distill_temperature: float = 1.0  # softmax temperature of both distributions in the KL (scaled back by T²)
@@ -321,13 +322,16 @@ class EvalCfg:
     ablation_depth: int = 2  # layers of the from-scratch models the ablation trains (same for every arm)
     ablation_arms: str = "plain,persona_init,self_ref,metacog,multitask,all"  # arms notebook 10 runs (all = every mechanism)
     repetition_penalty: float = 1.0  # sampling: Hugging Face repetition penalty for scored answers (1 = off)
+    sample_seeds: int = 4  # answers sampled per prompt and probe paraphrase when scoring (each an independent
+    # draw); the generation metrics average over them and their 95% interval resamples prompts and these within
 
 
 EVAL = {
     "ci": EvalCfg(max_new_tokens=16, identity_prompts=8, probes=6, paraphrases=2, ppl_examples=4, batch_size=16,
                   selfgen_examples=8, selfgen_max_new_tokens=24, stage_steps=4, refine_steps=4, ablation_steps=4,
                   ablation_seeds=1, coherence_pairs=4, depths_08="3", depths_09="4", selfgen_steps=3,
-                  mechanism_steps=4, ablation_arms="plain,self_ref,multitask", ablation_depth=1),
+                  mechanism_steps=4, ablation_arms="plain,self_ref,multitask", ablation_depth=1,
+                  sample_seeds=2),  # ci: 2 sampling seeds keep the tests fast (the course presets use 4)
     # demo: growth stops at notebook 07's 2 layers (benchmarks/RESULTS-scaling.md: at this corpus and budget 1 layer
     # beats 2 and 2 beats 4), so notebooks 08-09 continue training at depth 2 instead of growing to 8 and 12
     # sampling (temperature 0.8, top-p 1.0, no repetition penalty) chosen on the VAL split by a 12-setting sweep:

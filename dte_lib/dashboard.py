@@ -10,6 +10,11 @@ Thresholds (``EvalCfg.thresholds_*``): perplexity < 20, identity > 0.85, diversi
 Floors and ceilings come from :mod:`dte_lib.metrics`; without them the raw numbers cannot be read (identity's
 ceiling on this corpus is ≈ 0.66, below the 0.85 threshold).
 
+Intervals: each generation metric of a row carries its 95% bootstrap interval (``<metric>_lo``, ``_hi`` and the
+half-width ``_ci``, from :func:`dte_lib.metrics.evaluate`); the table prints ``mean ± half-width``, the plot draws
+the interval as an error bar, and :func:`best` keeps the simpler or earlier row unless another beats it by more
+than the interval of the difference (:func:`dte_lib.metrics.choose`, the one selection rule), saying why.
+
 Which split: rows evaluated on the VAL split (``split: "val"``) are what every choice reads — :func:`best` picks
 a stage or model from them and refuses any other row; the TEST split is read once, by :func:`final_report`, for
 the chosen model (and the teacher beside it), as rows with ``split: "test"``.
@@ -25,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import metrics
 from .data import atomic_write_text
 
 FILE = Path("eval") / "dashboard.jsonl"
@@ -78,6 +84,10 @@ def table(rows: Sequence[dict[str, Any]], cfg: Any):
         v = r.get(k)
         return "—" if v is None or v != v else fmt.format(v)
 
+    def pm(r, k, fmt="{:.3f}"):  # mean ± half-width of the 95% interval where the row has one
+        h = r.get(f"{k}_ci")
+        return f(r, k, fmt) if h is None or h != h else f"{f(r, k, fmt)} ± {fmt.format(h)}"
+
     def mark(r, m):
         ok = passes(m, r.get(m), cfg)
         return "—" if ok is None else ("✓" if ok else "✗")
@@ -89,14 +99,14 @@ def table(rows: Sequence[dict[str, Any]], cfg: Any):
             "depth": r.get("depth") if r.get("depth") is not None else "—",
             "ppl": f(r, "perplexity", "{:.1f}"), "bits/byte": f(r, "bits_per_byte", "{:.2f}"),
             "ppl<20": mark(r, "perplexity"),
-            "identity": f(r, "identity"),
+            "identity": pm(r, "identity"),
             "id floor–ceil": f"{f(r, 'identity_floor', '{:.2f}')}–{f(r, 'identity_ceiling', '{:.2f}')}",
-            "id normalised": f(r, "identity_normalised", "{:.2f}"), "id>0.85": mark(r, "identity"),
-            "diversity": f(r, "diversity"), "div refs": f(r, "diversity_references", "{:.2f}"),
+            "id normalised": pm(r, "identity_normalised", "{:.2f}"), "id>0.85": mark(r, "identity"),
+            "diversity": pm(r, "diversity"), "div refs": f(r, "diversity_references", "{:.2f}"),
             "div>0.7": mark(r, "diversity"),
-            "coherence": f(r, "coherence"),
+            "coherence": pm(r, "coherence"),
             "coh floor–ceil": f"{f(r, 'coherence_floor', '{:.2f}')}–{f(r, 'coherence_ceiling', '{:.2f}')}",
-            "coh>0.9": mark(r, "coherence"), "copy rate": f(r, "copy_rate", "{:.2f}"),
+            "coh>0.9": mark(r, "coherence"), "copy rate": pm(r, "copy_rate", "{:.2f}"),
         })
     return pd.DataFrame(out)
 
@@ -110,7 +120,8 @@ def markdown(df) -> str:
 
 
 def plot(rows: Sequence[dict[str, Any]], cfg: Any, title: str = "success metrics vs the roadmap's thresholds"):
-    """2×2 panels, one per metric: value per checkpoint, threshold dashed red, floor–ceiling as a grey band."""
+    """2×2 panels, one per metric: value per checkpoint with its 95% interval (error bar), threshold dashed red,
+    floor–ceiling as a grey band."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 6.5))
@@ -120,7 +131,12 @@ def plot(rows: Sequence[dict[str, Any]], cfg: Any, title: str = "success metrics
     for ax, m in zip(axes.flat, METRICS):
         vals = [r.get(m) if r.get(m) is not None else float("nan") for r in rows]
         colors = ["#3b7a57" if passes(m, v, cfg) else "#b5523b" for v in vals]
-        ax.bar(x, vals, color=colors, alpha=0.85)
+        lo = [r.get(f"{m}_lo") for r in rows]
+        hi = [r.get(f"{m}_hi") for r in rows]
+        err = [[v - a if a is not None and a == a else 0.0 for v, a in zip(vals, lo)],
+               [b - v if b is not None and b == b else 0.0 for v, b in zip(vals, hi)]]
+        ax.bar(x, vals, color=colors, alpha=0.85, yerr=err, capsize=3, ecolor="black",
+               error_kw={"lw": 1, "label": "95% interval"} if any(a is not None for a in lo) else None)
         lo = [r.get(f"{m}_floor") for r in rows]
         hi = [r.get(f"{m}_ceiling") for r in rows]
         for i, (a, b) in enumerate(zip(lo, hi)):
@@ -146,9 +162,11 @@ def plot(rows: Sequence[dict[str, Any]], cfg: Any, title: str = "success metrics
 
 
 def figures(row: dict[str, Any], cfg: Any, prefix: str = "") -> dict[str, Any]:
-    """Flat key figures for ``runlog.record``: each metric, its bounds, and whether it meets the roadmap."""
+    """Flat key figures for ``runlog.record``: each metric, its bounds, its 95% interval (``_lo``, ``_hi``, half-width
+    ``_ci``; None where the row has none), and whether it meets the roadmap."""
     keys = ("perplexity", "bits_per_byte", "identity", "identity_floor", "identity_ceiling", "identity_normalised",
             "diversity", "diversity_references", "coherence", "coherence_floor", "coherence_ceiling", "copy_rate")
+    keys += tuple(f"{m}_{k}" for m in metrics.INTERVAL_METRICS for k in ("lo", "hi", "ci"))
     out = {f"{prefix}{k}": row.get(k) for k in keys}
     out.update({f"{prefix}meets_{m}": passes(m, row.get(m), cfg) for m in METRICS})
     return out
@@ -156,10 +174,13 @@ def figures(row: dict[str, Any], cfg: Any, prefix: str = "") -> dict[str, Any]:
 
 def best(rows: Sequence[dict[str, Any]], metric: str = "identity_normalised", *,
          names: Sequence[str] | None = None, higher: bool = True) -> dict[str, Any]:
-    """The row with the best ``metric`` among ``rows`` (or those named in ``names``) — VAL rows only.
+    """The row chosen on ``metric`` among ``rows`` (or those named in ``names``) — VAL rows only — with the reason.
 
-    This is the course's one selection rule (best stage, final model): it raises if a candidate was scored on any
-    split but val, so a choice can never be made on test numbers. Rows without the metric are skipped.
+    This is the course's one selection rule (best stage, final model), :func:`dte_lib.metrics.choose`: candidates
+    in order of simplicity — ``baseline`` rows (the plain twin of a mechanism, the control) first, then the rest in
+    dashboard order (earlier stages first) — and the first one within the 95% interval of the leader is kept. It
+    raises if a candidate was scored on any split but val, so a choice can never be made on test numbers. Rows
+    without the metric are skipped. Returns a copy of the chosen row with ``reason`` (one sentence) added.
     """
     cands = [r for r in rows if names is None or r["name"] in names]
     wrong = [r["name"] for r in cands if r.get("split") != "val"]
@@ -169,7 +190,10 @@ def best(rows: Sequence[dict[str, Any]], metric: str = "identity_normalised", *,
     cands = [r for r in cands if r.get(metric) is not None and r.get(metric) == r.get(metric)]
     if not cands:
         raise ValueError(f"dashboard.best: no candidate row has {metric!r}")
-    return (max if higher else min)(cands, key=lambda r: r[metric])
+    cands = [r for r in cands if r.get("kind") == "baseline"] + [r for r in cands if r.get("kind") != "baseline"]
+    pick = metrics.choose([(r["name"], r[metric], r.get(f"{metric}_ci")) for r in cands], metric=metric,
+                          higher=higher)
+    return {**cands[pick.index], "reason": pick.reason}
 
 
 def final_report(run_dir: str | Path, cfg: Any, chosen: dict[str, Path], *, notebook: str = "",
@@ -180,7 +204,6 @@ def final_report(run_dir: str | Path, cfg: Any, chosen: dict[str, Path], *, note
     ``chosen`` maps a display name to a Hugging Face directory (the selected student, and the teacher beside it
     for reference, under the name ``"teacher"`` — nothing is chosen from these numbers).
     """
-    from . import metrics
     test = metrics.EvalSet.build(cfg, split="test")
     out = {}
     for name, path in chosen.items():

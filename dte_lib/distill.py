@@ -22,8 +22,15 @@ course's fitted 2,048-token vocabulary (:func:`head_cost` computes it for any sh
 teacher on each distinct block once and writes top-k indices and log-probabilities to ``<out>/teacher_topk.safetensors`` (plus the block ids, so a
 lookup is by the block's content hash and a block the cache does not hold fails with a clear error).
 
+**Teacher-vocabulary subset** (``TrainCfg.tokenizer = "teacher_subset"``, :func:`subset_tokenizer`): the teacher's
+tokenizer restricted to the ids the corpus uses (plus specials, bytes and merge parents), remapped to a compact range
+— on the seed corpus 7,982 of 49,152 ids (5,499 used), the teacher's segmentation (4.58 bytes per token against the course BPE's
+3.90) at a sixth of its head. Saved as ``tokenizer.json`` + ``id_map.json``; :func:`map_topk` moves a logprobs row's
+teacher top-k into student ids and counts what falls outside.
+
 The comparison with the sequence-level student at equal FLOPs is ``benchmarks/distill.py`` (the ablation arm).
-Run it: ``python -m dte_lib.distill`` prints the head cost of the teacher tokenizer at the demo width.
+Run it: ``python -m dte_lib.distill demo --vocab-report`` prints the head cost of the teacher tokenizer at the demo
+width, and the three tokenizers' sizes and bytes per token on the seed corpus (or on the corpus files given).
 """
 from __future__ import annotations
 
@@ -73,6 +80,135 @@ def teacher_tokenizer(teacher_dir: str | Path):
         raise ValueError(f"{teacher_dir}: the teacher's tokenizer has no chat template; the student needs one to "
                          f"render conversations the way the teacher reads them")
     return tok
+
+
+ID_MAP_FILE = "id_map.json"
+
+
+def subset_tokenizer(teacher_tok, texts: Sequence[str]):
+    """The teacher's tokenizer restricted to the token ids ``texts`` use, remapped to a compact range.
+
+    Kept: every teacher id the texts encode to, the special (added) tokens, the 256 byte tokens and every token a
+    kept token is merged from (closure over the BPE merges), so the result is a real byte-level BPE: on the texts it
+    gives exactly the teacher's segmentation (it keeps every merge the teacher applied there; a merge it drops was
+    never the one chosen), and any other text still encodes (in more pieces where a merge is gone). Student ids
+    follow teacher-id order, so the specials keep ids 0–16. Returns ``(tokenizer, ids)`` with ``ids[student id] =
+    teacher id``; the tokenizer carries the teacher's specials and chat template.
+    """
+    from tokenizers import Tokenizer, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    spec = json.loads(teacher_tok.backend_tokenizer.to_str())
+    model = spec["model"]
+    if model.get("type") != "BPE":
+        raise ValueError(f"subset_tokenizer: the teacher's tokenizer is {model.get('type')}, not a BPE")
+    vocab = model["vocab"]
+    token_of = {i: t for t, i in vocab.items()}
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in model["merges"]]
+    keep = {i for t in texts for i in teacher_tok(t, add_special_tokens=False)["input_ids"]}
+    keep |= {a["id"] for a in spec["added_tokens"]} | {vocab[c] for c in pre_tokenizers.ByteLevel.alphabet() if c in vocab}
+    made_from: dict[str, list[tuple[str, str]]] = {}
+    for a, b in merges:
+        made_from.setdefault(a + b, []).append((a, b))
+    todo = [token_of[i] for i in keep if i in token_of]
+    while todo:
+        for a, b in made_from.get(todo.pop(), []):
+            for part in (a, b):
+                if vocab[part] not in keep:
+                    keep.add(vocab[part])
+                    todo.append(part)
+    ids = sorted(keep)
+    new_id = {t: j for j, t in enumerate(ids)}
+    model["vocab"] = {token_of[t]: new_id[t] for t in ids if t in token_of}
+    model["merges"] = [[a, b] for a, b in merges if a + b in model["vocab"] and a in model["vocab"]
+                       and b in model["vocab"]]
+    for a in spec["added_tokens"]:
+        a["id"] = new_id[a["id"]]
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)), unk_token=None,
+                                  eos_token=teacher_tok.eos_token, bos_token=teacher_tok.bos_token,
+                                  pad_token=teacher_tok.pad_token or teacher_tok.eos_token)  # the other specials
+    # come with tokenizer.json's added tokens
+    tok.chat_template = teacher_tok.chat_template
+    tok.model_max_length = 1_000_000
+    return tok, ids
+
+
+def save_subset(tok, ids: Sequence[int], directory: str | Path, teacher: str = "", teacher_vocab: int = 0) -> Path:
+    """``tokenizer.json`` (Hugging Face ``tokenizers`` format) and friends, plus ``id_map.json``: ``student_to_teacher``
+    (the teacher id of each student id), the teacher's name and vocabulary size."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(directory)
+    (directory / ID_MAP_FILE).write_text(json.dumps({"teacher": teacher, "teacher_vocab": int(teacher_vocab),
+                                                     "student_to_teacher": [int(i) for i in ids]}) + "\n")
+    return directory
+
+
+def load_id_map(directory: str | Path) -> np.ndarray:
+    """``student_to_teacher`` of a saved subset tokenizer (int64 array)."""
+    path = Path(directory) / ID_MAP_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no id map — build the tokenizer with distill.subset_tokenizer and "
+                                f"save it with distill.save_subset")
+    return np.asarray(json.loads(path.read_text(encoding="utf-8"))["student_to_teacher"], dtype=np.int64)
+
+
+def to_student(teacher_ids: Any, id_map: np.ndarray) -> np.ndarray:
+    """Teacher ids -> student ids (same shape); -1 where the teacher id is outside the student's vocabulary."""
+    t = np.asarray(teacher_ids, dtype=np.int64)
+    lookup = np.full(max(int(id_map.max()), int(t.max(initial=0))) + 1, -1, dtype=np.int64)
+    lookup[id_map] = np.arange(len(id_map))
+    return lookup[t]
+
+
+def to_teacher(student_ids: Any, id_map: np.ndarray) -> np.ndarray:
+    """Student ids -> teacher ids (the inverse of :func:`to_student` inside the vocabulary)."""
+    return id_map[np.asarray(student_ids, dtype=np.int64)]
+
+
+def map_topk(top_ids: Any, top_logprobs: Any, id_map: np.ndarray) -> dict[str, Any]:
+    """A logprobs row's teacher top-k (``generate.decode_logprobs``: ``top_ids`` [n, k]) in student ids: outside ids
+    become -1 with log-probability -inf, and are counted (``outside``, ``outside_mass``: the teacher probability
+    they carried, summed over positions)."""
+    ids = to_student(top_ids, id_map)
+    lp = np.asarray(top_logprobs, dtype=np.float32)
+    real = np.isfinite(lp)
+    out = (ids < 0) & real
+    return {"ids": ids, "logprobs": np.where(ids < 0, -np.inf, lp), "outside": int(out.sum()),
+            "entries": int(real.sum()), "outside_mass": float(np.exp(lp[out]).sum())}
+
+
+def subset_for(teacher_tok, examples: Sequence[Any], directory: str | Path, teacher: str = ""):
+    """The ``train.tokenizer teacher_subset`` tokenizer of ``examples`` (rendered with the teacher's chat template),
+    saved to ``directory`` with its id map — or loaded from there when it was built from the same texts."""
+    from transformers import AutoTokenizer
+    texts = [render_with_template(teacher_tok, getattr(e, "messages", e)) for e in examples]
+    key = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
+    directory = Path(directory)
+    stamp = directory / "corpus.sha256"
+    if stamp.exists() and stamp.read_text().strip() == key and (directory / "tokenizer.json").exists():
+        return AutoTokenizer.from_pretrained(str(directory))
+    tok, ids = subset_tokenizer(teacher_tok, texts)
+    save_subset(tok, ids, directory, teacher, len(teacher_tok))
+    stamp.write_text(key + "\n")
+    return tok
+
+
+def render_with_template(tok, messages: Sequence[dict[str, Any]]) -> str:
+    """One conversation as the text the tokenizer's chat template makes of it (what :func:`encode_with_template`
+    tokenises)."""
+    return tok.apply_chat_template([{"role": m["role"], "content": m["content"]} for m in messages], tokenize=False)
+
+
+def vocab_report(texts: Sequence[str], tokenizers: dict[str, Any]) -> list[dict[str, Any]]:
+    """Vocabulary size, tokens and UTF-8 bytes per token of each named tokenizer on ``texts`` (notebook 06 prints
+    it for the course BPE against the teacher's full and corpus-restricted vocabularies)."""
+    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    rows = []
+    for name, tok in tokenizers.items():
+        n_tok = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
+        rows.append({"tokenizer": name, "vocab": len(tok), "tokens": n_tok, "bytes": n_bytes,
+                     "bytes_per_token": n_bytes / max(n_tok, 1)})
+    return rows
 
 
 def encode_with_template(tok, messages: Sequence[dict[str, Any]]) -> tuple[list[int], list[int]]:
@@ -196,17 +332,19 @@ def train(cfg: Any, run_dir: str | Path, out_name: str, teacher_dir: str | Path,
     run_dir = Path(run_dir)
     ex = packing.training_examples(cfg, run_dir)
     cache = run_dir / "train" / "cache"
-    if tc.tokenizer == "teacher":
+    if tc.tokenizer in ("teacher", "teacher_subset"):
         tok = teacher_tokenizer(teacher_dir)
+        if tc.tokenizer == "teacher_subset":
+            tok = subset_for(tok, ex["train"], run_dir / "tokenizer_teacher_subset", str(teacher_dir))
         train_ds, val_ds = tokenize(ex["train"], tok, cache), tokenize(ex["val"], tok, cache)
     elif tc.tokenizer == "fitted":
         prep = progressive.prepare(cfg, run_dir)
         tok, train_ds, val_ds = prep["tokenizer"], prep["train"], prep["val"]
     else:
-        raise ValueError(f"train.tokenizer must be 'fitted' or 'teacher', not {tc.tokenizer!r}")
+        raise ValueError(f"train.tokenizer must be 'fitted', 'teacher' or 'teacher_subset', not {tc.tokenizer!r}")
     aux = None
     if tc.distill_weight > 0:
-        if tc.tokenizer != "teacher":
+        if tc.tokenizer != "teacher":  # teacher_subset: the top-k cache must go through the id map first (to_student)
             raise ValueError("token-level distillation needs the teacher's tokenizer: set train.tokenizer teacher")
         steps = math.ceil(tokens / (tc.batch_size * tc.block_size))
         path = build_cache(teacher_dir, train_ds, tc.block_size, tc.batch_size, cfg.seed, steps,
@@ -222,13 +360,36 @@ def train(cfg: Any, run_dir: str | Path, out_name: str, teacher_dir: str | Path,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from . import config
-    cfg = config.load(argv[0] if argv else None)
+    import argparse
+    from . import config, data, teacher
+    from . import tokenizer as toklib
+    ap = argparse.ArgumentParser(prog="python -m dte_lib.distill", description="Head cost of the teacher's vocabulary; "
+                                 "with --vocab-report, vocabulary size and bytes per token of the course BPE, the "
+                                 "teacher's tokenizer and its corpus subset (train.tokenizer teacher_subset).")
+    ap.add_argument("preset", nargs="?", default=None)
+    ap.add_argument("--vocab-report", nargs="*", metavar="CORPUS", default=None,
+                    help="corpus files (default: the preset's seed corpus)")
+    args = ap.parse_args(list(argv or []))
+    cfg = config.load(args.preset)
     d = cfg.train.d_model
-    fitted, teacher = head_cost(cfg.train.vocab_size, d), head_cost(49_152, d)
+    fitted, full = head_cost(cfg.train.vocab_size, d), head_cost(49_152, d)
     print(f"d_model {d}: fitted vocabulary {cfg.train.vocab_size}: head {fitted['head_params'] / 1e6:.2f}M params, "
           f"{fitted['head_flops_per_token'] / 1e6:.1f} MFLOPs/token; teacher's 49,152: "
-          f"{teacher['head_params'] / 1e6:.2f}M params, {teacher['head_flops_per_token'] / 1e6:.1f} MFLOPs/token")
+          f"{full['head_params'] / 1e6:.2f}M params, {full['head_flops_per_token'] / 1e6:.1f} MFLOPs/token")
+    if args.vocab_report is not None:
+        ex = data.load_corpus(args.vocab_report or cfg.path(cfg.data.corpus)).examples
+        ttok = teacher_tokenizer(teacher.base_model_dir())
+        sub, ids = subset_tokenizer(ttok, [render_with_template(ttok, e.messages) for e in ex])
+        course = toklib.train_from_examples(ex, cfg.train.vocab_size)
+        print(f"{len(ex)} conversations; each tokenizer on its own rendering (course: role tokens; teacher: its "
+              f"chat template)")
+        print("| tokenizer | vocabulary | tokens | bytes/token | head params at d_model |\n|---|---|---|---|---|")
+        for name, tok, render in (("course BPE", course, toklib.render), ("teacher", ttok, None),
+                                  ("teacher subset", sub, None)):
+            texts = [render(e.messages) if render else render_with_template(ttok, e.messages) for e in ex]
+            r = vocab_report(texts, {name: tok})[0]
+            print(f"| {name} | {r['vocab']:,} | {r['tokens']:,} | {r['bytes_per_token']:.2f} | "
+                  f"{head_cost(r['vocab'], d)['head_params'] / 1e6:.2f}M |")
     return 0
 
 

@@ -70,25 +70,34 @@ def distinct_per(texts: Sequence[str], n: int, size: int = DISTINCT_GROUP, seed:
     return float(np.mean([distinct_n([texts[j] for j in g], n) for g in groups]))
 
 
-def self_bleu(texts: Sequence[str], max_hyps: int = 200, max_refs: int = 100, seed: int = 0) -> float:
-    """Mean sentence BLEU (0–100) of up to ``max_hyps`` texts, each against up to ``max_refs`` of the others.
+def self_bleu_scores(texts: Sequence[str], max_hyps: int = 200, max_refs: int = 100, seed: int = 0
+                     ) -> dict[int, float]:
+    """Sentence BLEU (0–100) of up to ``max_hyps`` non-empty texts, each against up to ``max_refs`` of the other
+    non-empty texts, keyed by the text's index in ``texts`` (empty texts and sets of fewer than two: none).
 
-    Sampling keeps it O(max_hyps × max_refs) on big corpora; with a fixed seed the number is reproducible.
+    Sampling keeps it O(max_hyps × max_refs) on big corpora; with a fixed seed the numbers are reproducible. Per text
+    so that :func:`dte_lib.metrics.evaluate` can resample answers for its interval without re-scoring them.
     """
     from sacrebleu.metrics import BLEU
-    texts = [t for t in texts if t.strip()]
-    if len(texts) < 2:
-        return 0.0
+    idx = [i for i, t in enumerate(texts) if t.strip()]
+    if len(idx) < 2:
+        return {}
     rng = random.Random(seed)
     bleu = BLEU(effective_order=True)
-    idx = list(range(len(texts)))
     hyps = rng.sample(idx, min(max_hyps, len(idx)))
-    scores = []
+    scores = {}
     for i in hyps:
         others = [j for j in idx if j != i]
         refs = [texts[j] for j in (rng.sample(others, max_refs) if len(others) > max_refs else others)]
-        scores.append(bleu.sentence_score(texts[i], refs).score)
-    return float(np.mean(scores))
+        scores[i] = bleu.sentence_score(texts[i], refs).score
+    return scores
+
+
+def self_bleu(texts: Sequence[str], max_hyps: int = 200, max_refs: int = 100, seed: int = 0) -> float:
+    """Mean sentence BLEU (0–100) of up to ``max_hyps`` texts, each against up to ``max_refs`` of the others
+    (:func:`self_bleu_scores`); 0.0 for fewer than two non-empty texts."""
+    scores = self_bleu_scores(texts, max_hyps, max_refs, seed)
+    return float(np.mean(list(scores.values()))) if scores else 0.0
 
 
 def embedding_spread(texts: Sequence[str] | None = None, vectors: np.ndarray | None = None) -> float:

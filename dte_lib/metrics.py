@@ -301,11 +301,36 @@ def diversity(texts: Sequence[str]) -> dict[str, float]:
     real answers, and distinct-n falls with answer length. Read it only next to perplexity and identity; the
     ceiling worth comparing with is the references' own diversity.
     """
-    from . import diversity as div  # month 1's corpus metrics (notebook 04), reused on model answers
-
-    sb = div.self_bleu(texts) / 100.0 if len([t for t in texts if t.strip()]) >= 2 else 1.0
-    d1, d2 = div.distinct_n(texts, 1), div.distinct_n(texts, 2)
+    d1, d2 = (_gram_shares(texts, n) for n in (1, 2))
+    b = _bleu_each(texts)
+    sb = float(np.nanmean(b)) if texts else 1.0
+    d1, d2 = (float(u.sum() / n.sum()) if n.sum() else 0.0 for u, n in (d1, d2))
     return {"diversity": (d2 + (1 - sb)) / 2, "distinct_1": d1, "distinct_2": d2, "self_bleu": sb}
+
+
+def _gram_shares(texts: Sequence[str], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per text: (its share of the distinct word n-grams, its n-gram count), so that distinct-n = Σ share / Σ count.
+
+    Each occurrence of an n-gram owns 1 / (its occurrences across ``texts``) of that n-gram, so the shares of all
+    texts sum to the number of distinct n-grams exactly (:func:`dte_lib.diversity.distinct_n`); resampling answers
+    for an interval reweights texts instead of duplicating them (a duplicated answer would count as repetition).
+    """
+    from collections import Counter
+    from . import diversity as div
+    grams = [ngrams(div.tokens(t), n) for t in texts]
+    occ = Counter(g for gs in grams for g in gs)
+    return (np.array([sum(1.0 / occ[g] for g in gs) for gs in grams]),
+            np.array([float(len(gs)) for gs in grams]))
+
+
+def _bleu_each(texts: Sequence[str]) -> np.ndarray:
+    """Self-BLEU (0–1) of each text against the others (:func:`dte_lib.diversity.self_bleu_scores`); NaN for an empty
+    text; 1.0 for every text when fewer than two are non-empty (nothing diverse about them)."""
+    from . import diversity as div  # month 1's corpus metrics (notebook 04), reused on model answers
+    scores = div.self_bleu_scores(texts)
+    if not scores:
+        return np.ones(len(texts))
+    return np.array([scores[i] / 100.0 if i in scores else np.nan for i in range(len(texts))])
 
 
 # ============================================================================================ copy check
@@ -359,33 +384,68 @@ def self_reference_coherence(answers: dict[str, list[str]], probes: Sequence[dic
     agreement saturates for near-identical answers, so a model that recites one answer per probe scores high —
     check the copy rate. Answers are sampled, so agreement is noisy with 4 paraphrases per probe.
     """
-    facts = {f["id"]: f for f in persona.get("facts", [])}
     ids = [p["id"] for p in probes if answers.get(p["id"])]
     if len(ids) < 2:
         raise ValueError("self_reference_coherence needs answers for at least 2 probes")
-    flat = [(pid, a) for pid in ids for a in answers[pid]]
-    e = _embed([a for _, a in flat])
-    owner = np.array([ids.index(pid) for pid, _ in flat])
-    sim = e @ e.T
-    same = owner[:, None] == owner[None, :]
-    off_diag = ~np.eye(len(flat), dtype=bool)
-    within_per = [float(sim[np.ix_(owner == k, owner == k)][off_diag[np.ix_(owner == k, owner == k)]].mean())
-                  for k in range(len(ids)) if (owner == k).sum() > 1]
-    within = float(np.mean(within_per)) if within_per else float("nan")
-    across = float(sim[~same].mean())
-    agreement = max(0.0, within - across) / (1 - across) if across < 1 - 1e-6 else 0.0
-    recalls, fact_sims = [], []
-    for p in probes:
-        fact = facts.get(p.get("fact_id") or "")
-        if fact is None or not answers.get(p["id"]):
+    parts = _coherence_parts({pid: [[a] for a in answers[pid]] for pid in ids}, probes, persona)
+    out = _coherence_at(parts, np.ones((1, len(parts["ids"]), 1)))
+    return {k: float(v[0]) for k, v in out.items()} | {"fact_similarity": parts["fact_similarity"]}
+
+
+def _coherence_parts(answers: dict[str, list[list[str]]], probes: Sequence[dict], persona: dict) -> dict[str, Any]:
+    """The per-(probe, sample) sums coherence is built from; ``answers[probe_id][paraphrase][sample]``.
+
+    within[k, s]: mean pairwise cosine among probe k's paraphrase answers of sample s; cross[s, k, l]: the sum of
+    cosines between probe k's and probe l's answers of sample s (l ≠ k), n[k] their count; recall[k, s]: mean
+    keyword recall of probe k's answers of sample s (NaN for a probe without a fact). :func:`_coherence_at` turns
+    them into the metric under any weights of probes × samples.
+    """
+    facts = {f["id"]: f for f in persona.get("facts", [])}
+    ids = [p["id"] for p in probes if answers.get(p["id"])]
+    by_id = {p["id"]: p for p in probes}
+    S = len(answers[ids[0]][0])
+    emb = [_embed([a for para in answers[pid] for a in para]).reshape(len(answers[pid]), S, -1) for pid in ids]
+    n = np.array([float(len(answers[pid])) for pid in ids])
+    within = np.full((len(ids), S), np.nan)
+    for k, e in enumerate(emb):
+        if len(e) > 1:
+            for s in range(S):
+                sim = e[:, s] @ e[:, s].T
+                within[k, s] = (sim.sum() - np.trace(sim)) / (len(e) * (len(e) - 1))
+    sums = np.stack([e.sum(0) for e in emb], 1)  # [S, K, d]
+    cross = np.einsum("skd,sld->skl", sums, sums)
+    idx = np.arange(len(ids))
+    cross[:, idx, idx] = 0.0
+    recall = np.full((len(ids), S), np.nan)
+    fact_sims = []
+    for k, pid in enumerate(ids):
+        fact = facts.get(by_id[pid].get("fact_id") or "")
+        if fact is None:
             continue
-        recalls.extend(keyword_recall(a, fact.get("keywords", [])) for a in answers[p["id"]])
-        fe = _embed([fact["statement"]])[0]
-        fact_sims.extend((_embed(answers[p["id"]]) @ fe).tolist())  # cached: no second encoder pass
-    fact_recall = float(np.nanmean(recalls)) if recalls else float("nan")
-    return {"coherence": math.sqrt(agreement * fact_recall) if recalls else float("nan"),
-            "agreement": agreement, "within": within, "across": across, "fact_recall": fact_recall,
+        for s in range(S):
+            recall[k, s] = np.mean([keyword_recall(para[s], fact.get("keywords", [])) for para in answers[pid]])
+        fact_sims.extend((emb[k].reshape(-1, emb[k].shape[-1]) @ _embed([fact["statement"]])[0]).tolist())
+    return {"ids": ids, "n": n, "within": within, "cross": cross, "recall": recall,
             "fact_similarity": float(np.mean(fact_sims)) if fact_sims else float("nan")}
+
+
+def _coherence_at(parts: dict[str, Any], w: np.ndarray) -> dict[str, np.ndarray]:
+    """coherence, agreement, within, across and fact recall for each of ``w``'s [R, probes, samples] weightings:
+    within and recall are weighted means; across pairs answers of two *different* probes of one sample."""
+    n, within, recall = parts["n"], parts["within"], parts["recall"]
+    ok = ~np.isnan(within)
+    within_w = (w * np.where(ok, within, 0)).sum((1, 2)) / np.maximum((w * ok).sum((1, 2)), 1e-12)
+    within_w = np.where((w * ok).sum((1, 2)) > 0, within_w, np.nan)
+    num = np.einsum("rks,skl,rls->r", w, parts["cross"], w)
+    pairs = np.einsum("rks,k,l,rls->r", w, n, n, w) - np.einsum("rks,k,rks->r", w, n * n, w)
+    across = num / np.maximum(pairs, 1e-12)
+    agreement = np.where(across < 1 - 1e-6, np.maximum(0.0, within_w - across) / np.maximum(1 - across, 1e-12), 0.0)
+    has = ~np.isnan(recall)
+    wr = w * n[None, :, None] * has
+    recall_w = np.where(wr.sum((1, 2)) > 0, (wr * np.where(has, recall, 0)).sum((1, 2)) /
+                        np.maximum(wr.sum((1, 2)), 1e-12), np.nan)
+    return {"coherence": np.sqrt(agreement * recall_w), "agreement": agreement, "within": within_w,
+            "across": across, "fact_recall": recall_w}
 
 
 def probe_prompts(probes: Sequence[dict], paraphrases: int | None = None) -> list[tuple[str, str]]:
@@ -486,34 +546,169 @@ def reference_answerers(evalset: EvalSet, seed: int = 0) -> dict[str, Answerer]:
     }
 
 
+# ============================================================================================ intervals
+BOOTSTRAP_RESAMPLES = 1000  # resamples behind every 95% interval (:func:`bootstrap_weights`)
+BOOTSTRAP_SEED = 0  # their numpy generator's seed: the same answers always give the same interval
+INTERVAL_METRICS = ("identity", "identity_normalised", "diversity", "coherence", "copy_rate")
+
+
+def bootstrap_weights(units: int, samples: int, resamples: int = BOOTSTRAP_RESAMPLES,
+                      seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """[resamples, units, samples] counts of a two-level bootstrap: draw ``units`` prompts with replacement, then
+    for each drawn prompt ``samples`` of its sampled answers with replacement (seeds within prompts).
+
+    Both sources of noise are in it: which prompts the split happens to hold, and which answers sampling happened to
+    draw. A metric under one weighting is its weighted form (a weighted mean, or a ratio of weighted sums).
+    """
+    rng = np.random.default_rng(seed)
+    w = np.zeros((resamples, units, samples))
+    pick_u = rng.integers(0, units, (resamples, units))
+    pick_s = rng.integers(0, samples, (resamples, units, samples))
+    np.add.at(w, (np.arange(resamples)[:, None, None], pick_u[:, :, None], pick_s), 1.0)
+    return w
+
+
+def _interval(point: float, reps: np.ndarray) -> dict[str, float]:
+    """Percentile 95% interval of bootstrap replicates: lo, hi and the half-width (hi − lo) / 2."""
+    reps = reps[~np.isnan(reps)]
+    if point != point or len(reps) == 0:
+        return {"lo": float("nan"), "hi": float("nan"), "ci": float("nan")}
+    lo, hi = (float(v) for v in np.percentile(reps, [2.5, 97.5]))
+    return {"lo": lo, "hi": hi, "ci": (hi - lo) / 2}
+
+
+def _wmean(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted mean over the last two axes of [R, P, S] weights, NaN entries of x [P, S] left out."""
+    ok = ~np.isnan(x)
+    den = (w * ok).sum((1, 2))
+    return np.where(den > 0, (w * np.where(ok, x, 0)).sum((1, 2)) / np.maximum(den, 1e-12), np.nan)
+
+
+def _wratio(num: np.ndarray, den: np.ndarray, w: np.ndarray) -> np.ndarray:
+    d = (w * den).sum((1, 2))
+    return np.where(d > 0, (w * num).sum((1, 2)) / np.maximum(d, 1e-12), 0.0)
+
+
+@dataclass
+class Choice:
+    """What :func:`choose` picked, and why, in a sentence."""
+    name: str
+    index: int
+    reason: str
+
+
+def choose(options: Sequence[tuple[str, float, float]], *, metric: str = "identity_normalised",
+           higher: bool = True) -> Choice:
+    """The course's one selection rule. ``options`` are (name, mean, 95% half-width), simplest or earliest FIRST.
+
+    The leader is the option with the best mean. An option is *tied* with the leader when their difference is within
+    the difference's interval, sqrt(h_option² + h_leader²) (two independent estimates); the rule keeps the first
+    tied option — the simpler or earlier one — so a more complex option wins only when it beats every simpler one by
+    more than the noise. An option without an interval (half-width 0 or missing) is taken at face value.
+    """
+    opts = [(n, float(m), float(h) if h == h and h is not None else 0.0) for n, m, h in options if m == m]
+    if not opts:
+        raise ValueError(f"choose: no option has a value for {metric!r}")
+    sign = 1.0 if higher else -1.0
+    lead = max(range(len(opts)), key=lambda i: sign * opts[i][1])
+    ln, lm, lh = opts[lead]
+    for i, (n, m, h) in enumerate(opts):
+        band = math.hypot(h, lh)
+        if sign * (lm - m) <= band:
+            break
+    name, m, h = opts[i]
+    idx = [o[0] for o in options].index(name)
+    if i == lead:
+        beaten = [f"{o[0]!r} {o[1]:.3f}" for o in opts[:i]]
+        why = (f"it beats every simpler or earlier option ({', '.join(beaten)}) by more than the 95% interval of the "
+               f"difference" if beaten else "it is the simplest or earliest option and leads")
+        reason = f"chose {name!r} on {metric} ({m:.3f} ± {h:.3f}): {why}"
+    else:
+        reason = (f"kept {name!r} ({metric} {m:.3f} ± {h:.3f}), the simplest or earliest option within the interval "
+                  f"of the leader: {ln!r} leads by {abs(lm - m):.3f}, inside ± {math.hypot(h, lh):.3f} "
+                  "(the 95% interval of the difference)")
+    return Choice(name=name, index=idx, reason=reason)
+
+
 def evaluate(answerer: Answerer, evalset: EvalSet, *, model: Any = None, tokenizer: Any = None,
-             paraphrases: int | None = None, ppl_examples: int | None = None, system: str | None = None
-             ) -> dict[str, Any]:
+             paraphrases: int | None = None, ppl_examples: int | None = None, system: str | None = None,
+             samples: int = 1, resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, Any]:
     """All four metrics (+ floors, ceilings, copy rate) for one model; perplexity only when model/tokenizer given.
 
-    Flat dict of floats, ready for :mod:`dte_lib.dashboard` and ``runlog.record``. Answers are kept under
-    ``_answers`` (a few, for display).
+    Every prompt and probe paraphrase is answered ``samples`` times (``eval.sample_seeds``: independent draws, one
+    answerer call with each prompt repeated, so they share batches); identity, diversity, coherence and copy rate
+    average over all of them, each with a 95% bootstrap interval (:func:`bootstrap_weights`: ``resamples``
+    resamples of prompts — probes for coherence — and of samples within, seed :data:`BOOTSTRAP_SEED`) under
+    ``<metric>_lo``, ``<metric>_hi`` and ``<metric>_ci`` (the half-width: report ``mean ± ci``). Diversity and
+    self-BLEU are computed within each sample's set of answers (answers to different prompts), pooled over samples;
+    being pair statistics, their resampled deviations are doubled (a U-statistic's first-order variance).
+    Perplexity is not sampled and has no interval.
+
+    Flat dict of floats, ready for :mod:`dte_lib.dashboard` and ``runlog.record``. A few answers (the first sample)
+    are kept under ``_answers`` for display.
     """
+    S = max(1, int(samples))
     prompts = [e.prompt for e in evalset.examples]
     refs = [e.response for e in evalset.examples]
-    answers = answerer(prompts)
-    ident = identity_consistency(answers, refs, bounds=evalset.identity_bounds)
-    div = diversity(answers)
-    probe_answers = answer_probes(answerer, evalset.probes, paraphrases)
-    coh = self_reference_coherence(probe_answers, evalset.probes, evalset.persona)
-    out: dict[str, Any] = {
-        "identity": ident["identity"], "identity_floor": ident["floor"], "identity_ceiling": ident["ceiling"],
-        "identity_normalised": ident["normalised"], "identity_shuffled": ident["shuffled"],
-        "diversity": div["diversity"], "distinct_2": div["distinct_2"], "self_bleu": div["self_bleu"],
+    P = len(prompts)
+    flat = answerer([p for p in prompts for _ in range(S)])
+    grid = [flat[i * S:(i + 1) * S] for i in range(P)]  # grid[prompt][sample]
+    w = bootstrap_weights(P, S, resamples)
+    out: dict[str, Any] = {"sample_seeds": S, "bootstrap_resamples": resamples}
+    est: dict[str, tuple[float, np.ndarray]] = {}
+
+    # identity: one cosine per (prompt, sample)
+    ea, er = _embed(flat).reshape(P, S, -1), _embed(refs)
+    cos = (ea * er[:, None, :]).sum(-1)
+    b = evalset.identity_bounds
+    est["identity"] = (float(cos.mean()), _wmean(cos, w))
+    est["identity_normalised"] = (normalise(est["identity"][0], b["floor"], b["ceiling"]),
+                                  (est["identity"][1] - b["floor"]) / (b["ceiling"] - b["floor"]))
+    shuffled = float((ea * er[derangement(P, 0)][:, None, :]).sum(-1).mean())
+
+    # diversity within each sample's answers; copy rate per answer
+    parts = [(_gram_shares(pool, 2), _bleu_each(pool)) for pool in ([grid[p][s] for p in range(P)] for s in range(S))]
+    u = np.stack([pt[0][0] for pt in parts], 1)
+    n = np.stack([pt[0][1] for pt in parts], 1)
+    bl = np.stack([pt[1] for pt in parts], 1)
+    ones = np.ones((1, P, S))
+    d2, sb = _wratio(u, n, ones)[0], _wmean(bl, ones)[0]
+    div_point = (d2 + 1 - sb) / 2
+    # distinct-2 shares and self-BLEU each compare an answer with the OTHER answers of its set: to first order they
+    # are means over pairs of answers, whose variance is 4x what their per-answer terms suggest as independent
+    # values (Hoeffding's decomposition of a U-statistic), so the resampled deviations count twice
+    est["diversity"] = (div_point, div_point + 2 * ((_wratio(u, n, w) + 1 - _wmean(bl, w)) / 2 - div_point))
+    grams = [[ngrams(words(a), evalset.copy_n) for a in row] for row in grid]
+    hits = np.array([[sum(g in evalset.train_grams for g in gs) for gs in row] for row in grams], dtype=float)
+    tot = np.array([[len(gs) for gs in row] for row in grams], dtype=float)
+    est["copy_rate"] = (float(_wratio(hits, tot, ones)[0]), _wratio(hits, tot, w))
+
+    # coherence: probes are the units, their paraphrases answered S times each
+    pairs = probe_prompts(evalset.probes, paraphrases)
+    pflat = answerer([q for _, q in pairs for _ in range(S)])
+    by_probe: dict[str, list[list[str]]] = {}
+    for j, (pid, _) in enumerate(pairs):
+        by_probe.setdefault(pid, []).append(pflat[j * S:(j + 1) * S])
+    cparts = _coherence_parts(by_probe, evalset.probes, evalset.persona)
+    coh = {k: float(v[0]) for k, v in _coherence_at(cparts, np.ones((1, len(cparts["ids"]), S))).items()}
+    est["coherence"] = (coh["coherence"],
+                        _coherence_at(cparts, bootstrap_weights(len(cparts["ids"]), S, resamples))["coherence"])
+
+    out.update({
+        "identity": est["identity"][0], "identity_floor": b["floor"], "identity_ceiling": b["ceiling"],
+        "identity_normalised": est["identity_normalised"][0], "identity_shuffled": shuffled,
+        "diversity": est["diversity"][0], "distinct_2": float(d2), "self_bleu": float(sb),
         "diversity_references": evalset.reference_diversity["diversity"],
         "coherence": coh["coherence"], "coherence_agreement": coh["agreement"],
-        "coherence_fact_recall": coh["fact_recall"], "coherence_fact_similarity": coh["fact_similarity"],
+        "coherence_fact_recall": coh["fact_recall"], "coherence_fact_similarity": cparts["fact_similarity"],
         "coherence_floor": evalset.coherence_bounds["floor"], "coherence_ceiling": evalset.coherence_bounds["ceiling"],
-        "copy_rate": copy_rate(answers, evalset.train_grams, evalset.copy_n),
-        "answer_words_median": float(statistics.median([len(a.split()) for a in answers])) if answers else 0.0,
-        "_answers": [{"prompt": p, "answer": a} for p, a in list(zip(prompts, answers))[:3]],
+        "copy_rate": est["copy_rate"][0],
+        "answer_words_median": float(statistics.median([len(a.split()) for a in flat])) if flat else 0.0,
+        "_answers": [{"prompt": p, "answer": row[0]} for p, row in list(zip(prompts, grid))[:3]],
         "_split": evalset.split,
-    }
+    })
+    for m in INTERVAL_METRICS:
+        out.update({f"{m}_{k}": v for k, v in _interval(float(est[m][0]), np.asarray(est[m][1])).items()})
     if model is not None and tokenizer is not None:
         lm = lm_score(model, tokenizer, evalset.examples, system=system, max_examples=ppl_examples)
         out.update(perplexity=lm.perplexity, bits_per_byte=lm.bits_per_byte, ppl_tokens=lm.tokens)
@@ -536,7 +731,7 @@ def evaluate_checkpoint(path: Any, evalset: EvalSet, cfg: Any, *, seed: int | No
                       top_p=cfg.eval.top_p, system=system, seed=cfg.seed if seed is None else seed,
                       batch_size=cfg.eval.batch_size, repetition_penalty=cfg.eval.repetition_penalty)
     out = evaluate(ans, evalset, model=model, tokenizer=tok, paraphrases=cfg.eval.paraphrases,
-                   ppl_examples=cfg.eval.ppl_examples, system=system)
+                   ppl_examples=cfg.eval.ppl_examples, system=system, samples=cfg.eval.sample_seeds)
     out["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
     return out
 

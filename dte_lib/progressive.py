@@ -460,8 +460,9 @@ def prepare(cfg, run_dir: str | Path, retrain_tokenizer: bool = False) -> dict[s
     """Tokenizer (``run_dir/tokenizer``, fitted on the training split if absent), tokenised train/val datasets."""
     run_dir = Path(run_dir)
     if cfg.train.tokenizer != "fitted" or cfg.train.distill_weight:
-        raise ValueError("train.tokenizer 'teacher' and train.distill_weight are read by dte_lib.distill.train "
-                         "(benchmarks/distill.py); the course's trainer uses the fitted tokenizer: unset them")
+        raise ValueError("train.tokenizer 'teacher' or 'teacher_subset' and train.distill_weight are read by "
+                         "dte_lib.distill.train (benchmarks/distill.py); the course's trainer uses the fitted "
+                         "tokenizer: unset them")
     ex = packing.training_examples(cfg, run_dir)
     tok_dir = run_dir / "tokenizer"
     if retrain_tokenizer or not (tok_dir / "tokenizer.json").exists():
