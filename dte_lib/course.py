@@ -13,7 +13,11 @@
 - At the end (and after a failure) ``<run>/report.md`` is rebuilt from ``metrics.json`` and ``course.json``: what
   the run did and the roadmap's four metrics first, then every notebook's figures.
 
-Run it: ``dte course run --preset demo`` · ``dte course run --preset ci --from 03`` · ``dte course list``
+- Each notebook's worked solution is copied to ``<run>/solutions/`` beside the executed copies (their
+  ``../solutions/`` links resolve there); ``dte course solution NN RUN_DIR`` runs it with the run's own preset.
+
+Run it: ``dte course run --preset demo`` · ``dte course run --preset ci --from 03`` · ``dte course list`` ·
+``dte course solution 06 outputs/runs/demo``
 (or ``python -m dte_lib.course run ...``).
 """
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Any, Sequence
 from . import config, data, runlog, ui
 from .data import atomic_write_text
 
-STATE_FILE = "course.json"
+STATE_FILE = config.RUN_STATE_FILE
 # Third-party progress bars in the course's kernels: loading a checkpoint or mapping a small dataset takes a
 # fraction of a second, and a bar saved in a notebook is a widget frozen at 0% in every viewer.
 KERNEL_QUIET = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
@@ -93,6 +97,35 @@ def sign(path: Path) -> None:
         NotebookNotary().sign(nbformat.read(path, as_version=4))
 
 
+def copy_solutions(rdir: Path, nbs: Sequence[Path], source: Path = config.REPO_ROOT / "solutions") -> None:
+    """Put each notebook's worked solution beside its executed copy (``<run>/solutions/``), so the notebook's
+    ``../solutions/NN_*.py`` link resolves from ``<run>/notebooks/`` as it does from ``notebooks/``."""
+    found = [source / f"{nb.stem}.py" for nb in nbs if (source / f"{nb.stem}.py").is_file()]
+    if found:
+        (rdir / "solutions").mkdir(parents=True, exist_ok=True)
+    for path in found:
+        atomic_write_text(rdir / "solutions" / path.name, path.read_text(encoding="utf-8"))
+
+
+def solution_path(number: str, directory: Path = config.REPO_ROOT / "solutions") -> Path:
+    """``solutions/NN_*.py`` for notebook ``NN`` (``"06"`` or ``"06_month3_progressive"``)."""
+    found = sorted(directory.glob(f"{number}*.py")) if number else []
+    if len(found) != 1:
+        have = ", ".join(p.stem[:2] for p in sorted(directory.glob("[0-9][0-9]_*.py")))
+        raise CourseError(f"no single worked solution matches {number!r} — pass a notebook number ({have})")
+    return found[0]
+
+
+def run_solution(number: str, run_dir: str | os.PathLike) -> int:
+    """Run notebook ``NN``'s worked solution against a run directory with this checkout's ``dte_lib`` and the
+    preset the run recorded; its answers (``name = value``) print to stdout. Returns its exit code."""
+    import subprocess
+    path = solution_path(number)
+    env = {**os.environ, **KERNEL_QUIET,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(config.REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, str(path), str(Path(run_dir).expanduser().resolve())], env=env).returncode
+
+
 def _parse_value(text: str) -> Any:
     try:
         return json.loads(text)
@@ -138,6 +171,7 @@ def run(preset: str | None = None, run_dir: str | os.PathLike | None = None, sta
     state.setdefault("started", time.strftime("%Y-%m-%dT%H:%M:%S"))
     out_dir = rdir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
+    copy_solutions(rdir, selected, notebook_dir.parent / "solutions")
 
     kernel_env = {"DTE_PRESET": cfg.name, "DTE_RUN_DIR": str(rdir),
                   "PYTHONPATH": os.pathsep.join(filter(None, [str(config.REPO_ROOT), os.environ.get("PYTHONPATH")])),
@@ -413,7 +447,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ls.add_argument("--run-dir", default=None)
     rep = sub.add_parser("report", help="rebuild report.md of a run")
     rep.add_argument("run_dir")
+    so = sub.add_parser("solution", help="run notebook NN's worked solution against a run (its preset is read "
+                                         "from the run directory)")
+    so.add_argument("number", help="the notebook's number, e.g. 06")
+    so.add_argument("run_dir", help="the run directory the course wrote, e.g. outputs/runs/demo")
     args = ap.parse_args(argv)
+    if args.cmd == "solution":
+        try:
+            return run_solution(args.number, args.run_dir)
+        except CourseError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     if args.cmd == "run":
         try:
             rdir = run(args.preset, args.run_dir, args.start, args.only,

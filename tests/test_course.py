@@ -153,3 +153,39 @@ def test_every_parameters_cell_parses_for_papermill(caplog):
         with caplog.at_level(logging.WARNING, logger="papermill"):
             found = PythonTranslator.inspect(cell)
         assert len(found) == len(assigned), f"{path.name}: {caplog.text}"
+
+
+def test_solutions_travel_with_the_executed_copies(nbdir, tmp_path):
+    """<run>/notebooks/NN.ipynb links to ../solutions/NN.py: the runner puts each selected notebook's solution there."""
+    (tmp_path / "solutions").mkdir()
+    (tmp_path / "solutions" / "00_first.py").write_text("print('answer = 1')\n")
+    (tmp_path / "solutions" / "02_third.py").write_text("print('answer = 3')\n")
+    rd = course.run("ci", run_dir=tmp_path / "r", notebook_dir=nbdir, only=["00"], progress=False)
+    assert [p.name for p in (rd / "solutions").iterdir()] == ["00_first.py"]
+    assert (rd / "solutions" / "00_first.py").read_text() == "print('answer = 1')\n"
+
+
+def _dte(*args, env_drop=("DTE_PRESET", "DTE_RUN_DIR")):
+    import os
+    import subprocess
+    import sys
+    from dte_lib import config
+    env = {k: v for k, v in os.environ.items() if k not in env_drop}
+    env["PYTHONPATH"] = str(config.REPO_ROOT)
+    return subprocess.run([sys.executable, "-m", "dte_lib", "course", *args], capture_output=True, text=True,
+                          env=env, cwd=config.REPO_ROOT, timeout=120)
+
+
+def test_dte_course_solution_runs_with_the_runs_own_preset(tmp_path):
+    from dte_lib import config
+    _, rd = config.setup("demo", str(tmp_path / "run"))  # what a notebook's first cell leaves behind
+    proc = _dte("solution", "00", str(rd))
+    assert proc.returncode == 0, proc.stderr
+    answers = dict(line.split(" = ", 1) for line in proc.stdout.splitlines() if " = " in line)
+    assert answers["ex3_topics"] == "13" and answers["ex1_test_unchanged"] == "True"
+    (tmp_path / "bare").mkdir()
+    for args, says in ((("solution", "00", str(tmp_path / "bare")), "has no course.json naming its preset"),
+                       (("solution", "99", str(rd)), "no single worked solution matches '99'")):
+        proc = _dte(*args)
+        assert proc.returncode == 1 and says in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -12,6 +12,7 @@ import ast
 import json
 import math
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -25,6 +26,7 @@ NOTEBOOKS = course.notebooks()
 STEMS = [p.stem for p in NOTEBOOKS]
 SOLUTIONS = config.REPO_ROOT / "solutions"
 RANGE = re.compile(r"`ci: ([A-Za-z0-9_.\-]+) in \[([^,\]]+), ([^\]]+)\]`")
+PRINTED = re.compile(r"run `(\.venv/bin/dte course solution \d\d <run directory>)`")
 RUN_TIME = re.compile(r"\*\*Run time:\*\* ci ~(\d+) s · demo ~(\d+) s · long ~(\d+) (s|min) \(([^)]+)\)")
 
 
@@ -210,18 +212,48 @@ def test_every_solution_has_checks():
     assert sorted(CHECKS) == STEMS
 
 
+def printed_command(path) -> list[str]:
+    """The solution command the notebook's exercises cell shows, as an argv with ``<run directory>`` left in."""
+    m = PRINTED.search(_markdown(path)[-1])
+    assert m, f"{path.name}: the exercises cell should show `.venv/bin/dte course solution NN <run directory>`"
+    return m.group(1).replace("<run directory>", "").split() + ["<run directory>"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=STEMS)
+def test_printed_solution_command_names_its_own_notebook(path):
+    argv = printed_command(path)
+    assert argv[:3] == [".venv/bin/dte", "course", "solution"] and argv[-1] == "<run directory>"
+    assert course.solution_path(argv[3]) == SOLUTIONS / f"{path.stem}.py"
+
+
 @pytest.mark.course
 @pytest.mark.parametrize("stem", STEMS)
-def test_worked_solution_runs_on_the_ci_course(ci_run, stem):
-    env = {**os.environ, "PYTHONPATH": str(config.REPO_ROOT), "HF_HUB_OFFLINE": "1", "DTE_PRESET": "ci",
-           "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, str(SOLUTIONS / f"{stem}.py"), str(ci_run)], capture_output=True,
-                          text=True, timeout=180, env=env, cwd=config.REPO_ROOT)
+def test_worked_solution_runs_as_printed_on_the_ci_course(ci_run, stem):
+    """The notebook's own command, from the repository, with no preset in the environment: the run says it is ci."""
+    argv = printed_command(config.NOTEBOOKS_DIR / f"{stem}.ipynb")
+    dte = pathlib.Path(sys.executable).with_name("dte")
+    argv = [str(dte)] + argv[1:-1] + [str(ci_run)] if dte.exists() else \
+        [sys.executable, "-m", "dte_lib"] + argv[1:-1] + [str(ci_run)]
+    env = {k: v for k, v in os.environ.items() if k not in ("DTE_PRESET", "DTE_RUN_DIR")}
+    env["PYTHONPATH"] = str(config.REPO_ROOT)  # as `make` sets it: this checkout's dte_lib wins
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, env=env, cwd=config.REPO_ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     answers = dict(line.split(" = ", 1) for line in proc.stdout.splitlines() if " = " in line)
     results = CHECKS[stem](answers)
     failed = [i for i, ok in enumerate(results) if not ok]
     assert not failed, f"{stem}: checks {failed} failed on:\n{proc.stdout}"
+
+
+@pytest.mark.course
+def test_links_resolve_from_the_executed_copies(ci_run):
+    """An executed notebook lives in <run>/notebooks/: its relative links (../solutions/NN_*.py) must land on files."""
+    broken = []
+    for path in sorted((ci_run / "notebooks").glob("*.ipynb")):
+        for text in _markdown(path):
+            for target in re.findall(r"\]\((\.\.?/[^)#\s]+)", text):
+                if not (path.parent / target).exists():
+                    broken.append(f"{path.name}: {target}")
+    assert not broken, "links that do not resolve from the executed copies:\n" + "\n".join(broken)
 
 
 def test_lora_picture_counts_what_lora_trains():
