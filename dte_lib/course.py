@@ -256,13 +256,70 @@ def run(preset: str | None = None, run_dir: str | os.PathLike | None = None, sta
 
 
 # ---------------------------------------------------------------------------------------------- report
+def _rounded(value: Any) -> Any:
+    """Floats to 4 significant digits, inside lists and dicts too."""
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
 def _fmt(value: Any) -> str:
+    """A figure for a person: rounded; a long list of numbers as its count, ends and range, never a raw dump."""
     if isinstance(value, float):
         return f"{value:.4g}"
+    if isinstance(value, list) and len(value) > 6 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                          for v in value):
+        return (f"{len(value)} values: {value[0]:.4g} → {value[-1]:.4g} (min {min(value):.4g}, "
+                f"max {max(value):.4g})")
     if isinstance(value, (dict, list)):
-        text = json.dumps(value, ensure_ascii=False)
+        text = json.dumps(_rounded(value), ensure_ascii=False)
         return text if len(text) <= 120 else text[:117] + "..."
     return str(value)
+
+
+def _quote(text: str, limit: int = 320) -> str:
+    """An answer as one markdown quote line: line breaks shown as ↵, cut at a word near ``limit`` characters."""
+    text = re.sub(r"\s*\n+\s*", " ↵ ", (text or "").strip()) or "(empty)"
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0] + " …"
+    return text.replace("|", "\\|")
+
+
+def probe_section(rdir: Path, metrics: dict[str, Any]) -> list[str]:
+    """The report's opening: the final student's own words on a few probes, beside the teacher's and the
+    reference, each answer's scores, then the final model's four metrics (notebook 11's record)."""
+    from . import inspector
+    rows = inspector.load_final_probe_answers(rdir)
+    if not rows:
+        return []
+    m = metrics.get("11_months10_12_refine", {})
+    out = ["## What the final model says", "",
+           f"The final student (`{m.get('final_model', 'final')}`) answers {len(rows)} of the evaluation probes "
+           "(held out from training), sampled with the preset's scoring settings; beside it the fine-tuned teacher "
+           "that wrote its synthetic corpus and the reference answer. Scores per answer: identity = cosine with the "
+           "reference (sentence embeddings), fact recall = share of the probe's fact keywords said.", ""]
+    for r in rows:
+        out += [f"**{r['probe']}**", ""]
+        for who, label in (("student", "student"), ("teacher", "teacher"), ("reference", "reference")):
+            if who not in r:
+                continue
+            sc = r.get("scores", {}).get(who, {})
+            marks = ", ".join(f"{k.replace('_', ' ')} {sc[k]:.2f}" for k in ("identity", "fact_recall") if k in sc)
+            out.append(f"> *{label}*{f' ({marks})' if marks else ''}: {_quote(r[who])}  ")
+        out.append("")
+    if m.get("final_perplexity") is not None:
+        keys = [("perplexity", 1), ("identity_normalised", 2), ("diversity", 2), ("coherence", 2)]
+        cells = " · ".join(f"{k.replace('_', ' ')} {_num(m.get('final_' + k), d)}"
+                           + (f" (teacher {_num(m.get('teacher_' + k), d)})"
+                              if m.get("teacher_" + k) is not None and k != "perplexity" else "")
+                           for k, d in keys)
+        out += [f"The four metrics for this model on the test split: {cells}; the table below sets them against "
+                "the roadmap's thresholds.", ""]
+    return out
 
 
 # What a failing week-1 check means for the learner (the levers notebook 03 names).
@@ -305,7 +362,7 @@ def narrative(rdir: Path, state: dict[str, Any], metrics: dict[str, Any]) -> lis
     failed = [n for n, e in nbs.items() if e.get("status") == "failed"]
     seconds = sum(e.get("seconds") or 0 for e in nbs.values())
     g = lambda nb, key: metrics.get(nb, {}).get(key)  # noqa: E731
-    out = ["## What this run did", ""]
+    out = probe_section(rdir, metrics) + ["## What this run did", ""]
     did = [f"{len(ok)} of {len(course_notebooks(nbs))} notebooks ran"
            + (f" (failed: {', '.join(failed)})" if failed else "") + f", {seconds / 60:.1f} minutes in all."]
     if g("01_week1_teacher", "val_loss_finetuned") is not None:

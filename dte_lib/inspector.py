@@ -130,6 +130,54 @@ def _cached_answers(path: Path, src: Any, prompts: list[str], gen: dict[str, Any
     return [have[p] for p in prompts]
 
 
+def score_answer(answer: str, reference: str | None, keywords: Sequence[str] = (),
+                 evalset: metrics.EvalSet | None = None, persona_summary: str = "") -> dict[str, Any]:
+    """One answer's scores: identity (cosine with the reference, else with the persona summary), words, distinct-2,
+    fact recall of the probe's keywords (when it has a fact) and copy rate against the training corpus."""
+    e = metrics._embed([answer, reference or persona_summary])
+    out = {"identity": float(e[0] @ e[1]), "identity_vs": "reference" if reference else "persona",
+           "words": len(answer.split()), "distinct_2": metrics.diversity([answer])["distinct_2"]}
+    if keywords:
+        out["fact_recall"] = metrics.keyword_recall(answer, keywords)
+    if evalset is not None:
+        out["copy_rate"] = metrics.copy_rate([answer], evalset.train_grams, evalset.copy_n)
+    return out
+
+
+FINAL_PROBES = Path("eval") / "final_probe_answers.jsonl"  # what report.md opens with
+
+
+def final_probe_answers(run_dir: str | Path, cfg: Any, student_dir: Any, evalset: metrics.EvalSet, *,
+                        n: int = 4, system: str | None = None, name: str = "final"):
+    """The final student's answers to the first ``n`` probes beside the teacher's and the reference, each scored
+    (:func:`score_answer`); written to ``<run>/eval/final_probe_answers.jsonl`` for ``report.md`` and returned as
+    a DataFrame ``probe | reference | teacher | <name>``. Sampling as :func:`probe_table`."""
+    from .data import write_jsonl
+    table = probe_table(run_dir, cfg, {name: student_dir}, evalset.probes, n=n, system=system)
+    facts = {f["id"]: f for f in evalset.persona.get("facts", [])}
+    rows = []
+    for i, probe in enumerate(list(evalset.probes)[:n]):
+        kws = facts.get(probe.get("fact_id") or "", {}).get("keywords", [])
+        row = {"probe": table["probe"][i], "reference": probe["reference"], "student": table[name][i]}
+        if "teacher" in table:
+            row["teacher"] = table["teacher"][i]
+        row["scores"] = {who: score_answer(row[who], probe["reference"], kws, evalset)
+                         for who in ("student", "teacher") if who in row}
+        rows.append(row)
+    write_jsonl(Path(run_dir) / FINAL_PROBES, rows)
+    table = table.drop(columns=[c for c in table.columns if c.startswith("reference")])
+    table.insert(1, "reference", [r["reference"] for r in rows])
+    return table
+
+
+def load_final_probe_answers(run_dir: str | Path) -> list[dict[str, Any]]:
+    """What :func:`final_probe_answers` wrote ([] before notebook 11 has run)."""
+    path = Path(run_dir) / FINAL_PROBES
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def answer_html(text: str) -> str:
     """One answer as HTML: escaped, each run of line breaks shown as ``↵`` (``↵×N`` for a run of N), empty as
     *(empty)* — so a reader sees where a small model emits blank lines instead of a wall of white space."""
@@ -202,16 +250,7 @@ class Inspector:
 
     def score(self, answer: str) -> dict[str, Any]:
         ref, kws = self._refs.get(self.prompt.strip(), (None, []))
-        target = ref or self.persona.get("summary", "")
-        e = metrics._embed([answer, target])
-        out = {"identity": float(e[0] @ e[1]), "identity_vs": "reference" if ref else "persona",
-               "words": len(answer.split()),
-               "distinct_2": metrics.diversity([answer])["distinct_2"]}
-        if kws:
-            out["fact_recall"] = metrics.keyword_recall(answer, kws)
-        if self.evalset is not None:
-            out["copy_rate"] = metrics.copy_rate([answer], self.evalset.train_grams, self.evalset.copy_n)
-        return out
+        return score_answer(answer, ref, kws, self.evalset, self.persona.get("summary", ""))
 
     def generate(self) -> list[dict[str, Any]]:
         """Answer the prompt with every selected source; returns (and keeps) one row per source."""

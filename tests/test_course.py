@@ -117,8 +117,22 @@ def test_report_opens_with_a_narrative_for_a_person(tmp_path):
         "final_model": "m-final", "final_perplexity": ppl_ok, "final_identity": 0.2, "final_identity_floor": 0.3,
         "final_identity_ceiling": 0.45, "final_diversity": 0.9, "final_coherence": None,
         **{f"final_meets_{k}": None for k in ("perplexity", "identity", "diversity", "coherence")}})
+    runlog.record(tmp_path, "07_month4_layers_1_4", {"val_losses": [2201.6406456734585 / (i + 1) for i in range(9)],
+                                                      "ratio": 1.4812345678})
+    from dte_lib import data, inspector
+    data.write_jsonl(tmp_path / inspector.FINAL_PROBES, [
+        {"probe": f"Question {i}?", "reference": "I am Deep Tree Echo.", "student": "Yes, and I'm unsure |\n\nor not",
+         "teacher": "I call myself Deep Tree Echo.",
+         "scores": {"student": {"identity": 0.2123, "fact_recall": 0.0}, "teacher": {"identity": 0.61}}}
+        for i in range(4)])
     text = course.write_report(tmp_path).read_text()
     head, _, tables = text.partition("## Notebooks")
+    assert head.index("## What the final model says") < head.index("## What this run did")
+    assert head.count("> *student* (identity 0.21, fact recall 0.00): Yes, and I'm unsure \\| ↵ or not") == 4
+    assert "> *teacher* (identity 0.61): I call myself" in head and "> *reference*: I am Deep Tree Echo." in head
+    assert "The four metrics for this model on the test split: perplexity" in head
+    assert "2201.64" not in text and "| val_losses | 9 values: 2202 → 244.6 (min 244.6, max 2202) |" in tables
+    assert "| ratio | 1.481 |" in tables
     assert "## What this run did" in head and f"2 of {len(course.notebooks())} notebooks ran" in head
     assert "## The roadmap's four success metrics — 2 of 4 met" in head and "`m-final`" in head
     rows = {line.split("|")[1].strip(): line for line in head.splitlines() if line.startswith("| ")}

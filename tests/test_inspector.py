@@ -85,3 +85,21 @@ def test_answer_html_escapes_and_shows_line_breaks():
     html = inspector.answer_html("a<b>\nc" + "\n" * 34 + "d")
     assert "&lt;b&gt;" in html and "\n" not in html
     assert " ↵ c" in html and "↵×34" in html and "\\n" not in html
+
+
+def test_final_probe_answers_are_scored_and_kept_for_the_report(tmp_path):
+    """The oracle student answers with the reference: identity 1 and full fact recall; the file holds what
+    report.md quotes."""
+    cfg = config.load("ci")
+    es = metrics.EvalSet.build(cfg)
+    ref = {q: p["reference"] for p in es.probes for q in p["paraphrases"]}
+    df = inspector.final_probe_answers(tmp_path, cfg, lambda ps: [ref[q] for q in ps], es, n=3, name="final: x")
+    assert list(df.columns) == ["probe", "reference", "final: x"]  # no local teacher here: no teacher column
+    rows = inspector.load_final_probe_answers(tmp_path)
+    assert [r["probe"] for r in rows] == [p["paraphrases"][0] for p in es.probes[:3]]
+    assert all(r["student"] == r["reference"] and "teacher" not in r for r in rows)
+    for r, p in zip(rows, es.probes[:3]):
+        sc = r["scores"]["student"]
+        assert sc["identity"] == pytest.approx(1.0, abs=1e-4) and sc["copy_rate"] <= 1.0
+        assert ("fact_recall" in sc) == bool(p.get("fact_id")) and sc.get("fact_recall", 1.0) == 1.0
+    assert inspector.load_final_probe_answers(tmp_path / "elsewhere") == []
