@@ -172,6 +172,29 @@ def best(rows: Sequence[dict[str, Any]], metric: str = "identity_normalised", *,
     return (max if higher else min)(cands, key=lambda r: r[metric])
 
 
+def keep_change(change: dict[str, Any], plain: dict[str, Any], noise: float,
+                metric: str = "identity_normalised") -> dict[str, Any]:
+    """Notebook 10's noise rule for a keep/drop choice: keep a change (the identity mechanisms, the multi-task loss)
+    only when its val ``metric`` beats its plain twin's by more than ``noise`` (the seed-to-seed spread,
+    ``cfg.eval.identity_noise``); inside the band the difference is noise, and the plainer model is kept.
+    Returns ``keep``, ``difference``, ``noise`` and a one-line ``reason``. Val rows only, as :func:`best`."""
+    wrong = [r["name"] for r in (change, plain) if r.get("split") != "val"]
+    if wrong:
+        raise ValueError(f"dashboard.keep_change: {wrong} were not scored on the val split; choices read val only")
+    a, b = change.get(metric), plain.get(metric)
+    if a is None or b is None:
+        return {"keep": False, "difference": None, "noise": noise,
+                "reason": f"{metric} missing for {change['name'] if a is None else plain['name']}: kept the plain model"}
+    diff = a - b
+    keep = diff > noise
+    verdict = (f"beats {plain['name']} by more than the noise band: kept" if keep else
+               f"{'within' if abs(diff) <= noise else 'below'} the noise band of {plain['name']}: dropped, the plain "
+               "model kept")
+    return {"keep": keep, "difference": diff, "noise": noise,
+            "reason": f"{change['name']}: val {metric} {a:.3f} vs {b:.3f} (difference {diff:+.3f}, noise ±{noise:g}) "
+                      f"— {verdict}"}
+
+
 def final_report(run_dir: str | Path, cfg: Any, chosen: dict[str, Path], *, notebook: str = "",
                  depth: int | None = None) -> dict[str, dict[str, Any]]:
     """Score the already-chosen model(s) on the TEST split — the one place the course reads test — and store each

@@ -33,26 +33,57 @@ from typing import Any, Callable, Sequence
 from . import metrics, ui
 
 
-def find_checkpoints(run_dir: str | Path, teacher: bool = True, base_teacher: bool = False) -> dict[str, Any]:
-    """name -> HF directory for every stage checkpoint in the run (course order), the from-scratch ablation models,
-    plus the teacher(s)."""
+# the roadmap phase of each notebook that writes checkpoints (labels in the inspector)
+PHASES = {"06": "month 3", "07": "month 4", "08": "month 5", "09": "month 6", "10": "months 7–9", "11": "months 10–12"}
+FINAL = "final"  # the one label for the course's final model (the model notebook 11 chose on val)
+
+
+def phase_label(directory: str) -> str:
+    """Which notebook and roadmap phase wrote a checkpoint directory: the run's own ``checkpoints/`` is notebook
+    07's trainer, ``nb10-mech`` is notebook 10's mechanisms arm, ``06_short_run`` notebook 06's short run."""
+    if directory in ("", "."):
+        return f"07 {PHASES['07']}"
+    m = re.fullmatch(r"(?:nb)?(\d\d)(?:[-_](.+))?", directory.split("/")[0])
+    if not m or m.group(1) not in PHASES:
+        return directory
+    rest = " ".join(filter(None, [(m.group(2) or "").replace("_", " "), *directory.split("/")[1:]]))
+    return f"{m.group(1)} {PHASES[m.group(1)]}" + (f" {rest}" if rest else "")
+
+
+def find_checkpoints(run_dir: str | Path, teacher: bool = True, base_teacher: bool = False,
+                     final: str | Path | None = None) -> dict[str, Any]:
+    """label -> HF directory for every checkpoint in the run (course order), the from-scratch ablation models and
+    the teacher(s). Each label names the phase that wrote it (:func:`phase_label`: ``07 month 4 · s02-grow-d2``,
+    ``10 months 7–9 mech · end``); the course's final model — ``final``, else the one notebook 11 recorded — is
+    labelled ``final · <its phase>``, and no other checkpoint carries the word."""
     run_dir = Path(run_dir)
+    if final is None:
+        from .export import final_student
+        final = final_student(run_dir, fallback=False)
+    final = Path(final).resolve() if final else None
     out: dict[str, Any] = {}
+
+    def add(label: str, d: Path) -> None:
+        if final is not None and d.resolve() == final:
+            label = f"{FINAL} · {label.replace(' · end', '')}"
+        out[label] = d
+
     roots = [run_dir] + sorted(p for p in run_dir.iterdir() if p.is_dir() and (p / "checkpoints").is_dir()
                                and p != run_dir) if run_dir.exists() else []
     for root in roots:
         ck = root / "checkpoints"
         if not ck.is_dir():
             continue
+        phase = phase_label("" if root == run_dir else root.name)
         for d in sorted(ck.iterdir()):
             if (d / "config.json").exists() and d.name != "final":
-                out[d.name if root == run_dir else f"{root.name}/{d.name}"] = d
+                add(f"{phase} · {d.name}", d)
         if (ck / "final" / "config.json").exists():
-            out["final" if root == run_dir else f"{root.name}/final"] = ck / "final"
+            add(f"{phase} · end", ck / "final")
     # from-scratch models (the ablation's arms, notebook 10) live one level deeper: offer their finals
     for d in sorted(run_dir.glob("*/*/checkpoints/final")) if run_dir.exists() else []:
         if (d / "config.json").exists():
-            out[f"{d.parent.parent.parent.name}/{d.parent.parent.name} (from scratch)"] = d
+            add(f"10 {PHASES['10']} {d.parent.parent.parent.name} · {d.parent.parent.name} (from scratch)", d)
     from . import teacher as teacher_mod
     info = teacher_mod.load_model_info(run_dir, missing_ok=True) if teacher else None
     if info and info.get("backend", "local") == "local" and info.get("path") and Path(info["path"]).exists():
