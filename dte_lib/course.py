@@ -381,7 +381,12 @@ def narrative(rdir: Path, state: dict[str, Any], metrics: dict[str, Any]) -> lis
                    f"({g('07_month4_layers_1_4', 'final_params'):,} parameters, "
                    f"{g('07_month4_layers_1_4', 'tokens_trained'):,} tokens) in month 4")
         last_depth = g("11_months10_12_refine", "depth") or g("09_month6_identity_metrics", "depth")
-        did[-1] += (f"; the later phases grew it to {last_depth} layers and refined it." if last_depth else ".")
+        if not last_depth:
+            did[-1] += "."
+        elif last_depth == g("07_month4_layers_1_4", "final_depth"):
+            did[-1] += f"; the later phases kept that depth ({last_depth} layers) and trained and refined it further."
+        else:
+            did[-1] += f"; the later phases grew it to {last_depth} layers and refined it."
     out += [" ".join(did), ""]
 
     final = _final_metrics(metrics)
