@@ -282,7 +282,8 @@ def load_gguf(path: str | os.PathLike):
     fields = GGUFReader(path).fields
     arch = fields["general.architecture"].contents()
     extra = {"n_positions": int(fields["gpt2.context_length"].contents())} if arch == "gpt2" else {}
-    with contextlib.redirect_stderr(io.StringIO()):
+    from .ui import gguf_progress
+    with contextlib.redirect_stderr(io.StringIO()), gguf_progress():
         tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32,
                                                      **extra)
