@@ -285,3 +285,14 @@ def test_lora_picture_counts_what_lora_trains():
     assert f"{16 * (576 + 1536):,}" in title and f"{576 * 1536:,}" in title  # r·(d_in + d_out) of d_in·d_out
     texts = " ".join(t.get_text() for t in fig.axes[0].texts)
     assert "1536×16" in texts and "16×576" in texts and "32/16" in texts
+
+
+def test_per_stage_plot_has_both_views_of_both_measures():
+    import matplotlib
+    matplotlib.use("Agg")
+    from dte_lib import plots
+    fig = plots.per_stage(["s1", "s2"], {"perplexity": [60, 40], "bits_per_byte": [1.5, 1.3]},
+                          {"perplexity": [200, 150], "bits_per_byte": [2.1, 2.0]})
+    ppl, bpb = fig.axes
+    assert ppl.get_yscale() == "log" and bpb.get_yscale() == "linear"
+    assert [list(line.get_ydata()) for line in bpb.lines] == [[1.5, 1.3], [2.1, 2.0]]
