@@ -534,6 +534,17 @@ def fmt_num(value: Any) -> str:
     return f"{value:,.4g}" if isinstance(value, float) else f"{value:,}"
 
 
+def rent_or_buy(rep: dict[str, Any], inp: PlanInputs) -> dict[str, Any]:
+    """Notebook 05's verdict from :func:`reproduce`'s tables: the GPU-hours the whole plan needs at compute-optimal
+    size on the owned card against the cloud GPU's break-even range (naive: price / rent; adjusted for speed and
+    power). Rent when the need is below the adjusted break-even's low end."""
+    row = next(r for r in rep["hardware"] if r["gpu"] == inp.cloud_gpu)
+    need = rep["budget_optimal"]["own_gpu_h"]
+    be = row["break_even_h"]
+    return {"need_h": need, "break_even_h_naive": row["break_even_h_naive"], "break_even_h": be,
+            "verdict": "rent" if need < be[1] else "buy"}
+
+
 def shape_table(shapes: dict[str, ModelShape], context: int = 1024) -> list[dict[str, Any]]:
     """One row per named model shape (notebook 12): parameters, non-embedding parameters (millions), training
     FLOPs per token at ``context`` (billions) and the compute-optimal token count (20 per parameter, billions)."""

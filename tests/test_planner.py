@@ -131,3 +131,14 @@ def test_notebook_12_tables_come_from_the_planner():
     a100 = planner.gpu_hours(planner.training_flops(m, 20 * n, 1024)["flops"], 312.0, 0.4)
     assert rows[0]["budget"] == "optimal" and rows[0]["A100 80GB h (1 GPU)"] == a100
     assert rows[0]["8 x A100 h"] == a100 / 8
+
+
+def test_rent_or_buy_reads_the_cloud_gpus_break_even_against_the_plans_need():
+    inp = planner.plan_inputs(config.load("demo").scale, 295.0)
+    rep = planner.reproduce(inp)
+    choice = planner.rent_or_buy(rep, inp)
+    row = next(r for r in rep["hardware"] if r["gpu"] == inp.cloud_gpu)
+    assert choice["break_even_h"] == row["break_even_h"] and choice["need_h"] == rep["budget_optimal"]["own_gpu_h"]
+    assert choice["verdict"] == "rent"  # 586 RTX-4090-hours against a break-even of 1,614–2,202 (notebook 05)
+    rep["budget_optimal"]["own_gpu_h"] = 10 * row["break_even_h"][1]
+    assert planner.rent_or_buy(rep, inp)["verdict"] == "buy"
