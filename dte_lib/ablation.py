@@ -107,6 +107,35 @@ def best_arm(rows: Sequence[dict[str, Any]], metric: str = "identity_normalised"
     return choose_arm(rows, metric).name
 
 
+def deltas(rows: Sequence[dict[str, Any]], metric: str = "identity_normalised") -> dict[str, list[float]]:
+    """Each arm's ``metric`` minus plain's at the same seed, one value per seed (plain itself left out)."""
+    plain = {r["seed"]: r[metric] for r in rows if r["arm"] == "plain" and r.get(metric) is not None}
+    out: dict[str, list[float]] = {}
+    for r in rows:
+        if r["arm"] != "plain" and r.get(metric) is not None and r["seed"] in plain:
+            out.setdefault(r["arm"], []).append(r[metric] - plain[r["seed"]])
+    return out
+
+
+def plot_vs_noise(rows: Sequence[dict[str, Any]], noise: float, metric: str = "identity_normalised"):
+    """Each arm's change against plain (mean over seeds, each seed a dot) beside the seed-noise band ±``noise``:
+    a bar inside the band is no evidence either way (notebook 10)."""
+    import matplotlib.pyplot as plt
+    d = deltas(rows, metric)
+    arms = sorted(d, key=lambda a: statistics.mean(d[a]))
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(arms) + 1.4))
+    ax.axvspan(-noise, noise, color="#bbbbbb", alpha=0.5, label=f"seed noise ±{noise:g}")
+    ax.barh(arms, [statistics.mean(d[a]) for a in arms], color="#4a6fa5", alpha=0.85, label="mean over seeds")
+    for k, a in enumerate(arms):
+        ax.plot(d[a], [k] * len(d[a]), "k.", ms=5)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel(f"{metric.replace('_', ' ')}: arm − plain (same seed, val)")
+    ax.set_title("each mechanism's change against the seed-noise band")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def summary(rows: Sequence[dict[str, Any]]):
     """Mean ± sd over seeds per arm, and the difference of each arm's mean from ``plain``'s (a DataFrame); ``±95%``:
     the half-width of the arm's normalised-identity interval (:func:`arm_interval`), what the winner is chosen by."""

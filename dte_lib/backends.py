@@ -114,7 +114,7 @@ def follow_job(client: Any, job_id: str, *, poll_s: float = 1.0, timeout_s: floa
 
     Reads the job's events through the SDK (OpenAI's and this project's server emit the same ``metrics`` events:
     ``data = {step, train_loss, valid_loss, ...}``), prints new messages, and with ``live_plot`` redraws a loss
-    plot in the notebook as steps arrive. History rows: ``{"step", "train_loss", "valid_loss"}`` (None if absent).
+    plot in the notebook as steps arrive (and then prints only the other messages, not one line per step). History rows: ``{"step", "train_loss", "valid_loss"}`` (None if absent).
     """
     import time
     seen: set[str] = set()
@@ -142,7 +142,7 @@ def follow_job(client: Any, job_id: str, *, poll_s: float = 1.0, timeout_s: floa
                 for k in ("train_loss", "valid_loss"):
                     if d.get(k) is not None:
                         row[k] = float(d[k])
-            if log:
+            if log and not (handle is not None and e.type == "metrics"):  # the live plot already shows each step
                 print(f"[{job.status}] {e.message}")
         if new and handle is not None:
             _draw(fig, sorted(history.values(), key=lambda r: r["step"]))

@@ -324,6 +324,9 @@ class EvalCfg:
     repetition_penalty: float = 1.0  # sampling: Hugging Face repetition penalty for scored answers (1 = off)
     sample_seeds: int = 4  # answers sampled per prompt and probe paraphrase when scoring (each an independent
     # draw); the generation metrics average over them and their 95% interval resamples prompts and these within
+    identity_noise: float = 0.05  # seed-to-seed spread of val normalised identity: a keep/drop choice (notebook 11)
+    # counts a difference only beyond it (notebook 10's rule). demo: plain 0.050 ± 0.044 over 3 seeds
+    # (benchmarks/RESULTS-identity.md); long: ±0.15 stage to stage on val (benchmarks/RESULTS-quality.md)
 
 
 EVAL = {
@@ -342,7 +345,8 @@ EVAL = {
     # long: notebooks 08-11 continue at notebook 07's 2 layers; every held-out prompt and probe is scored; sampling
     # chosen on VAL for the long student by demo's rule (benchmarks/RESULTS-quality.md: highest normalised identity
     # with diversity >= 0.7 and copy rate <= 0.05, over the same 12 settings)
-    "long": EvalCfg(temperature=1.0, top_p=0.9, repetition_penalty=1.3, depths_08="2", depths_09="2"),
+    "long": EvalCfg(temperature=1.0, top_p=0.9, repetition_penalty=1.3, depths_08="2", depths_09="2",
+                    identity_noise=0.15),
     "full": EvalCfg(max_new_tokens=200, stage_steps=5000, refine_steps=5000, selfgen_examples=5000,
                     selfgen_max_new_tokens=400, ablation_steps=3000, ablation_seeds=3),
 }
@@ -481,10 +485,61 @@ def _has_torch() -> bool:
 
 def setup(preset: str | None = None, run_dir: str | None = None,
           overrides: dict[str, Any] | None = None) -> tuple[Preset, Path]:
-    """What every notebook calls first: resolve the preset, seed, set threads, and make the run directory."""
+    """What every notebook calls first: resolve the preset, seed, set threads, and make the run directory (which
+    records its preset, so later readers of the run — the worked solutions — use the same one)."""
     cfg = load(preset, overrides)
     seed_everything(cfg.seed, cfg.threads)
-    return cfg, run_dir_for(cfg.name, run_dir)
+    rdir = run_dir_for(cfg.name, run_dir)
+    if recorded_preset(rdir) is None:
+        _record_preset(rdir, cfg.name)
+    return cfg, rdir
+
+
+# --------------------------------------------------------------------------------------------- a run's preset
+RUN_STATE_FILE = "course.json"  # a run's state: its preset, then each notebook's status (dte_lib.course)
+
+
+def recorded_preset(run_dir: str | os.PathLike) -> str | None:
+    """The preset a run directory was made with (``course.json``'s ``preset``), or None before any notebook ran."""
+    path = Path(run_dir) / RUN_STATE_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("preset")
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _record_preset(run_dir: Path, name: str) -> None:
+    """Start ``course.json`` for a run whose first notebook ran outside the course runner (JupyterLab, nbval)."""
+    path = run_dir / RUN_STATE_FILE
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"preset": name, "run_dir": str(run_dir), "notebooks": {}}, indent=2) + "\n",
+                   encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def setup_run(argv: list[str] | None = None) -> tuple[Preset, Path]:
+    """What a worked solution (``solutions/NN_*.py RUN_DIR``) calls first: the run directory a course run wrote
+    (first argument, else ``$DTE_RUN_DIR``) and the preset that run recorded — never a default, so a solution
+    pointed at a demo run reads demo's sizes. A user's mistake ends the script with one line (exit 1)."""
+    argv = sys.argv[1:] if argv is None else argv
+    prog = Path(sys.argv[0]).name or "solution"
+    chosen = argv[0] if argv else os.environ.get("DTE_RUN_DIR")
+    if not chosen:
+        raise SystemExit(f"{prog}: error: no run directory — pass the one the course wrote, e.g. "
+                         f"`dte course solution NN outputs/runs/demo`")
+    rdir = Path(chosen).expanduser()
+    if not rdir.is_absolute():
+        rdir = (REPO_ROOT / rdir if os.environ.get("DTE_RUN_DIR") and not argv else Path.cwd() / rdir).resolve()
+    if not rdir.is_dir():
+        raise SystemExit(f"{prog}: error: {rdir}: no such run directory — run the course first "
+                         f"(`dte course run --preset demo`) or pass the directory it wrote")
+    name = recorded_preset(rdir) or os.environ.get("DTE_PRESET")
+    if not name:
+        raise SystemExit(f"{prog}: error: {rdir} has no {RUN_STATE_FILE} naming its preset — run the notebooks "
+                         f"into it first, or set DTE_PRESET=ci|demo|long|full")
+    cfg = load(name)
+    seed_everything(cfg.seed, cfg.threads)
+    return cfg, rdir
 
 
 if __name__ == "__main__":

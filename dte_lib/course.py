@@ -13,7 +13,11 @@
 - At the end (and after a failure) ``<run>/report.md`` is rebuilt from ``metrics.json`` and ``course.json``: what
   the run did and the roadmap's four metrics first, then every notebook's figures.
 
-Run it: ``dte course run --preset demo`` · ``dte course run --preset ci --from 03`` · ``dte course list``
+- Each notebook's worked solution is copied to ``<run>/solutions/`` beside the executed copies (their
+  ``../solutions/`` links resolve there); ``dte course solution NN RUN_DIR`` runs it with the run's own preset.
+
+Run it: ``dte course run --preset demo`` · ``dte course run --preset ci --from 03`` · ``dte course list`` ·
+``dte course solution 06 outputs/runs/demo``
 (or ``python -m dte_lib.course run ...``).
 """
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Any, Sequence
 from . import config, data, runlog, ui
 from .data import atomic_write_text
 
-STATE_FILE = "course.json"
+STATE_FILE = config.RUN_STATE_FILE
 # Third-party progress bars in the course's kernels: loading a checkpoint or mapping a small dataset takes a
 # fraction of a second, and a bar saved in a notebook is a widget frozen at 0% in every viewer.
 KERNEL_QUIET = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
@@ -93,6 +97,35 @@ def sign(path: Path) -> None:
         NotebookNotary().sign(nbformat.read(path, as_version=4))
 
 
+def copy_solutions(rdir: Path, nbs: Sequence[Path], source: Path = config.REPO_ROOT / "solutions") -> None:
+    """Put each notebook's worked solution beside its executed copy (``<run>/solutions/``), so the notebook's
+    ``../solutions/NN_*.py`` link resolves from ``<run>/notebooks/`` as it does from ``notebooks/``."""
+    found = [source / f"{nb.stem}.py" for nb in nbs if (source / f"{nb.stem}.py").is_file()]
+    if found:
+        (rdir / "solutions").mkdir(parents=True, exist_ok=True)
+    for path in found:
+        atomic_write_text(rdir / "solutions" / path.name, path.read_text(encoding="utf-8"))
+
+
+def solution_path(number: str, directory: Path = config.REPO_ROOT / "solutions") -> Path:
+    """``solutions/NN_*.py`` for notebook ``NN`` (``"06"`` or ``"06_month3_progressive"``)."""
+    found = sorted(directory.glob(f"{number}*.py")) if number else []
+    if len(found) != 1:
+        have = ", ".join(p.stem[:2] for p in sorted(directory.glob("[0-9][0-9]_*.py")))
+        raise CourseError(f"no single worked solution matches {number!r} — pass a notebook number ({have})")
+    return found[0]
+
+
+def run_solution(number: str, run_dir: str | os.PathLike) -> int:
+    """Run notebook ``NN``'s worked solution against a run directory with this checkout's ``dte_lib`` and the
+    preset the run recorded; its answers (``name = value``) print to stdout. Returns its exit code."""
+    import subprocess
+    path = solution_path(number)
+    env = {**os.environ, **KERNEL_QUIET,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(config.REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, str(path), str(Path(run_dir).expanduser().resolve())], env=env).returncode
+
+
 def _parse_value(text: str) -> Any:
     try:
         return json.loads(text)
@@ -138,6 +171,7 @@ def run(preset: str | None = None, run_dir: str | os.PathLike | None = None, sta
     state.setdefault("started", time.strftime("%Y-%m-%dT%H:%M:%S"))
     out_dir = rdir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
+    copy_solutions(rdir, selected, notebook_dir.parent / "solutions")
 
     kernel_env = {"DTE_PRESET": cfg.name, "DTE_RUN_DIR": str(rdir),
                   "PYTHONPATH": os.pathsep.join(filter(None, [str(config.REPO_ROOT), os.environ.get("PYTHONPATH")])),
@@ -222,13 +256,70 @@ def run(preset: str | None = None, run_dir: str | os.PathLike | None = None, sta
 
 
 # ---------------------------------------------------------------------------------------------- report
+def _rounded(value: Any) -> Any:
+    """Floats to 4 significant digits, inside lists and dicts too."""
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
 def _fmt(value: Any) -> str:
+    """A figure for a person: rounded; a long list of numbers as its count, ends and range, never a raw dump."""
     if isinstance(value, float):
         return f"{value:.4g}"
+    if isinstance(value, list) and len(value) > 6 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                          for v in value):
+        return (f"{len(value)} values: {value[0]:.4g} → {value[-1]:.4g} (min {min(value):.4g}, "
+                f"max {max(value):.4g})")
     if isinstance(value, (dict, list)):
-        text = json.dumps(value, ensure_ascii=False)
+        text = json.dumps(_rounded(value), ensure_ascii=False)
         return text if len(text) <= 120 else text[:117] + "..."
     return str(value)
+
+
+def _quote(text: str, limit: int = 320) -> str:
+    """An answer as one markdown quote line: line breaks shown as ↵, cut at a word near ``limit`` characters."""
+    text = re.sub(r"\s*\n+\s*", " ↵ ", (text or "").strip()) or "(empty)"
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0] + " …"
+    return text.replace("|", "\\|")
+
+
+def probe_section(rdir: Path, metrics: dict[str, Any]) -> list[str]:
+    """The report's opening: the final student's own words on a few probes, beside the teacher's and the
+    reference, each answer's scores, then the final model's four metrics (notebook 11's record)."""
+    from . import inspector
+    rows = inspector.load_final_probe_answers(rdir)
+    if not rows:
+        return []
+    m = metrics.get("11_months10_12_refine", {})
+    out = ["## What the final model says", "",
+           f"The final student (`{m.get('final_model', 'final')}`) answers {len(rows)} of the evaluation probes "
+           "(held out from training), sampled with the preset's scoring settings; beside it the fine-tuned teacher "
+           "that wrote its synthetic corpus and the reference answer. Scores per answer: identity = cosine with the "
+           "reference (sentence embeddings), fact recall = share of the probe's fact keywords said.", ""]
+    for r in rows:
+        out += [f"**{r['probe']}**", ""]
+        for who, label in (("student", "student"), ("teacher", "teacher"), ("reference", "reference")):
+            if who not in r:
+                continue
+            sc = r.get("scores", {}).get(who, {})
+            marks = ", ".join(f"{k.replace('_', ' ')} {sc[k]:.2f}" for k in ("identity", "fact_recall") if k in sc)
+            out.append(f"> *{label}*{f' ({marks})' if marks else ''}: {_quote(r[who])}  ")
+        out.append("")
+    if m.get("final_perplexity") is not None:
+        keys = [("perplexity", 1), ("identity_normalised", 2), ("diversity", 2), ("coherence", 2)]
+        cells = " · ".join(f"{k.replace('_', ' ')} {_num(m.get('final_' + k), d)}"
+                           + (f" (teacher {_num(m.get('teacher_' + k), d)})"
+                              if m.get("teacher_" + k) is not None and k != "perplexity" else "")
+                           for k, d in keys)
+        out += [f"The four metrics for this model on the test split: {cells}; the table below sets them against "
+                "the roadmap's thresholds.", ""]
+    return out
 
 
 # What a failing week-1 check means for the learner (the levers notebook 03 names).
@@ -271,7 +362,7 @@ def narrative(rdir: Path, state: dict[str, Any], metrics: dict[str, Any]) -> lis
     failed = [n for n, e in nbs.items() if e.get("status") == "failed"]
     seconds = sum(e.get("seconds") or 0 for e in nbs.values())
     g = lambda nb, key: metrics.get(nb, {}).get(key)  # noqa: E731
-    out = ["## What this run did", ""]
+    out = probe_section(rdir, metrics) + ["## What this run did", ""]
     did = [f"{len(ok)} of {len(course_notebooks(nbs))} notebooks ran"
            + (f" (failed: {', '.join(failed)})" if failed else "") + f", {seconds / 60:.1f} minutes in all."]
     if g("01_week1_teacher", "val_loss_finetuned") is not None:
@@ -290,7 +381,12 @@ def narrative(rdir: Path, state: dict[str, Any], metrics: dict[str, Any]) -> lis
                    f"({g('07_month4_layers_1_4', 'final_params'):,} parameters, "
                    f"{g('07_month4_layers_1_4', 'tokens_trained'):,} tokens) in month 4")
         last_depth = g("11_months10_12_refine", "depth") or g("09_month6_identity_metrics", "depth")
-        did[-1] += (f"; the later phases grew it to {last_depth} layers and refined it." if last_depth else ".")
+        if not last_depth:
+            did[-1] += "."
+        elif last_depth == g("07_month4_layers_1_4", "final_depth"):
+            did[-1] += f"; the later phases kept that depth ({last_depth} layers) and trained and refined it further."
+        else:
+            did[-1] += f"; the later phases grew it to {last_depth} layers and refined it."
     out += [" ".join(did), ""]
 
     final = _final_metrics(metrics)
@@ -413,7 +509,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ls.add_argument("--run-dir", default=None)
     rep = sub.add_parser("report", help="rebuild report.md of a run")
     rep.add_argument("run_dir")
+    so = sub.add_parser("solution", help="run notebook NN's worked solution against a run (its preset is read "
+                                         "from the run directory)")
+    so.add_argument("number", help="the notebook's number, e.g. 06")
+    so.add_argument("run_dir", help="the run directory the course wrote, e.g. outputs/runs/demo")
     args = ap.parse_args(argv)
+    if args.cmd == "solution":
+        try:
+            return run_solution(args.number, args.run_dir)
+        except CourseError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     if args.cmd == "run":
         try:
             rdir = run(args.preset, args.run_dir, args.start, args.only,

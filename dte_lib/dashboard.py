@@ -25,6 +25,7 @@ Run it: ``python -m dte_lib.dashboard outputs/runs/demo`` prints a run's dashboa
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -194,6 +195,29 @@ def best(rows: Sequence[dict[str, Any]], metric: str = "identity_normalised", *,
     pick = metrics.choose([(r["name"], r[metric], r.get(f"{metric}_ci")) for r in cands], metric=metric,
                           higher=higher)
     return {**cands[pick.index], "reason": pick.reason}
+
+
+def keep_change(change: dict[str, Any], plain: dict[str, Any], noise: float,
+                metric: str = "identity_normalised") -> dict[str, Any]:
+    """A keep/drop choice (the identity mechanisms, the multi-task loss) against the change's plain twin, by the
+    course's one rule (:func:`dte_lib.metrics.choose`, plain first): the change is kept only when it beats the
+    plain model by more than the interval of the difference. Each row's half-width is its own 95% sampling interval
+    (``<metric>_ci``) but at least ``noise / √2``, so the band is never narrower than notebook 10's training-seed
+    spread ``noise`` (``cfg.eval.identity_noise``): sampling intervals see prompts and sampling seeds, not the seed
+    a model was trained with. Returns ``keep``, ``difference``, ``band`` (``noise`` too) and a one-line ``reason``.
+    Val rows only, as :func:`best`."""
+    wrong = [r["name"] for r in (change, plain) if r.get("split") != "val"]
+    if wrong:
+        raise ValueError(f"dashboard.keep_change: {wrong} were not scored on the val split; choices read val only")
+    a, b = change.get(metric), plain.get(metric)
+    if a is None or b is None:
+        return {"keep": False, "difference": None, "band": None, "noise": noise,
+                "reason": f"{metric} missing for {change['name'] if a is None else plain['name']}: kept the plain model"}
+    floor = noise / math.sqrt(2)
+    h_plain, h_change = (max(float(r.get(f"{metric}_ci") or 0.0), floor) for r in (plain, change))
+    pick = metrics.choose([(plain["name"], b, h_plain), (change["name"], a, h_change)], metric=metric)
+    return {"keep": pick.index == 1, "difference": a - b, "band": math.hypot(h_plain, h_change), "noise": noise,
+            "reason": pick.reason}
 
 
 def final_report(run_dir: str | Path, cfg: Any, chosen: dict[str, Path], *, notebook: str = "",

@@ -202,10 +202,15 @@ def near_duplicate_clusters(texts: Sequence[str], threshold: float = 0.6, num_pe
 
 
 def show_near_duplicates(texts: Sequence[str], threshold: float = 0.6, limit: int = 5, width: int = 160):
-    """A pandas table of the most similar pairs (Jaccard, both texts cut to ``width`` characters) to eyeball."""
+    """A pandas table of the most similar pairs (Jaccard, both texts cut to ``width`` characters) to eyeball; with
+    no pair at ``threshold``, one printed line saying so and None (an empty table reads as a failure)."""
     import pandas as pd
     rows = [{"jaccard": round(jac, 3), "i": i, "j": j, "text_i": texts[i][:width], "text_j": texts[j][:width]}
             for i, j, jac in near_duplicate_pairs(texts, threshold)[:limit]]
+    if not rows:
+        print(f"no two of the {len(texts)} answers share Jaccard ≥ {threshold:g} of their word shingles: "
+              "no near-duplicates to look at")
+        return None
     return pd.DataFrame(rows, columns=["jaccard", "i", "j", "text_i", "text_j"])
 
 

@@ -282,7 +282,8 @@ def load_gguf(path: str | os.PathLike):
     fields = GGUFReader(path).fields
     arch = fields["general.architecture"].contents()
     extra = {"n_positions": int(fields["gpt2.context_length"].contents())} if arch == "gpt2" else {}
-    with contextlib.redirect_stderr(io.StringIO()):
+    from .ui import gguf_progress
+    with contextlib.redirect_stderr(io.StringIO()), gguf_progress():
         tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32,
                                                      **extra)
@@ -290,16 +291,16 @@ def load_gguf(path: str | os.PathLike):
 
 
 # ---------------------------------------------------------------------------------------------- a course run
-def final_student(run_dir: str | os.PathLike) -> Path | None:
-    """The run's final student: the model notebook 11 chose on val (``final_dir`` in its metrics record), else the
-    trainer's ``checkpoints/final``; None when the run has neither."""
+def final_student(run_dir: str | os.PathLike, fallback: bool = True) -> Path | None:
+    """The run's final student: the model notebook 11 chose on val (``final_dir`` in its metrics record), else
+    (``fallback``) the trainer's ``checkpoints/final``; None when the run has neither."""
     from . import runlog
     run_dir = Path(run_dir)
     rec = runlog.load(run_dir).get("11_months10_12_refine", {})
     if rec.get("final_dir") and (run_dir / rec["final_dir"] / "config.json").exists():
         return run_dir / rec["final_dir"]
-    fallback = run_dir / "checkpoints" / "final"
-    return fallback if (fallback / "config.json").exists() else None
+    trainer = run_dir / "checkpoints" / "final"
+    return trainer if fallback and (trainer / "config.json").exists() else None
 
 
 def export_run(run_dir: str | os.PathLike, student_dtype: str = "f16", teacher_dtype: str = "q8_0",

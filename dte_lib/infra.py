@@ -293,6 +293,26 @@ def mfu(tokens_per_s: float, flops_per_token: float, peak_flops_per_s: float) ->
     return tokens_per_s * flops_per_token / peak_flops_per_s
 
 
+def measurement_table(runs: dict[str, dict[str, Any]], peak_flops_per_s: float) -> list[dict[str, Any]]:
+    """One row per measured training run (notebook 05): speed, MFU against the matmul peak, and each memory figure
+    beside its formula, in MiB."""
+    mib = 2 ** 20
+    return [{"precision": name, "params": r["params"], "tokens/s": r["tokens_per_s"],
+             "MFU vs matmul peak": mfu(r["tokens_per_s"], r["flops_per_token"], peak_flops_per_s),
+             "grads+AdamW MiB": (r["gradient_bytes"] + r["adamw_state_bytes"]) / mib,
+             "formula 12 B/param MiB": 12 * r["params"] / mib,
+             "saved activations MiB": r["saved_activation_bytes"] / mib,
+             "formula activations MiB": r["estimated_activation_bytes"] / mib,
+             "peak RSS growth MiB": r["peak_extra_bytes"] / mib,
+             "formula total MiB": r["estimated_extra_bytes"] / mib} for name, r in runs.items()]
+
+
+def formula_ratios(run: dict[str, Any]) -> dict[str, float]:
+    """Measured over formula for one run: saved activations, and peak resident growth over the formula's total."""
+    return {"activations": run["saved_activation_bytes"] / run["estimated_activation_bytes"],
+            "peak_rss": run["peak_extra_bytes"] / run["estimated_extra_bytes"]}
+
+
 def project_phases(rows: Sequence[dict[str, Any]], achieved_flops_per_s: float, gpus: dict[str, planner.Gpu],
                    utilisation: float, machine: str = "this machine") -> list[dict[str, Any]]:
     """Hours per phase (rows from :func:`planner.phase_table`) on this machine at its *measured* training rate and

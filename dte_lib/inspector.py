@@ -33,26 +33,57 @@ from typing import Any, Callable, Sequence
 from . import metrics, ui
 
 
-def find_checkpoints(run_dir: str | Path, teacher: bool = True, base_teacher: bool = False) -> dict[str, Any]:
-    """name -> HF directory for every stage checkpoint in the run (course order), the from-scratch ablation models,
-    plus the teacher(s)."""
+# the roadmap phase of each notebook that writes checkpoints (labels in the inspector)
+PHASES = {"06": "month 3", "07": "month 4", "08": "month 5", "09": "month 6", "10": "months 7–9", "11": "months 10–12"}
+FINAL = "final"  # the one label for the course's final model (the model notebook 11 chose on val)
+
+
+def phase_label(directory: str) -> str:
+    """Which notebook and roadmap phase wrote a checkpoint directory: the run's own ``checkpoints/`` is notebook
+    07's trainer, ``nb10-mech`` is notebook 10's mechanisms arm, ``06_short_run`` notebook 06's short run."""
+    if directory in ("", "."):
+        return f"07 {PHASES['07']}"
+    m = re.fullmatch(r"(?:nb)?(\d\d)(?:[-_](.+))?", directory.split("/")[0])
+    if not m or m.group(1) not in PHASES:
+        return directory
+    rest = " ".join(filter(None, [(m.group(2) or "").replace("_", " "), *directory.split("/")[1:]]))
+    return f"{m.group(1)} {PHASES[m.group(1)]}" + (f" {rest}" if rest else "")
+
+
+def find_checkpoints(run_dir: str | Path, teacher: bool = True, base_teacher: bool = False,
+                     final: str | Path | None = None) -> dict[str, Any]:
+    """label -> HF directory for every checkpoint in the run (course order), the from-scratch ablation models and
+    the teacher(s). Each label names the phase that wrote it (:func:`phase_label`: ``07 month 4 · s02-grow-d2``,
+    ``10 months 7–9 mech · end``); the course's final model — ``final``, else the one notebook 11 recorded — is
+    labelled ``final · <its phase>``, and no other checkpoint carries the word."""
     run_dir = Path(run_dir)
+    if final is None:
+        from .export import final_student
+        final = final_student(run_dir, fallback=False)
+    final = Path(final).resolve() if final else None
     out: dict[str, Any] = {}
+
+    def add(label: str, d: Path) -> None:
+        if final is not None and d.resolve() == final:
+            label = f"{FINAL} · {label.replace(' · end', '')}"
+        out[label] = d
+
     roots = [run_dir] + sorted(p for p in run_dir.iterdir() if p.is_dir() and (p / "checkpoints").is_dir()
                                and p != run_dir) if run_dir.exists() else []
     for root in roots:
         ck = root / "checkpoints"
         if not ck.is_dir():
             continue
+        phase = phase_label("" if root == run_dir else root.name)
         for d in sorted(ck.iterdir()):
             if (d / "config.json").exists() and d.name != "final":
-                out[d.name if root == run_dir else f"{root.name}/{d.name}"] = d
+                add(f"{phase} · {d.name}", d)
         if (ck / "final" / "config.json").exists():
-            out["final" if root == run_dir else f"{root.name}/final"] = ck / "final"
+            add(f"{phase} · end", ck / "final")
     # from-scratch models (the ablation's arms, notebook 10) live one level deeper: offer their finals
     for d in sorted(run_dir.glob("*/*/checkpoints/final")) if run_dir.exists() else []:
         if (d / "config.json").exists():
-            out[f"{d.parent.parent.parent.name}/{d.parent.parent.name} (from scratch)"] = d
+            add(f"10 {PHASES['10']} {d.parent.parent.parent.name} · {d.parent.parent.name} (from scratch)", d)
     from . import teacher as teacher_mod
     info = teacher_mod.load_model_info(run_dir, missing_ok=True) if teacher else None
     if info and info.get("backend", "local") == "local" and info.get("path") and Path(info["path"]).exists():
@@ -130,6 +161,54 @@ def _cached_answers(path: Path, src: Any, prompts: list[str], gen: dict[str, Any
     return [have[p] for p in prompts]
 
 
+def score_answer(answer: str, reference: str | None, keywords: Sequence[str] = (),
+                 evalset: metrics.EvalSet | None = None, persona_summary: str = "") -> dict[str, Any]:
+    """One answer's scores: identity (cosine with the reference, else with the persona summary), words, distinct-2,
+    fact recall of the probe's keywords (when it has a fact) and copy rate against the training corpus."""
+    e = metrics._embed([answer, reference or persona_summary])
+    out = {"identity": float(e[0] @ e[1]), "identity_vs": "reference" if reference else "persona",
+           "words": len(answer.split()), "distinct_2": metrics.diversity([answer])["distinct_2"]}
+    if keywords:
+        out["fact_recall"] = metrics.keyword_recall(answer, keywords)
+    if evalset is not None:
+        out["copy_rate"] = metrics.copy_rate([answer], evalset.train_grams, evalset.copy_n)
+    return out
+
+
+FINAL_PROBES = Path("eval") / "final_probe_answers.jsonl"  # what report.md opens with
+
+
+def final_probe_answers(run_dir: str | Path, cfg: Any, student_dir: Any, evalset: metrics.EvalSet, *,
+                        n: int = 4, system: str | None = None, name: str = "final"):
+    """The final student's answers to the first ``n`` probes beside the teacher's and the reference, each scored
+    (:func:`score_answer`); written to ``<run>/eval/final_probe_answers.jsonl`` for ``report.md`` and returned as
+    a DataFrame ``probe | reference | teacher | <name>``. Sampling as :func:`probe_table`."""
+    from .data import write_jsonl
+    table = probe_table(run_dir, cfg, {name: student_dir}, evalset.probes, n=n, system=system)
+    facts = {f["id"]: f for f in evalset.persona.get("facts", [])}
+    rows = []
+    for i, probe in enumerate(list(evalset.probes)[:n]):
+        kws = facts.get(probe.get("fact_id") or "", {}).get("keywords", [])
+        row = {"probe": table["probe"][i], "reference": probe["reference"], "student": table[name][i]}
+        if "teacher" in table:
+            row["teacher"] = table["teacher"][i]
+        row["scores"] = {who: score_answer(row[who], probe["reference"], kws, evalset)
+                         for who in ("student", "teacher") if who in row}
+        rows.append(row)
+    write_jsonl(Path(run_dir) / FINAL_PROBES, rows)
+    table = table.drop(columns=[c for c in table.columns if c.startswith("reference")])
+    table.insert(1, "reference", [r["reference"] for r in rows])
+    return table
+
+
+def load_final_probe_answers(run_dir: str | Path) -> list[dict[str, Any]]:
+    """What :func:`final_probe_answers` wrote ([] before notebook 11 has run)."""
+    path = Path(run_dir) / FINAL_PROBES
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def answer_html(text: str) -> str:
     """One answer as HTML: escaped, each run of line breaks shown as ``↵`` (``↵×N`` for a run of N), empty as
     *(empty)* — so a reader sees where a small model emits blank lines instead of a wall of white space."""
@@ -202,16 +281,7 @@ class Inspector:
 
     def score(self, answer: str) -> dict[str, Any]:
         ref, kws = self._refs.get(self.prompt.strip(), (None, []))
-        target = ref or self.persona.get("summary", "")
-        e = metrics._embed([answer, target])
-        out = {"identity": float(e[0] @ e[1]), "identity_vs": "reference" if ref else "persona",
-               "words": len(answer.split()),
-               "distinct_2": metrics.diversity([answer])["distinct_2"]}
-        if kws:
-            out["fact_recall"] = metrics.keyword_recall(answer, kws)
-        if self.evalset is not None:
-            out["copy_rate"] = metrics.copy_rate([answer], self.evalset.train_grams, self.evalset.copy_n)
-        return out
+        return score_answer(answer, ref, kws, self.evalset, self.persona.get("summary", ""))
 
     def generate(self) -> list[dict[str, Any]]:
         """Answer the prompt with every selected source; returns (and keeps) one row per source."""

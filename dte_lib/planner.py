@@ -534,6 +534,46 @@ def fmt_num(value: Any) -> str:
     return f"{value:,.4g}" if isinstance(value, float) else f"{value:,}"
 
 
+def rent_or_buy(rep: dict[str, Any], inp: PlanInputs) -> dict[str, Any]:
+    """Notebook 05's verdict from :func:`reproduce`'s tables: the GPU-hours the whole plan needs at compute-optimal
+    size on the owned card against the cloud GPU's break-even range (naive: price / rent; adjusted for speed and
+    power). Rent when the need is below the adjusted break-even's low end."""
+    row = next(r for r in rep["hardware"] if r["gpu"] == inp.cloud_gpu)
+    need = rep["budget_optimal"]["own_gpu_h"]
+    be = row["break_even_h"]
+    return {"need_h": need, "break_even_h_naive": row["break_even_h_naive"], "break_even_h": be,
+            "verdict": "rent" if need < be[1] else "buy"}
+
+
+def shape_table(shapes: dict[str, ModelShape], context: int = 1024) -> list[dict[str, Any]]:
+    """One row per named model shape (notebook 12): parameters, non-embedding parameters (millions), training
+    FLOPs per token at ``context`` (billions) and the compute-optimal token count (20 per parameter, billions)."""
+    rows = []
+    for name, m in shapes.items():
+        n, parts = param_count(m), param_breakdown(m)
+        rows.append({"model": name, "params_M": n / 1e6,
+                     "non-embedding_M": (n - parts["token_embedding"] - parts["position_embedding"]) / 1e6,
+                     "GFLOPs/token (train)": flops_per_token(m, context) / 1e9,
+                     "compute-optimal tokens (B)": 20 * n / 1e9})
+    return rows
+
+
+def compute_table(m: ModelShape, budgets: dict[str, float], context: int, gpus: dict[str, Gpu],
+                  utilisation: float, cluster: tuple[str, int] = ("A100 80GB", 8)) -> list[dict[str, Any]]:
+    """One row per token budget (notebook 12): tokens (B), training EFLOP, hours on one GPU of each kind at
+    ``utilisation`` of its bf16 peak, and on a ``cluster`` of identical GPUs (perfect scaling, a lower bound)."""
+    rows = []
+    for label, tokens in budgets.items():
+        flops = training_flops(m, tokens, context)["flops"]
+        row: dict[str, Any] = {"budget": label, "tokens (B)": tokens / 1e9, "EFLOP": flops / 1e18}
+        for g in gpus.values():
+            row[f"{g.name} h (1 GPU)"] = gpu_hours(flops, g.peak_bf16_tflops, utilisation)
+        name, count = cluster
+        row[f"{count} x {name.split()[0]} h"] = row[f"{name} h (1 GPU)"] / count
+        rows.append(row)
+    return rows
+
+
 def parallel_memory(m: ModelShape, batch_per_device: int, context: int, world_sizes: Sequence[int] = (1, 2, 4, 8),
                     act_bytes: int = 2) -> list[dict[str, Any]]:
     """GiB per device under DDP (every device holds all 16 B/param) and FSDP/ZeRO-3 (each holds 1/W of them);

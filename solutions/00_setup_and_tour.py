@@ -1,15 +1,14 @@
 """Worked solutions to the exercises of notebook 00 (setup and tour).
 
-Run: ``python solutions/00_setup_and_tour.py [RUN_DIR]`` (run directory from the argument or ``$DTE_RUN_DIR``;
-preset from ``$DTE_PRESET``, default ``ci``). Each answer is printed as ``name = value``.
+Run: ``.venv/bin/dte course solution 00 RUN_DIR`` (or ``.venv/bin/python solutions/00_setup_and_tour.py RUN_DIR``),
+RUN_DIR being the run directory the course wrote; the preset is the one that run recorded. Each answer is
+printed as ``name = value``.
 """
 import collections
-import os
-import sys
 
 from dte_lib import config, data
 
-cfg, run_dir = config.setup(os.environ.get("DTE_PRESET") or "ci", sys.argv[1] if len(sys.argv) > 1 else None)
+cfg, run_dir = config.setup_run()  # the run directory argument, and the preset that run recorded
 examples = data.load_corpus(cfg.path(cfg.data.corpus), strict=True).examples
 
 # Exercise 1 — double the validation share. Prediction: the split compares one hash value u per example with

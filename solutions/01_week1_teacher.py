@@ -1,10 +1,9 @@
 """Worked solutions to the exercises of notebook 01 (the teacher and LoRA).
 
-Run: ``python solutions/01_week1_teacher.py [RUN_DIR]`` (run directory from the argument or ``$DTE_RUN_DIR``;
-preset from ``$DTE_PRESET``, default ``ci``). Each answer is printed as ``name = value``.
+Run: ``.venv/bin/dte course solution 01 RUN_DIR`` (or ``.venv/bin/python solutions/01_week1_teacher.py RUN_DIR``),
+RUN_DIR being the run directory the course wrote; the preset is the one that run recorded. Each answer is
+printed as ``name = value``.
 """
-import os
-import sys
 import warnings
 
 import torch
@@ -15,7 +14,7 @@ from dte_lib import config, runlog, teacher
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # peft on a meta model: a deprecation notice
 
-cfg, run_dir = config.setup(os.environ.get("DTE_PRESET") or "ci", sys.argv[1] if len(sys.argv) > 1 else None)
+cfg, run_dir = config.setup_run()  # the run directory argument, and the preset that run recorded
 
 # The teacher's architecture without its weights: a "meta" model has every module and shape but no memory.
 tcfg = AutoConfig.from_pretrained(teacher.base_model_dir())

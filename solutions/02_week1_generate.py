@@ -1,17 +1,16 @@
 """Worked solutions to the exercises of notebook 02 (generating the synthetic corpus).
 
-Run: ``python solutions/02_week1_generate.py [RUN_DIR]`` (run directory from the argument or ``$DTE_RUN_DIR``;
-preset from ``$DTE_PRESET``, default ``ci``). Each answer is printed as ``name = value``.
+Run: ``.venv/bin/dte course solution 02 RUN_DIR`` (or ``.venv/bin/python solutions/02_week1_generate.py RUN_DIR``),
+RUN_DIR being the run directory the course wrote; the preset is the one that run recorded. Each answer is
+printed as ``name = value``.
 """
 import collections
-import os
-import sys
 
 from transformers import AutoTokenizer
 
 from dte_lib import config, corpus, data, generate, prompts, teacher
 
-cfg, run_dir = config.setup(os.environ.get("DTE_PRESET") or "ci", sys.argv[1] if len(sys.argv) > 1 else None)
+cfg, run_dir = config.setup_run()  # the run directory argument, and the preset that run recorded
 
 # Exercise 1 — predict: is the plan for 3x as many examples an extension of this run's plan? Yes: the plan is
 # built in shuffled rounds seeded by (seed, round) alone, so a longer plan starts with the shorter one, id for id.

@@ -1,16 +1,15 @@
 """Worked solutions to the exercises of notebook 03 (evaluate the synthetic corpus and decide).
 
-Run: ``python solutions/03_week1_evaluate.py [RUN_DIR]`` (run directory from the argument or ``$DTE_RUN_DIR``;
-preset from ``$DTE_PRESET``, default ``ci``). Each answer is printed as ``name = value``.
+Run: ``.venv/bin/dte course solution 03 RUN_DIR`` (or ``.venv/bin/python solutions/03_week1_evaluate.py RUN_DIR``),
+RUN_DIR being the run directory the course wrote; the preset is the one that run recorded. Each answer is
+printed as ``name = value``.
 """
 import dataclasses
 import json
-import os
-import sys
 
 from dte_lib import config, corpus, data, diversity, quality
 
-cfg, run_dir = config.setup(os.environ.get("DTE_PRESET") or "ci", sys.argv[1] if len(sys.argv) > 1 else None)
+cfg, run_dir = config.setup_run()  # the run directory argument, and the preset that run recorded
 persona = data.load_persona(cfg.path(cfg.data.persona))
 seed = data.load_corpus(cfg.path(cfg.data.corpus)).examples
 

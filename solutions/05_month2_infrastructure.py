@@ -1,15 +1,14 @@
 """Worked solutions to the exercises of notebook 05 (infrastructure and the budget).
 
-Run: ``python solutions/05_month2_infrastructure.py [RUN_DIR]`` (run directory from the argument or
-``$DTE_RUN_DIR``; preset from ``$DTE_PRESET``, default ``ci``). Each answer is printed as ``name = value``.
+Run: ``.venv/bin/dte course solution 05 RUN_DIR`` (or ``.venv/bin/python solutions/05_month2_infrastructure.py RUN_DIR``),
+RUN_DIR being the run directory the course wrote; the preset is the one that run recorded. Each answer is
+printed as ``name = value``.
 """
 import dataclasses
-import os
-import sys
 
 from dte_lib import config, planner, runlog
 
-cfg, run_dir = config.setup(os.environ.get("DTE_PRESET") or "ci", sys.argv[1] if len(sys.argv) > 1 else None)
+cfg, run_dir = config.setup_run()  # the run directory argument, and the preset that run recorded
 
 # Exercise 1 — predict the 4-layer, 768-wide model's size with an 8,192-token vocabulary instead of 50,257. Only
 # the token table changes: (50,257 − 8,192) × 768 = 32,305,920 parameters fewer.

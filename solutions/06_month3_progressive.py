@@ -1,11 +1,10 @@
 """Worked solutions to the exercises of notebook 06 (tokenizer, packing, the model, growth).
 
-Run: ``python solutions/06_month3_progressive.py [RUN_DIR]`` (run directory from the argument or
-``$DTE_RUN_DIR``; preset from ``$DTE_PRESET``, default ``ci``). Each answer is printed as ``name = value``.
+Run: ``.venv/bin/dte course solution 06 RUN_DIR`` (or ``.venv/bin/python solutions/06_month3_progressive.py RUN_DIR``),
+RUN_DIR being the run directory the course wrote; the preset is the one that run recorded. Each answer is
+printed as ``name = value``.
 """
 import math
-import os
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +16,7 @@ from dte_lib import model as M
 from dte_lib import tokenizer as toklib
 
 hf_logging.disable_progress_bar()
-cfg, run_dir = config.setup(os.environ.get("DTE_PRESET") or "ci", sys.argv[1] if len(sys.argv) > 1 else None)
+cfg, run_dir = config.setup_run()  # the run directory argument, and the preset that run recorded
 tc = cfg.train
 tok = toklib.load(run_dir / "tokenizer")
 stage_dirs = sorted((run_dir / "06_short_run" / "checkpoints").glob("s01-*"))

@@ -1,11 +1,10 @@
 """Worked solutions to the exercises of notebook 07 (layers 1–4, perplexity, bits per byte).
 
-Run: ``python solutions/07_month4_layers_1_4.py [RUN_DIR]`` (run directory from the argument or
-``$DTE_RUN_DIR``; preset from ``$DTE_PRESET``, default ``ci``). Each answer is printed as ``name = value``.
+Run: ``.venv/bin/dte course solution 07 RUN_DIR`` (or ``.venv/bin/python solutions/07_month4_layers_1_4.py RUN_DIR``),
+RUN_DIR being the run directory the course wrote; the preset is the one that run recorded. Each answer is
+printed as ``name = value``.
 """
 import math
-import os
-import sys
 
 import torch
 from transformers import AutoModelForCausalLM
@@ -16,7 +15,7 @@ from dte_lib import model as M
 from dte_lib import tokenizer as toklib
 
 hf_logging.disable_progress_bar()
-cfg, run_dir = config.setup(os.environ.get("DTE_PRESET") or "ci", sys.argv[1] if len(sys.argv) > 1 else None)
+cfg, run_dir = config.setup_run()  # the run directory argument, and the preset that run recorded
 rec = runlog.load(run_dir)["07_month4_layers_1_4"]
 
 # Exercise 1 — perplexity is e^loss. Predict each stage's perplexity from its val loss, then compare.

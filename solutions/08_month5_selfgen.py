@@ -1,14 +1,13 @@
 """Worked solutions to the exercises of notebook 08 (layers 5–8 and self-generation).
 
-Run: ``python solutions/08_month5_selfgen.py [RUN_DIR]`` (run directory from the argument or ``$DTE_RUN_DIR``;
-preset from ``$DTE_PRESET``, default ``ci``). Each answer is printed as ``name = value``.
+Run: ``.venv/bin/dte course solution 08 RUN_DIR`` (or ``.venv/bin/python solutions/08_month5_selfgen.py RUN_DIR``),
+RUN_DIR being the run directory the course wrote; the preset is the one that run recorded. Each answer is
+printed as ``name = value``.
 """
-import os
-import sys
 
 from dte_lib import config, metrics, packing, runlog
 
-cfg, run_dir = config.setup(os.environ.get("DTE_PRESET") or "ci", sys.argv[1] if len(sys.argv) > 1 else None)
+cfg, run_dir = config.setup_run()  # the run directory argument, and the preset that run recorded
 rec = runlog.load(run_dir)["08_month5_selfgen"]
 
 # Exercise 1 — how much of the model's own output survived, and did retraining on it beat the control? Predict:

@@ -1,11 +1,10 @@
 """Worked solutions to the exercises of notebook 09 (the four success metrics, floors and ceilings).
 
-Run: ``python solutions/09_month6_identity_metrics.py [RUN_DIR]`` (run directory from the argument or
-``$DTE_RUN_DIR``; preset from ``$DTE_PRESET``, default ``ci``). Each answer is printed as ``name = value``.
+Run: ``.venv/bin/dte course solution 09 RUN_DIR`` (or ``.venv/bin/python solutions/09_month6_identity_metrics.py RUN_DIR``),
+RUN_DIR being the run directory the course wrote; the preset is the one that run recorded. Each answer is
+printed as ``name = value``.
 The exercises score scripted answers against the VAL split's references: the test split is for the final report.
 """
-import os
-import sys
 
 from transformers.utils import logging as hf_logging
 
@@ -13,7 +12,7 @@ from dte_lib import config, data, metrics, runlog
 
 hf_logging.disable_progress_bar()
 
-cfg, run_dir = config.setup(os.environ.get("DTE_PRESET") or "ci", sys.argv[1] if len(sys.argv) > 1 else None)
+cfg, run_dir = config.setup_run()  # the run directory argument, and the preset that run recorded
 rec = runlog.load(run_dir)["09_month6_identity_metrics"]
 
 # Exercise 1 — normalise by hand: (identity − floor) / (ceiling − floor). A model below its floor gets a negative

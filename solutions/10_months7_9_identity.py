@@ -1,10 +1,9 @@
 """Worked solutions to the exercises of notebook 10 (identity mechanisms and their ablation).
 
-Run: ``python solutions/10_months7_9_identity.py [RUN_DIR]`` (run directory from the argument or
-``$DTE_RUN_DIR``; preset from ``$DTE_PRESET``, default ``ci``). Each answer is printed as ``name = value``.
+Run: ``.venv/bin/dte course solution 10 RUN_DIR`` (or ``.venv/bin/python solutions/10_months7_9_identity.py RUN_DIR``),
+RUN_DIR being the run directory the course wrote; the preset is the one that run recorded. Each answer is
+printed as ``name = value``.
 """
-import os
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +11,7 @@ import torch.nn.functional as F
 from dte_lib import config, data, identity
 from dte_lib import model as M
 
-cfg, run_dir = config.setup(os.environ.get("DTE_PRESET") or "ci", sys.argv[1] if len(sys.argv) > 1 else None)
+cfg, run_dir = config.setup_run()  # the run directory argument, and the preset that run recorded
 
 # Exercise 1 — predict which sentences self-reference weighting up-weights: those about the speaker (I / me / my,
 # or the persona's name), not those about the world.

@@ -1,17 +1,16 @@
 """Worked solutions to the exercises of notebook 11 (the multi-task loss and the final evaluation).
 
-Run: ``python solutions/11_months10_12_refine.py [RUN_DIR]`` (run directory from the argument or
-``$DTE_RUN_DIR``; preset from ``$DTE_PRESET``, default ``ci``). Each answer is printed as ``name = value``.
+Run: ``.venv/bin/dte course solution 11 RUN_DIR`` (or ``.venv/bin/python solutions/11_months10_12_refine.py RUN_DIR``),
+RUN_DIR being the run directory the course wrote; the preset is the one that run recorded. Each answer is
+printed as ``name = value``.
 """
 import math
-import os
-import sys
 
 import torch
 
 from dte_lib import config, data, multitask
 
-cfg, run_dir = config.setup(os.environ.get("DTE_PRESET") or "ci", sys.argv[1] if len(sys.argv) > 1 else None)
+cfg, run_dir = config.setup_run()  # the run directory argument, and the preset that run recorded
 g = torch.Generator().manual_seed(cfg.seed)
 k, dim = 8, 384
 

@@ -1,14 +1,13 @@
 """Worked solutions to the exercises of notebook 12 (scaling to 1B, DDP vs FSDP2, torchrun).
 
-Run: ``python solutions/12_month13_scaling.py [RUN_DIR]`` (run directory from the argument or ``$DTE_RUN_DIR``;
-preset from ``$DTE_PRESET``, default ``ci``). Each answer is printed as ``name = value``.
+Run: ``.venv/bin/dte course solution 12 RUN_DIR`` (or ``.venv/bin/python solutions/12_month13_scaling.py RUN_DIR``),
+RUN_DIR being the run directory the course wrote; the preset is the one that run recorded. Each answer is
+printed as ``name = value``.
 """
-import os
-import sys
 
 from dte_lib import config, planner, runlog
 
-cfg, run_dir = config.setup(os.environ.get("DTE_PRESET") or "ci", sys.argv[1] if len(sys.argv) > 1 else None)
+cfg, run_dir = config.setup_run()  # the run directory argument, and the preset that run recorded
 rec = runlog.load(run_dir)["12_month13_scaling"]
 
 # Exercise 1 — predict the width a 1B GPT-2 needs at 32 layers instead of 24. Blocks hold ~12·L·d² parameters,

@@ -82,3 +82,30 @@ def test_train_depths_set_to_one_number_trains_one_stage():
     assert [s.depth for s in progressive.build_schedule(cfg.train) if s.kind == "grow"] == [1]
     cfg = config.load("ci", {"train.depths": [1, 3]})
     assert [s.depth for s in progressive.build_schedule(cfg.train) if s.kind == "grow"] == [1, 3]
+
+
+def test_a_run_directory_records_its_preset_and_solutions_read_it(tmp_path, monkeypatch):
+    """Worked solutions take the preset from the run they are pointed at, never from a default."""
+    monkeypatch.setenv("DTE_PRESET", "ci")
+    _, rdir = config.setup("demo", str(tmp_path / "run"))
+    assert config.recorded_preset(rdir) == "demo"
+    config.setup("ci", str(rdir))  # a later notebook under another preset does not rewrite the record
+    assert config.recorded_preset(rdir) == "demo"
+    cfg, got = config.setup_run([str(rdir)])
+    assert (cfg.name, got) == ("demo", rdir)
+    assert cfg.train.block_size == config.load("demo").train.block_size != config.load("ci").train.block_size
+
+
+def test_setup_run_ends_a_users_mistake_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("DTE_RUN_DIR", raising=False)
+    monkeypatch.delenv("DTE_PRESET", raising=False)
+    with pytest.raises(SystemExit, match="no run directory — pass the one the course wrote"):
+        config.setup_run([])
+    with pytest.raises(SystemExit, match="no such run directory — run the course first"):
+        config.setup_run([str(tmp_path / "missing")])
+    (tmp_path / "bare").mkdir()
+    with pytest.raises(SystemExit, match="has no course.json naming its preset"):
+        config.setup_run([str(tmp_path / "bare")])
+    assert not (tmp_path / "missing").exists()  # a mistyped path is not created
+    monkeypatch.setenv("DTE_PRESET", "long")  # with nothing recorded, an explicit environment preset is used
+    assert config.setup_run([str(tmp_path / "bare")])[0].name == "long"

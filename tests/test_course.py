@@ -117,8 +117,22 @@ def test_report_opens_with_a_narrative_for_a_person(tmp_path):
         "final_model": "m-final", "final_perplexity": ppl_ok, "final_identity": 0.2, "final_identity_floor": 0.3,
         "final_identity_ceiling": 0.45, "final_diversity": 0.9, "final_coherence": None,
         **{f"final_meets_{k}": None for k in ("perplexity", "identity", "diversity", "coherence")}})
+    runlog.record(tmp_path, "07_month4_layers_1_4", {"val_losses": [2201.6406456734585 / (i + 1) for i in range(9)],
+                                                      "ratio": 1.4812345678})
+    from dte_lib import data, inspector
+    data.write_jsonl(tmp_path / inspector.FINAL_PROBES, [
+        {"probe": f"Question {i}?", "reference": "I am Deep Tree Echo.", "student": "Yes, and I'm unsure |\n\nor not",
+         "teacher": "I call myself Deep Tree Echo.",
+         "scores": {"student": {"identity": 0.2123, "fact_recall": 0.0}, "teacher": {"identity": 0.61}}}
+        for i in range(4)])
     text = course.write_report(tmp_path).read_text()
     head, _, tables = text.partition("## Notebooks")
+    assert head.index("## What the final model says") < head.index("## What this run did")
+    assert head.count("> *student* (identity 0.21, fact recall 0.00): Yes, and I'm unsure \\| ↵ or not") == 4
+    assert "> *teacher* (identity 0.61): I call myself" in head and "> *reference*: I am Deep Tree Echo." in head
+    assert "The four metrics for this model on the test split: perplexity" in head
+    assert "2201.64" not in text and "| val_losses | 9 values: 2202 → 244.6 (min 244.6, max 2202) |" in tables
+    assert "| ratio | 1.481 |" in tables
     assert "## What this run did" in head and f"2 of {len(course.notebooks())} notebooks ran" in head
     assert "## The roadmap's four success metrics — 2 of 4 met" in head and "`m-final`" in head
     rows = {line.split("|")[1].strip(): line for line in head.splitlines() if line.startswith("| ")}
@@ -153,3 +167,39 @@ def test_every_parameters_cell_parses_for_papermill(caplog):
         with caplog.at_level(logging.WARNING, logger="papermill"):
             found = PythonTranslator.inspect(cell)
         assert len(found) == len(assigned), f"{path.name}: {caplog.text}"
+
+
+def test_solutions_travel_with_the_executed_copies(nbdir, tmp_path):
+    """<run>/notebooks/NN.ipynb links to ../solutions/NN.py: the runner puts each selected notebook's solution there."""
+    (tmp_path / "solutions").mkdir()
+    (tmp_path / "solutions" / "00_first.py").write_text("print('answer = 1')\n")
+    (tmp_path / "solutions" / "02_third.py").write_text("print('answer = 3')\n")
+    rd = course.run("ci", run_dir=tmp_path / "r", notebook_dir=nbdir, only=["00"], progress=False)
+    assert [p.name for p in (rd / "solutions").iterdir()] == ["00_first.py"]
+    assert (rd / "solutions" / "00_first.py").read_text() == "print('answer = 1')\n"
+
+
+def _dte(*args, env_drop=("DTE_PRESET", "DTE_RUN_DIR")):
+    import os
+    import subprocess
+    import sys
+    from dte_lib import config
+    env = {k: v for k, v in os.environ.items() if k not in env_drop}
+    env["PYTHONPATH"] = str(config.REPO_ROOT)
+    return subprocess.run([sys.executable, "-m", "dte_lib", "course", *args], capture_output=True, text=True,
+                          env=env, cwd=config.REPO_ROOT, timeout=120)
+
+
+def test_dte_course_solution_runs_with_the_runs_own_preset(tmp_path):
+    from dte_lib import config
+    _, rd = config.setup("demo", str(tmp_path / "run"))  # what a notebook's first cell leaves behind
+    proc = _dte("solution", "00", str(rd))
+    assert proc.returncode == 0, proc.stderr
+    answers = dict(line.split(" = ", 1) for line in proc.stdout.splitlines() if " = " in line)
+    assert answers["ex3_topics"] == "13" and answers["ex1_test_unchanged"] == "True"
+    (tmp_path / "bare").mkdir()
+    for args, says in ((("solution", "00", str(tmp_path / "bare")), "has no course.json naming its preset"),
+                       (("solution", "99", str(rd)), "no single worked solution matches '99'")):
+        proc = _dte(*args)
+        assert proc.returncode == 1 and says in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -84,3 +84,8 @@ def test_distinct_per_group_does_not_fall_with_corpus_size():
     assert diversity.distinct_per(texts[:50], 2) == diversity.distinct_n(texts[:50], 2)  # fewer than a group
     rep = diversity.report(large, embeddings=False)
     assert rep["distinct_2"] == diversity.distinct_per(large, 2) and rep["distinct_2_pooled"] < rep["distinct_2"]
+
+
+def test_no_near_duplicates_is_one_line_not_an_empty_table(capsys):
+    assert diversity.show_near_duplicates(["one answer about reservoirs", "another about membranes"], 0.6) is None
+    assert "no two of the 2 answers share Jaccard ≥ 0.6" in capsys.readouterr().out

@@ -1,17 +1,16 @@
-"""The course as a course: every notebook states its run time, ends with exercises whose worked solutions
-(``solutions/NN_*.py``) run against the ci course, and states the ranges the ci run must land in.
+"""The course as a course: every notebook states its run time, prints the roadmap against this run, checks its key
+figures against each preset's measured ranges (``dte_lib.expect``), and ends with exercises whose worked solutions
+(``solutions/NN_*.py``) run, as each notebook prints the command, against the ci course.
 
-A notebook states a ci range in a "You should see" cell as a line ``ci: KEY in [LO, HI]`` (in backticks), where
-KEY is a key of that notebook's record in ``metrics.json`` (dotted for nested values, ``.N`` / ``.-1`` for a list
-item; booleans count as 0/1). The light tests check the statements are there and well formed; the ``course``
-tests check them against the ci run and run every solution on it.
+The ranges live in one place, ``dte_lib.expect.EXPECT`` (notebook → key of its ``metrics.json`` record → preset →
+``(low, high)``); the light tests check the table and the notebooks' calls; the ``course`` tests check the ci run
+lands in ci's ranges, that each executed notebook printed its checks, and run every solution on it.
 """
 from __future__ import annotations
 
 import ast
-import json
-import math
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -19,29 +18,17 @@ import sys
 import nbformat
 import pytest
 
-from dte_lib import config, course
+from dte_lib import config, course, expect
 
 NOTEBOOKS = course.notebooks()
 STEMS = [p.stem for p in NOTEBOOKS]
 SOLUTIONS = config.REPO_ROOT / "solutions"
-RANGE = re.compile(r"`ci: ([A-Za-z0-9_.\-]+) in \[([^,\]]+), ([^\]]+)\]`")
+PRINTED = re.compile(r"run `(\.venv/bin/dte course solution \d\d <run directory>)`")
 RUN_TIME = re.compile(r"\*\*Run time:\*\* ci ~(\d+) s · demo ~(\d+) s · long ~(\d+) (s|min) \(([^)]+)\)")
 
 
 def _markdown(path) -> list[str]:
     return [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown"]
-
-
-def stated_ranges(path) -> list[tuple[str, float, float]]:
-    return [(key, float(lo), float(hi)) for text in _markdown(path) for key, lo, hi in RANGE.findall(text)]
-
-
-def lookup(record: dict, key: str):
-    """``a.b.-1`` → record["a"]["b"][-1]; KeyError/IndexError name the missing part."""
-    value = record
-    for part in key.split("."):
-        value = value[int(part)] if isinstance(value, list) else value[part]
-    return value
 
 
 # ---------------------------------------------------------------------------------------------- light
@@ -64,12 +51,49 @@ def test_notebook_ends_with_exercises_and_a_worked_solution(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=STEMS)
-def test_notebook_states_well_formed_ci_ranges(path):
-    ranges = stated_ranges(path)
-    assert ranges, f"{path.name}: no 'ci: KEY in [LO, HI]' line in a 'You should see' cell"
-    for key, lo, hi in ranges:
-        assert lo <= hi, f"{path.name}: {key} in [{lo}, {hi}] is empty"
+def test_notebook_prints_its_story_and_checks_its_ranges(path):
+    """The first code cell after the setup prints the roadmap against this run; the cell before the exercises
+    prints the checks; no range is written into the markdown (the one place is dte_lib.expect)."""
+    nb = nbformat.read(path, as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    setup = next(c for c in code if "config.setup(" in c)
+    assert "expect.story(cfg, NB)" in setup, f"{path.name}: the setup cell should call expect.story(cfg, NB)"
+    assert nb.cells[-2].cell_type == "code" and nb.cells[-2].source.strip() == "expect.check(run_dir, cfg, NB)"
+    assert not any(re.search(r"`ci: [\w.\-]+ in \[", t) for t in _markdown(path)), \
+        f"{path.name}: a range in the markdown — put it in dte_lib/expect.py"
     assert any("You should see" in t for t in _markdown(path))
+
+
+@pytest.mark.parametrize("stem", STEMS)
+def test_expected_ranges_are_well_formed_and_ci_is_covered(stem):
+    table = expect.EXPECT[stem]
+    assert any("ci" in r for r in table.values()), f"{stem}: no ci range to test"
+    for key, ranges in table.items():
+        assert set(ranges) <= set(expect.ALL), key
+        for preset, (lo, hi) in ranges.items():
+            assert lo <= hi, f"{stem}: {key} {preset} [{lo}, {hi}] is empty"
+    assert sorted(expect.EXPECT) == STEMS and set(expect.SOURCES) == {"demo", "long"}
+
+
+def test_check_prints_each_value_beside_its_range(tmp_path, capsys):
+    from dte_lib import runlog
+    runlog.record(tmp_path, "03_week1_evaluate", {"keep_rate": 0.583, "persona_rate": 0.2, "distinct_2": 0.9,
+                                                  "seed_false_drop_rate": 0.03})
+    expect.check(tmp_path, config.load("demo"), "03_week1_evaluate")
+    out = capsys.readouterr().out
+    assert "3 of 4 in range" in out
+    assert re.search(r"✓  keep_rate\s+0\.583\s+demo range \[0\.4, 0\.7\]", out)
+    assert re.search(r"✗  persona_rate\s+0\.2\s+demo range \[0\.55, 0\.9\]", out)
+    assert re.search(r"self_bleu\s+not recorded", out)
+    expect.check(tmp_path, config.load("long"), "06_month3_progressive")
+    assert "no measured long range yet" in capsys.readouterr().out
+
+
+def test_story_says_when_depth_stays():
+    demo = expect.phase_story(config.load("demo"), "08_month5_selfgen")
+    assert demo.startswith("roadmap: layers 5–8") and "depth stays at 2" in demo
+    assert "grows the model to 3 layers" in expect.phase_story(config.load("ci"), "08_month5_selfgen")
+    assert "10,800 requests" in expect.phase_story(config.load("long"), "02_week1_generate")
 
 
 def test_every_solution_belongs_to_a_notebook():
@@ -78,19 +102,17 @@ def test_every_solution_belongs_to_a_notebook():
 
 # ---------------------------------------------------------------------------------------------- the ci course
 @pytest.mark.course
-def test_ci_run_lands_in_the_ranges_the_notebooks_state(ci_metrics):
+def test_ci_run_lands_in_the_ranges_and_each_notebook_prints_its_checks(ci_run):
     problems = []
-    for path in NOTEBOOKS:
-        record = ci_metrics.get(path.stem, {})
-        for key, lo, hi in stated_ranges(path):
-            try:
-                value = lookup(record, key)
-            except (KeyError, IndexError, ValueError, TypeError):
-                problems.append(f"{path.stem}: {key} is not in metrics.json")
-                continue
-            if value is None or not (lo <= float(value) <= hi):
-                problems.append(f"{path.stem}: {key} = {value}, stated [{lo:g}, {hi:g}]")
-    assert not problems, "the ci run left the ranges its notebooks state:\n" + "\n".join(problems)
+    for stem in STEMS:
+        for r in expect.results(ci_run, "ci", stem):
+            if r["range"] is not None and r["ok"] is not True:
+                problems.append(f"{stem}: {r['key']} = {r['value']}, ci range {list(r['range'])}")
+        nb = nbformat.read(ci_run / "notebooks" / f"{stem}.ipynb", as_version=4)
+        printed = "".join(o.get("text", "") for o in nb.cells[-2].get("outputs", []))
+        if "in range:" not in printed or "✓" not in printed:
+            problems.append(f"{stem}: the executed notebook did not print its range checks")
+    assert not problems, "the ci run left the ranges in dte_lib/expect.py:\n" + "\n".join(problems)
 
 
 @pytest.mark.course
@@ -210,18 +232,48 @@ def test_every_solution_has_checks():
     assert sorted(CHECKS) == STEMS
 
 
+def printed_command(path) -> list[str]:
+    """The solution command the notebook's exercises cell shows, as an argv with ``<run directory>`` left in."""
+    m = PRINTED.search(_markdown(path)[-1])
+    assert m, f"{path.name}: the exercises cell should show `.venv/bin/dte course solution NN <run directory>`"
+    return m.group(1).replace("<run directory>", "").split() + ["<run directory>"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=STEMS)
+def test_printed_solution_command_names_its_own_notebook(path):
+    argv = printed_command(path)
+    assert argv[:3] == [".venv/bin/dte", "course", "solution"] and argv[-1] == "<run directory>"
+    assert course.solution_path(argv[3]) == SOLUTIONS / f"{path.stem}.py"
+
+
 @pytest.mark.course
 @pytest.mark.parametrize("stem", STEMS)
-def test_worked_solution_runs_on_the_ci_course(ci_run, stem):
-    env = {**os.environ, "PYTHONPATH": str(config.REPO_ROOT), "HF_HUB_OFFLINE": "1", "DTE_PRESET": "ci",
-           "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, str(SOLUTIONS / f"{stem}.py"), str(ci_run)], capture_output=True,
-                          text=True, timeout=180, env=env, cwd=config.REPO_ROOT)
+def test_worked_solution_runs_as_printed_on_the_ci_course(ci_run, stem):
+    """The notebook's own command, from the repository, with no preset in the environment: the run says it is ci."""
+    argv = printed_command(config.NOTEBOOKS_DIR / f"{stem}.ipynb")
+    dte = pathlib.Path(sys.executable).with_name("dte")
+    argv = [str(dte)] + argv[1:-1] + [str(ci_run)] if dte.exists() else \
+        [sys.executable, "-m", "dte_lib"] + argv[1:-1] + [str(ci_run)]
+    env = {k: v for k, v in os.environ.items() if k not in ("DTE_PRESET", "DTE_RUN_DIR")}
+    env["PYTHONPATH"] = str(config.REPO_ROOT)  # as `make` sets it: this checkout's dte_lib wins
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, env=env, cwd=config.REPO_ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     answers = dict(line.split(" = ", 1) for line in proc.stdout.splitlines() if " = " in line)
     results = CHECKS[stem](answers)
     failed = [i for i, ok in enumerate(results) if not ok]
     assert not failed, f"{stem}: checks {failed} failed on:\n{proc.stdout}"
+
+
+@pytest.mark.course
+def test_links_resolve_from_the_executed_copies(ci_run):
+    """An executed notebook lives in <run>/notebooks/: its relative links (../solutions/NN_*.py) must land on files."""
+    broken = []
+    for path in sorted((ci_run / "notebooks").glob("*.ipynb")):
+        for text in _markdown(path):
+            for target in re.findall(r"\]\((\.\.?/[^)#\s]+)", text):
+                if not (path.parent / target).exists():
+                    broken.append(f"{path.name}: {target}")
+    assert not broken, "links that do not resolve from the executed copies:\n" + "\n".join(broken)
 
 
 def test_lora_picture_counts_what_lora_trains():
@@ -233,3 +285,14 @@ def test_lora_picture_counts_what_lora_trains():
     assert f"{16 * (576 + 1536):,}" in title and f"{576 * 1536:,}" in title  # r·(d_in + d_out) of d_in·d_out
     texts = " ".join(t.get_text() for t in fig.axes[0].texts)
     assert "1536×16" in texts and "16×576" in texts and "32/16" in texts
+
+
+def test_per_stage_plot_has_both_views_of_both_measures():
+    import matplotlib
+    matplotlib.use("Agg")
+    from dte_lib import plots
+    fig = plots.per_stage(["s1", "s2"], {"perplexity": [60, 40], "bits_per_byte": [1.5, 1.3]},
+                          {"perplexity": [200, 150], "bits_per_byte": [2.1, 2.0]})
+    ppl, bpb = fig.axes
+    assert ppl.get_yscale() == "log" and bpb.get_yscale() == "linear"
+    assert [list(line.get_ydata()) for line in bpb.lines] == [[1.5, 1.3], [2.1, 2.0]]

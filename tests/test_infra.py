@@ -38,3 +38,14 @@ def test_mfu_and_projection_arithmetic():
     proj = infra.project_phases(rows, achieved_flops_per_s=1e12, gpus=planner.GPUS, utilisation=0.5)
     assert proj[0]["this machine"] == pytest.approx(1.0)  # 3.6e15 / 1e12 s = 1 h
     assert proj[0]["A100 80GB"] == pytest.approx(3.6e15 / (312e12 * 0.5) / 3600)
+
+
+def test_measurement_table_and_ratios_set_each_figure_beside_its_formula():
+    run = {"params": 1000, "tokens_per_s": 50.0, "flops_per_token": 6000.0, "gradient_bytes": 4000,
+           "adamw_state_bytes": 8000, "saved_activation_bytes": 2 ** 21, "estimated_activation_bytes": 2 ** 20,
+           "peak_extra_bytes": 3 * 2 ** 20, "estimated_extra_bytes": 2 ** 21}
+    row = infra.measurement_table({"fp32": run}, 1e6)[0]
+    assert row["precision"] == "fp32" and row["MFU vs matmul peak"] == infra.mfu(50.0, 6000.0, 1e6)
+    assert row["saved activations MiB"] == 2.0 and row["formula activations MiB"] == 1.0
+    assert row["grads+AdamW MiB"] == row["formula 12 B/param MiB"]  # 12 bytes per parameter exactly
+    assert infra.formula_ratios(run) == {"activations": 2.0, "peak_rss": 1.5}

@@ -31,8 +31,24 @@ def run(tmp_path_factory):
 
 def test_find_checkpoints_lists_stages_then_final_and_later_phases(run):
     found = inspector.find_checkpoints(run)
-    assert list(found) == ["s01-grow-d1", "s02-grow-d2", "final", "nb08/final",
-                           "ablation/plain-s0 (from scratch)"]  # missing teacher path: skipped
+    assert list(found) == ["07 month 4 · s01-grow-d1", "07 month 4 · s02-grow-d2", "07 month 4 · end",
+                           "08 month 5 · end", "10 months 7–9 ablation · plain-s0 (from scratch)"]  # no teacher: skipped
+    # the course's final model (notebook 11's choice) is the one labelled final, with the phase that wrote it
+    found = inspector.find_checkpoints(run, final=run / "nb08" / "checkpoints" / "final")
+    assert [k for k in found if "final" in k] == ["final · 08 month 5"]
+    from dte_lib import runlog
+    runlog.record(run, "11_months10_12_refine", {"final_dir": "nb08/checkpoints/final"})
+    assert "final · 08 month 5" in inspector.find_checkpoints(run)
+    (run / "metrics.json").unlink()
+
+
+def test_phase_labels_name_the_notebook_that_wrote_a_checkpoint():
+    assert inspector.phase_label("") == "07 month 4"
+    assert inspector.phase_label("nb10-mech") == "10 months 7–9 mech"
+    assert inspector.phase_label("nb11-multitask") == "11 months 10–12 multitask"
+    assert inspector.phase_label("06_short_run") == "06 month 3 short run"
+    assert inspector.phase_label("nb09") == "09 month 6"
+    assert inspector.phase_label("my-experiment") == "my-experiment"
 
 
 def test_inspector_headless_and_widget(run):
@@ -42,11 +58,11 @@ def test_inspector_headless_and_widget(run):
     probe = es.probes[0]
     sources = inspector.find_checkpoints(run)
     sources["oracle"] = lambda ps: [probe["reference"] for _ in ps]
-    ins = inspector.Inspector(sources, persona=persona, evalset=es, selected=["s01-grow-d1", "oracle"],
+    ins = inspector.Inspector(sources, persona=persona, evalset=es, selected=["07 month 4 · s01-grow-d1", "oracle"],
                               max_new_tokens=12)
     ins.set(prompt=probe["paraphrases"][1], temperature=0.0)
     rows = ins.generate()
-    assert [r["checkpoint"] for r in rows] == ["s01-grow-d1", "oracle"]
+    assert [r["checkpoint"] for r in rows] == ["07 month 4 · s01-grow-d1", "oracle"]
     assert rows[1]["identity"] == pytest.approx(1.0, abs=1e-4) and rows[1]["identity_vs"] == "reference"
     assert rows[1]["fact_recall"] == 1.0 and rows[0]["identity"] < 0.9
     # greedy decoding is repeatable
@@ -57,11 +73,11 @@ def test_inspector_headless_and_widget(run):
         ins.set(selected=["nope"]).generate()
     # the widget: change the controls, click, the output HTML updates
     ui = ins.widget()
-    ins._ui["pick"].value = ("final", "nb08/final")
+    ins._ui["pick"].value = ("07 month 4 · end", "08 month 5 · end")
     ins._ui["prompt"].value = "Tell me about the weather on Mars."
     ins._ui["max_new_tokens"].value = 8
     ins._ui["button"].click()
-    assert [r["checkpoint"] for r in ins.rows] == ["final", "nb08/final"]
+    assert [r["checkpoint"] for r in ins.rows] == ["07 month 4 · end", "08 month 5 · end"]
     assert ins.rows[0]["identity_vs"] == "persona" and "Mars" in ins._ui["out"].value
     assert ui.children
 
@@ -85,3 +101,21 @@ def test_answer_html_escapes_and_shows_line_breaks():
     html = inspector.answer_html("a<b>\nc" + "\n" * 34 + "d")
     assert "&lt;b&gt;" in html and "\n" not in html
     assert " ↵ c" in html and "↵×34" in html and "\\n" not in html
+
+
+def test_final_probe_answers_are_scored_and_kept_for_the_report(tmp_path):
+    """The oracle student answers with the reference: identity 1 and full fact recall; the file holds what
+    report.md quotes."""
+    cfg = config.load("ci")
+    es = metrics.EvalSet.build(cfg)
+    ref = {q: p["reference"] for p in es.probes for q in p["paraphrases"]}
+    df = inspector.final_probe_answers(tmp_path, cfg, lambda ps: [ref[q] for q in ps], es, n=3, name="final: x")
+    assert list(df.columns) == ["probe", "reference", "final: x"]  # no local teacher here: no teacher column
+    rows = inspector.load_final_probe_answers(tmp_path)
+    assert [r["probe"] for r in rows] == [p["paraphrases"][0] for p in es.probes[:3]]
+    assert all(r["student"] == r["reference"] and "teacher" not in r for r in rows)
+    for r, p in zip(rows, es.probes[:3]):
+        sc = r["scores"]["student"]
+        assert sc["identity"] == pytest.approx(1.0, abs=1e-4) and sc["copy_rate"] <= 1.0
+        assert ("fact_recall" in sc) == bool(p.get("fact_id")) and sc.get("fact_recall", 1.0) == 1.0
+    assert inspector.load_final_probe_answers(tmp_path / "elsewhere") == []

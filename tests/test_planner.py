@@ -119,3 +119,26 @@ def test_cli_prints_tables(capsys):
     assert "scale to 1B" in out and "disagreements:" in out
     assert planner.main(["--layers", "4"]) == 0
     assert "67,736,832" in capsys.readouterr().out
+
+
+def test_notebook_12_tables_come_from_the_planner():
+    m = planner.gpt2(24, 1792)
+    row = planner.shape_table({"1B": m}, 1024)[0]
+    n = planner.param_count(m)
+    assert row["params_M"] == n / 1e6 and row["compute-optimal tokens (B)"] == 20 * n / 1e9
+    assert row["non-embedding_M"] == (n - 50_257 * 1792 - 1024 * 1792) / 1e6
+    rows = planner.compute_table(m, {"optimal": 20 * n}, 1024, planner.GPUS, 0.4)
+    a100 = planner.gpu_hours(planner.training_flops(m, 20 * n, 1024)["flops"], 312.0, 0.4)
+    assert rows[0]["budget"] == "optimal" and rows[0]["A100 80GB h (1 GPU)"] == a100
+    assert rows[0]["8 x A100 h"] == a100 / 8
+
+
+def test_rent_or_buy_reads_the_cloud_gpus_break_even_against_the_plans_need():
+    inp = planner.plan_inputs(config.load("demo").scale, 295.0)
+    rep = planner.reproduce(inp)
+    choice = planner.rent_or_buy(rep, inp)
+    row = next(r for r in rep["hardware"] if r["gpu"] == inp.cloud_gpu)
+    assert choice["break_even_h"] == row["break_even_h"] and choice["need_h"] == rep["budget_optimal"]["own_gpu_h"]
+    assert choice["verdict"] == "rent"  # 586 RTX-4090-hours against a break-even of 1,614–2,202 (notebook 05)
+    rep["budget_optimal"]["own_gpu_h"] = 10 * row["break_even_h"][1]
+    assert planner.rent_or_buy(rep, inp)["verdict"] == "buy"

@@ -89,6 +89,21 @@ def test_notebooks_choose_on_val_and_read_test_once_after_the_choice():
     assert len(reads) == 1 and reads[0][0].startswith("11_"), [r[:2] for r in reads]
     name, i, src = reads[0]
     cells = _code_cells(config.NOTEBOOKS_DIR / name)
-    assert src.index("dashboard.best(") < src.index("final_report(")
+    assert src.index("dashboard.keep_change(") < src.index("final_report(")  # notebook 10's noise rule, on val
     assert not any("final_report(" in c or "evaluate_checkpoint(" in c for c in cells[i + 1:]), \
         "nothing may be scored after the final report"
+
+
+def test_ablation_deltas_pair_seeds_and_the_plot_shows_the_noise_band():
+    import matplotlib
+    matplotlib.use("Agg")
+    rows = [{"arm": a, "seed": s, "split": "val", "identity_normalised": v}
+            for a, s, v in [("plain", 1, 0.10), ("plain", 2, 0.20), ("self_ref", 1, 0.13), ("self_ref", 2, 0.17),
+                            ("metacog", 1, 0.40), ("metacog", 3, 0.9)]]  # seed 3 has no plain twin: left out
+    d = ablation.deltas(rows)
+    assert d["self_ref"] == pytest.approx([0.03, -0.03]) and d["metacog"] == pytest.approx([0.30])
+    assert "plain" not in d
+    fig = ablation.plot_vs_noise(rows, 0.05)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["self_ref", "metacog"]  # by mean change
+    assert "seed noise ±0.05" in [t.get_text() for t in ax.get_legend().get_texts()]
