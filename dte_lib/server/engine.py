@@ -58,8 +58,9 @@ DEFAULT_MAX_BATCH = 32  # the --max-batch sweep in benchmarks/RESULTS-server.md 
 TOP_K_PRECUT = 256  # top-p looks at a row's 256 most likely tokens first; the full sort only when they fall short
 PREFIX_MIN_TOKENS = 8  # a shared prefix shorter than this is not worth a cache entry
 PREFIX_ENTRIES = 8  # cached prefixes per model (least recently used dropped)
-PREFILL_CHUNK = 256  # a prompt longer than this (past its cached prefix) is prefilled this many tokens per engine
-#                      step, between the running batch's decode steps, so a long prompt stalls the others ~0.3 s at most
+PREFILL_CHUNK = 1024  # a prompt longer than this (past its cached prefix) is prefilled this many tokens per engine
+#                       step, between the running batch's decode steps (~1 s each in bf16 on 2 cores); the course's
+#                       own prompts (~200-400 tokens) stay under it and are prefilled together, as before
 
 
 class ModelNotFound(KeyError):
