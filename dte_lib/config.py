@@ -200,8 +200,9 @@ GENERATE = {
     # on a demo-fine-tuned teacher (16 sampled answers): 12% end on their own at 128, 62% at 279 — the hint alone
     # does not make a 135M model stop (benchmarks/RESULTS-long.md)
     "demo": GenerateCfg(max_tokens_cap=128),
-    # long: 4,000 distinct requests (bank + angles) in notebook 02, all of them decided on in 03 and cleaned in 04;
-    # max_tokens = the seed's p90 (279), uncapped, so most answers end on their own
+    # long: 10,800 distinct requests (bank + 85 angles), each grounded in the fact its scenario touches, the teacher's
+    # top-20 logprobs kept, all decided on in 03 and cleaned in 04 (goal >= 10,000 clean); max_tokens = the seed's p90
+    # (279), uncapped, so most answers end on their own
     "long": GenerateCfg(n_examples=10_800, n_month1=10_800, concurrency=64, checkpoint_every=100, logprobs_topk=20),
     "full": GenerateCfg(n_examples=10_000, n_month1=100_000, concurrency=32, max_tokens=400, few_shot=2,
                         length_hint="", trim_truncated=False),
@@ -232,8 +233,9 @@ class TrainCfg:
     min_lr_frac: float = 0.1  # learning rate at the end of a decay, as a share of the peak
     weight_decay: float = 0.1  # AdamW weight decay on matrices (never on norms and biases)
     grad_clip: float = 1.0  # clip the global gradient norm to this
-    precision: str = "fp32"  # fp32 | bf16 | fp16 | auto (CPU bf16 autocast: 1.75x faster with AVX512-BF16, 6x SLOWER
-    # without it; auto = bf16 on a CUDA GPU that has it, fp16 + GradScaler on one that does not, fp32 on CPU/MPS)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 | auto (auto = bf16 on a CUDA GPU that has it, fp16 + GradScaler on
+    # one that does not; on a CPU bf16 where it is native and measured faster (dte_lib.device), fp32 elsewhere and on
+    # MPS). fp32 here: at demo's width 64 bf16 was no faster (benchmarks/RESULTS-long.md); 6x SLOWER without AVX512-BF16
     grad_accum: int = 1  # micro-batches per optimizer step (batch_size stays the global batch); 0 = from the planner's
     # memory model for the detected GPU (dte_lib.planner.plan_batch); 1 on the CPU
     activation_checkpointing: bool = False  # recompute each block in backward instead of storing its activations
