@@ -37,6 +37,7 @@ CHOICES = ("auto", "cpu", "cuda", "mps")
 BF16_MIN_SPEEDUP = 1.15  # the CPU check's bf16/fp32 speed ratio below which "auto" keeps fp32 (not worth the rounding)
 # the check's shape: one MLP projection of SmolLM2-135M (576 -> 1536) over 256 tokens, forward and backward
 _CHECK_SHAPE = (256, 576, 1536)
+_CHECKED: dict[str, dict[str, Any]] = {}  # this process's answer, per cache file
 
 
 def resolve(device: str | torch.device | None = "auto") -> torch.device:
@@ -129,12 +130,15 @@ def cpu_bf16_check(refresh: bool = False) -> dict[str, Any]:
     cores: 1.97x, 2.29x, 1.98x; a two-thread median under the same load read 0.84x-1.0x).
     """
     from .config import cache_dir
-    key = {"cpu": _cpu_name(), "torch": torch.__version__, "shape": list(_CHECK_SHAPE)}
     path = cache_dir() / "cpu_bf16.json"
+    if not refresh and str(path) in _CHECKED:  # autocast() asks once per training step: no file read each time
+        return _CHECKED[str(path)]
+    key = {"cpu": _cpu_name(), "torch": torch.__version__, "shape": list(_CHECK_SHAPE)}
     if not refresh:
         try:
             cached = json.loads(path.read_text())
             if all(cached.get(k) == v for k, v in key.items()):
+                _CHECKED[str(path)] = cached
                 return cached
         except (OSError, ValueError):
             pass
@@ -150,8 +154,9 @@ def cpu_bf16_check(refresh: bool = False) -> dict[str, Any]:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(result, indent=1))
         os.replace(tmp, path)
-    except OSError:  # a read-only home: the check is simply measured again next time
+    except OSError:  # a read-only home: the check is measured again by the next process
         pass
+    _CHECKED[str(path)] = result
     return result
 
 
