@@ -120,7 +120,9 @@ class TeacherCfg:
     batch_size: int = 8  # conversations per optimizer step (length-bucketed: ~4% padding on the seed corpus)
     micro_batch: int = 0  # conversations per forward/backward pass (0 = the whole batch); the same update with
     #                       less activation memory (gradients are summed over the step's micro-batches)
-    max_length: int = 256  # tokens per conversation (seed conversations: median 304, p95 482; longer are cut)
+    max_length: int = 256  # tokens per conversation (seed conversations: median 304, p95 482)
+    fit: str = "trim"  # a longer conversation: "trim" its answer to the whole sentences that fit (it still ends with
+    #                    its end-of-turn token, so the teacher learns to stop), or "cut" it at max_length
     lora_rank: int = 16  # LoRA rank r (adapters B·A added to each adapted projection)
     lora_alpha: int = 32  # LoRA alpha: the update is scaled by alpha / r = 2
     lora_layers: int = 4  # adapt the last N of SmolLM2's 30 blocks only (0 = all): the backward pass stops there
@@ -169,6 +171,8 @@ class GenerateCfg:
     prompt_angles: str = "data/prompt_angles.jsonl"  # framings added to bank prompts after round 0 ("": none)
     temperature: float = 0.8  # sampling temperature (each request also carries its own seed)
     few_shot: int = 1  # seed examples from the TRAIN split shown before each prompt (0 = persona prompt only)
+    few_shot_fit: bool = True  # draw them only from seed answers within the length hint's words, so the example
+    #                            shown keeps the length asked for (the whole train split if none does)
     ground_facts: int = 1  # persona facts its scenario touches quoted in each request's hint (0 = none; one beat all
     # twelve on the 135M teacher: ../shared/DESIGN.md) -- sent, never kept in the example
     logprobs_topk: int = 0  # keep the teacher's top-k next-token log-probabilities per answer token beside raw.jsonl
@@ -196,14 +200,16 @@ class GenerateCfg:
 GENERATE = {
     "ci": GenerateCfg(n_examples=8, n_month1=8, concurrency=8, max_tokens_cap=32, checkpoint_every=2, review_min=3,
                       min_words=6),
-    # demo: the seed's p90 is 279 tokens; capped at 128 (hint: at most 75 words) to keep the course's time. Measured
-    # on a demo-fine-tuned teacher (16 sampled answers): 12% end on their own at 128, 62% at 279 — the hint alone
-    # does not make a 135M model stop (benchmarks/RESULTS-long.md)
+    # demo: the seed's p90 is 279 tokens; capped at 128 (hint: at most 75 words) to keep the course's time. The hint
+    # alone does not make a 135M model stop: the teacher must be trained on answers that end (teacher.fit "trim") and
+    # shown examples of the asked length (few_shot_fit): 1/24 answers ended on their own -> 17/24 -> 22/24 (RESULTS-long.md)
     "demo": GenerateCfg(max_tokens_cap=128),
     # long: 10,800 distinct requests (bank + 85 angles), each grounded in the fact its scenario touches, the teacher's
     # top-20 logprobs kept, all decided on in 03 and cleaned in 04 (goal >= 10,000 clean); max_tokens = the seed's p90
-    # (279), uncapped, so most answers end on their own
-    "long": GenerateCfg(n_examples=10_800, n_month1=10_800, concurrency=64, checkpoint_every=100, logprobs_topk=20),
+    # (279), uncapped, so most answers end on their own; few-shot from the whole train split (the 2026-12-07 run was
+    # planned so, and a resumed run must send what it planned)
+    "long": GenerateCfg(n_examples=10_800, n_month1=10_800, concurrency=64, checkpoint_every=100, logprobs_topk=20,
+                        few_shot_fit=False),
     "full": GenerateCfg(n_examples=10_000, n_month1=100_000, concurrency=32, max_tokens=400, few_shot=2,
                         length_hint="", trim_truncated=False),
 }
@@ -341,7 +347,9 @@ EVAL = {
     # beats 2 and 2 beats 4), so notebooks 08-09 continue training at depth 2 instead of growing to 8 and 12
     # sampling (temperature 0.8, top-p 1.0, no repetition penalty) chosen on the VAL split by a 12-setting sweep:
     # benchmarks/RESULTS-quality.md (best normalised identity with diversity >= 0.7 and copy rate <= 0.05)
+    # batch 32: 64 answers of the demo teacher in 18 s against 29 s at batch 8 (bf16; the student's 0.5 s vs 1.2 s)
     "demo": EvalCfg(max_new_tokens=48, temperature=0.8, top_p=1.0, repetition_penalty=1.0, identity_prompts=24,
+                    batch_size=32,
                     probes=16, paraphrases=4, ppl_examples=16, selfgen_examples=48, stage_steps=40, depths_08="2", depths_09="2", selfgen_steps=30,
                     mechanism_steps=40, refine_steps=40, ablation_steps=40, ablation_seeds=1),
     # long: notebooks 08-11 continue at notebook 07's 2 layers; every held-out prompt and probe is scored; sampling

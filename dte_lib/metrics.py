@@ -716,16 +716,19 @@ def evaluate(answerer: Answerer, evalset: EvalSet, *, model: Any = None, tokeniz
 
 
 def evaluate_checkpoint(path: Any, evalset: EvalSet, cfg: Any, *, seed: int | None = None,
-                        device: Any = None) -> dict[str, Any]:
+                        device: Any = None, precision: str = "fp32") -> dict[str, Any]:
     """Load a Hugging Face causal-LM directory and run :func:`evaluate` with the preset's generation settings, on
-    ``device`` (default: the preset's ``device``)."""
+    ``device`` (default: the preset's ``device``), its weights in ``precision`` (``auto`` as in
+    :func:`dte_lib.device.autocast_dtype`: the teacher is scored in bf16 where its server runs bf16; the tiny
+    students stay fp32, where bf16 buys them no speed)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     import torch
-    from .device import resolve
+    from .device import autocast_dtype, resolve
 
+    dev = resolve(device or getattr(cfg, "device", "cpu"))
     tok = AutoTokenizer.from_pretrained(str(path))
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-    model.to(resolve(device or getattr(cfg, "device", "cpu")))
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=autocast_dtype(dev, precision) or torch.float32)
+    model.to(dev)
     system = evalset.persona.get("system_prompt") if cfg.eval.system_prompt else None
     ans = hf_answerer(model, tok, max_new_tokens=cfg.eval.max_new_tokens, temperature=cfg.eval.temperature,
                       top_p=cfg.eval.top_p, system=system, seed=cfg.seed if seed is None else seed,

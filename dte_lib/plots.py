@@ -30,16 +30,31 @@ def bar(counts: Mapping[str, float], title: str, xlabel: str = "", horizontal: b
     return fig
 
 
-def histogram(values: Sequence[float], title: str, xlabel: str, bins: int = 30):
-    """A histogram with the median marked."""
+_PALETTE = ["#4a6fa5", "#b5443a", "#3b7a57", "#c9a227"]  # stacked groups, in label order
+
+
+def histogram(values: Sequence[float], title: str, xlabel: str, bins: int = 30,
+              groups: Sequence[str] | None = None, limit: float | None = None):
+    """A histogram with the median marked. ``groups`` (one label per value) stacks the bars by label, with a legend
+    that counts each; ``limit`` draws a labelled line there (e.g. ``max_tokens``)."""
     import statistics
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.hist(values, bins=bins, color="#4a6fa5", alpha=0.85)
+    if groups is None:
+        ax.hist(values, bins=bins, color="#4a6fa5", alpha=0.85)
+    else:
+        labels = sorted(set(groups))
+        data = [[v for v, g in zip(values, groups) if g == lab] for lab in labels]
+        ax.hist(data, bins=bins, stacked=True, alpha=0.85, color=_PALETTE[:len(labels)],
+                label=[f"{lab} ({len(d)})" for lab, d in zip(labels, data)])
+        ax.legend(fontsize=9, loc="upper left")
     if values:
         med = statistics.median(values)
         ax.axvline(med, color="k", ls="--", lw=1)
         ax.text(med, ax.get_ylim()[1] * 0.92, f" median {med:g}", fontsize=9)
+    if limit is not None:
+        ax.axvline(limit, color="#b5443a", lw=1.5)
+        ax.text(limit, ax.get_ylim()[1] * 0.80, f"limit {limit:g} ", fontsize=9, ha="right", color="#b5443a")
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("count")

@@ -248,9 +248,17 @@ def answer_budget(cfg: Any) -> AnswerBudget:
 _ANSWER_STATS: dict[tuple, tuple[list[int], float]] = {}
 
 
+def fitting_shots(pool: Sequence[data_mod.ChatExample], words: int) -> list[data_mod.ChatExample]:
+    """The few-shot candidates whose answer keeps to ``words`` words (what the length hint asks for): a 135M teacher
+    copies the length it is shown more than the length it is told. The whole pool when none does."""
+    fits = [ex for ex in pool if len(ex.response.split()) <= words]
+    return fits or list(pool)
+
+
 def plan_from_config(cfg: Any, n: int | None = None) -> list[Request]:
-    """The plan a notebook uses: bank, angles, persona system prompt, few-shot pool (train split) and the length
-    hint of :func:`answer_budget`, all from the preset."""
+    """The plan a notebook uses: bank, angles, persona system prompt, few-shot pool (train split; with
+    ``generate.few_shot_fit`` only the answers within the hint's words) and the length hint of
+    :func:`answer_budget`, all from the preset."""
     bank = load_bank(cfg.path(cfg.data.prompt_bank))
     angles = load_angles(cfg.path(cfg.generate.prompt_angles)) if cfg.generate.prompt_angles else []
     persona = data_mod.load_persona(cfg.path(cfg.data.persona))
@@ -258,9 +266,12 @@ def plan_from_config(cfg: Any, n: int | None = None) -> list[Request]:
     if cfg.generate.few_shot:
         seed_corpus = data_mod.load_corpus(cfg.path(cfg.data.corpus), strict=True).examples
         pool = data_mod.split(seed_corpus, cfg.data.val_fraction, cfg.data.test_fraction)["train"]
+    budget = answer_budget(cfg)
+    if cfg.generate.few_shot_fit and budget.hint:
+        pool = fitting_shots(pool, budget.words)
     return plan(bank, cfg.generate.n_examples if n is None else n, seed=cfg.seed,
                 system=persona.get("system_prompt", ""), few_shot_pool=pool, few_shot=cfg.generate.few_shot,
-                hint=answer_budget(cfg).hint, angles=angles, facts=persona.get("facts", []),
+                hint=budget.hint, angles=angles, facts=persona.get("facts", []),
                 ground_facts=cfg.generate.ground_facts)
 
 

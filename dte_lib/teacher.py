@@ -147,13 +147,22 @@ def stop_strings(tokenizer) -> list[str]:
     return [FALLBACK_END, FALLBACK_ROLE_TOKENS["user"]]
 
 
-def encode_for_training(tokenizer, messages: Sequence[dict[str, Any]], max_length: int) -> dict[str, list[int]]:
+def encode_for_training(tokenizer, messages: Sequence[dict[str, Any]], max_length: int,
+                        fit: str = "cut") -> dict[str, list[int]]:
     """Token ids and labels for one conversation, labels set only on assistant turns (weight != 0).
 
     The assistant spans are found by rendering prefixes: the text of ``messages[:i]`` plus a generation prompt ends
     where turn ``i`` starts, and ``messages[:i+1]`` ends where it stops (chat templates render prefix-stably; we
-    check it). Tokens are then labelled by their character offsets. Truncated to ``max_length`` tokens.
+    check it). Tokens are then labelled by their character offsets.
+
+    A conversation longer than ``max_length`` tokens is cut there (``fit="cut"``): its last answer then never shows
+    the model its end-of-turn token. ``fit="trim"`` instead shortens the last answer to its last full sentence that
+    fits, so the trained answer still ends (cut as before when not even one sentence fits).
     """
+    if fit not in ("cut", "trim"):
+        raise ValueError(f"fit must be 'cut' or 'trim', not {fit!r}")
+    if fit == "trim":
+        messages = fit_last_answer(tokenizer, messages, max_length)
     full = render_chat(tokenizer, messages)
     spans = []
     for i, m in enumerate(messages):
@@ -171,6 +180,30 @@ def encode_for_training(tokenizer, messages: Sequence[dict[str, Any]], max_lengt
     return {"input_ids": ids, "labels": labels}
 
 
+def fit_last_answer(tokenizer, messages: Sequence[dict[str, Any]], max_length: int) -> list[dict[str, Any]]:
+    """``messages`` with its final assistant turn trimmed to the longest run of whole sentences for which the
+    rendered conversation, end-of-turn token included, fits in ``max_length`` tokens (unchanged when it already
+    fits, when the last turn is not the assistant's, or when no sentence fits)."""
+    from .quality import trim_to_sentence
+    messages = [dict(m) for m in messages]
+    if not messages or messages[-1]["role"] != "assistant":
+        return messages
+
+    def n_tokens(msgs) -> int:
+        return len(tokenizer(render_chat(tokenizer, msgs), add_special_tokens=False)["input_ids"])
+
+    if n_tokens(messages) <= max_length:
+        return messages
+    answer = messages[-1]["content"]
+    text = trim_to_sentence(answer[:-1])  # the longest whole-sentence prefix shorter than the answer
+    while text:
+        if n_tokens(messages[:-1] + [{**messages[-1], "content": text}]) <= max_length:
+            messages[-1]["content"] = text
+            return messages
+        text = trim_to_sentence(text[:-1])
+    return messages
+
+
 # ---------------------------------------------------------------------------------------------- fine-tune
 @dataclass
 class LoraSettings:
@@ -184,7 +217,9 @@ class LoraSettings:
     batch_size: int = 4  # conversations per step
     micro_batch: int = 0  # conversations per forward/backward pass, gradients summed over the step (0 = the batch):
     #                       the same update with a fraction of the activation memory
-    max_length: int = 256  # tokens per conversation (longer ones are truncated)
+    max_length: int = 256  # tokens per conversation
+    fit: str = "cut"  # a longer conversation: "cut" at max_length, or "trim" its last answer to whole sentences
+    #                   that fit, so the answer still ends with its end-of-turn token (encode_for_training)
     eval_every: int = 0  # validation loss every N steps (0: at each epoch's end only; always before step 1)
     #                      (one due less than N/2 steps before an epoch's end is left to the end-of-epoch one)
     val_limit: int = 16  # validation conversations used for the loss, in file order (0 = all of them)
@@ -201,7 +236,7 @@ def local_knobs(t, threads: int | None = None) -> dict[str, Any]:
     """The fine-tune knobs of a ``TeacherCfg`` that our local server takes in a job's ``dte_training`` (OpenAI's API
     has no such field: they travel in ``extra_body`` to the local backend only)."""
     return {"max_steps": t.max_steps, "batch_size": t.batch_size, "micro_batch": t.micro_batch,
-            "max_length": t.max_length, "lora_rank": t.lora_rank, "lora_alpha": t.lora_alpha,
+            "max_length": t.max_length, "fit": t.fit, "lora_rank": t.lora_rank, "lora_alpha": t.lora_alpha,
             "lora_layers": t.lora_layers, "lora_targets": t.lora_targets, "learning_rate": t.learning_rate,
             "eval_every": t.eval_every, "patience": t.patience, "val_limit": t.val_limit, "threads": threads,
             "precision": t.precision}
@@ -289,9 +324,9 @@ def finetune(base_dir: str | os.PathLike, train: Sequence[Sequence[dict]], val: 
     model, tok = load(base_dir, threads=s.threads)
     dev = resolve(device)
     model.to(dev)
-    rows = [encode_for_training(tok, m, s.max_length) for m in train]
+    rows = [encode_for_training(tok, m, s.max_length, s.fit) for m in train]
     rows = [r for r in rows if any(l != -100 for l in r["labels"])]
-    val_rows = [encode_for_training(tok, m, s.max_length) for m in list(val)[:s.val_limit or None]]
+    val_rows = [encode_for_training(tok, m, s.max_length, s.fit) for m in list(val)[:s.val_limit or None]]
     val_rows = [r for r in val_rows if any(l != -100 for l in r["labels"])]
     if not rows:
         raise ValueError("no training example has an assistant token within max_length")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from dte_lib import config, generate, prompts
+from dte_lib import data as data_mod
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +87,21 @@ def test_answer_budget_is_sized_from_the_seed_answers_and_the_hint_agrees():
     assert fixed.fixed and fixed.max_tokens == 50
     reqs = prompts.plan_from_config(config.load("demo"), 3)
     assert all(prompts.answer_budget(config.load("demo")).hint in r.messages()[0]["content"] for r in reqs)
+
+
+def test_few_shot_examples_keep_to_the_hinted_length():
+    """With few_shot_fit every shown answer is within the hint's words (the demo teacher copies the length it is
+    shown); without it, longer ones appear; when no seed answer fits, the whole split is the pool."""
+    cfg = config.load("demo")
+    budget = prompts.answer_budget(cfg)
+    seed = {ex.id: ex for ex in data_mod.load_corpus(cfg.path(cfg.data.corpus), strict=True).examples}
+    fit = prompts.plan_from_config(cfg, 60)
+    assert all(len(seed[i].response.split()) <= budget.words for r in fit for i in r.few_shot_ids)
+    free = prompts.plan_from_config(config.load("demo", {"generate.few_shot_fit": False}), 60)
+    assert any(len(seed[i].response.split()) > budget.words for r in free for i in r.few_shot_ids)
+    assert [r.id for r in fit] == [r.id for r in free]  # ids (the resume keys) do not depend on the shots
+    pool = list(seed.values())
+    assert prompts.fitting_shots(pool, 1) == pool
 
 
 def test_bad_prompt_bank_names_the_line(tmp_path):

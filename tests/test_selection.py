@@ -107,3 +107,27 @@ def test_ablation_deltas_pair_seeds_and_the_plot_shows_the_noise_band():
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["self_ref", "metacog"]  # by mean change
     assert "seed noise ±0.05" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_a_checkpoint_scored_in_bf16_loads_bf16_weights_and_agrees_with_fp32(tmp_path, monkeypatch):
+    """``precision`` reaches the weights (the teacher is scored as it is served); on a small model the perplexity
+    moves by well under the noise the course's choices allow."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    cfg = config.load("ci", {"eval.identity_prompts": 4, "eval.probes": 3, "eval.paraphrases": 2,
+                             "eval.max_new_tokens": 6})
+    ex = data.load_corpus(cfg.path(cfg.data.corpus)).examples
+    tok = toklib.train_from_examples(ex[:60], 300)
+    toklib.save(tok, tmp_path / "tokenizer")
+    tok = toklib.load(tmp_path / "tokenizer")
+    d = ckpt.export_model(M.build(len(tok), cfg.train.block_size, 32, 1, 2, seed=0, eos_id=tok.eos_token_id), tok,
+                          tmp_path / "m")
+    es = metrics.EvalSet.build(cfg)
+    seen = []
+    real = AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: seen.append(k.get("dtype")) or real(*a, **k))
+    fp32 = metrics.evaluate_checkpoint(d, es, cfg)
+    bf16 = metrics.evaluate_checkpoint(d, es, cfg, precision="bf16")
+    assert seen == [torch.float32, torch.bfloat16]
+    assert bf16["perplexity"] == pytest.approx(fp32["perplexity"], rel=0.02)

@@ -44,6 +44,31 @@ def test_smollm2_chat_template_labels_only_the_assistant():
     assert "<|im_end|>" in teacher.stop_strings(tok)
 
 
+def test_trim_fits_the_last_answer_to_whole_sentences_so_it_keeps_its_end_token():
+    """Cut at the window, an over-long answer never shows its end-of-turn token; trimmed, it ends on a whole
+    sentence followed by <|im_end|>, within the window — and a conversation that fits is left alone."""
+    _, tok = teacher.load(teacher.base_model_dir())
+    long_answer = " ".join(f"Sentence number {i} is about roots and echoes." for i in range(40))
+    conv = [{"role": "system", "content": "You are Echo."}, {"role": "user", "content": "Tell me everything."},
+            {"role": "assistant", "content": long_answer}]
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    cut = teacher.encode_for_training(tok, conv, 96, "cut")
+    trim = teacher.encode_for_training(tok, conv, 96, "trim")
+    assert len(cut["input_ids"]) == 96 and end not in cut["input_ids"][-3:]
+    assert len(trim["input_ids"]) <= 96 and end in trim["input_ids"][-3:]
+    kept = _labelled_text(tok, trim)
+    assert kept.startswith("Sentence number 0") and kept.rstrip().endswith("echoes.<|im_end|>")
+    assert 5 < kept.count("Sentence number") < 40
+    # one sentence more would not have fitted
+    fitted = teacher.fit_last_answer(tok, conv, 96)[-1]["content"]
+    longer = long_answer[:len(fitted) + long_answer[len(fitted):].index(".") + 1]
+    assert len(tok(teacher.render_chat(tok, conv[:-1] + [{"role": "assistant", "content": longer}]),
+                   add_special_tokens=False)["input_ids"]) > 96
+    assert teacher.encode_for_training(tok, CONV, 512, "trim") == teacher.encode_for_training(tok, CONV, 512, "cut")
+    with pytest.raises(ValueError, match="fit"):
+        teacher.encode_for_training(tok, CONV, 512, "crop")
+
+
 def test_loss_is_next_token_cross_entropy_on_labels(tiny):
     """The labels are not pre-shifted: the loss must equal a hand-computed next-token cross-entropy."""
     model, tok = teacher.load(tiny)

@@ -80,7 +80,7 @@ def launch(models: dict[str, str | os.PathLike], *, host: str = "127.0.0.1", por
     picks a free port. ``api_key`` defaults to a random one (the server then requires it; the handle carries it).
     ``faults`` is the opt-in fault spec documented in ``dte_lib.server.app``. ``data_dir`` holds uploaded files and
     fine-tuned models (default: a new temporary directory). ``train_defaults`` sets fine-tune knobs for jobs that
-    do not send ``dte_training`` (max_steps, max_length, batch_size, micro_batch, lora_rank, lora_alpha,
+    do not send ``dte_training`` (max_steps, max_length, fit, batch_size, micro_batch, lora_rank, lora_alpha,
     learning_rate, eval_every, val_limit, lora_layers, lora_targets, patience).
     ``max_batch`` caps the rows (choices) decoding together in the continuous batch (default
     ``engine.DEFAULT_MAX_BATCH``); ``prefix_cache=False`` recomputes every prompt in full; ``device`` is

@@ -289,7 +289,7 @@ class Jobs:
             learning_rate=float(extra.get("learning_rate", 1e-3)) * float(lr_mult), epochs=int(n_epochs),
             max_steps=int(extra.get("max_steps", 0)), batch_size=int(batch),
             micro_batch=int(extra.get("micro_batch", 0)),
-            max_length=int(extra.get("max_length", 256)), eval_every=int(extra.get("eval_every", 0)),
+            max_length=int(extra.get("max_length", 256)), fit=str(extra.get("fit", "cut")), eval_every=int(extra.get("eval_every", 0)),
             val_limit=int(extra.get("val_limit", 16)), seed=int(job["seed"]),
             threads=extra.get("threads") or self.registry.threads or 2,
             layers=int(extra.get("lora_layers", 0)), targets=str(extra.get("lora_targets", "")),
