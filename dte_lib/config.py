@@ -332,6 +332,8 @@ class EvalCfg:
     repetition_penalty: float = 1.0  # sampling: Hugging Face repetition penalty for scored answers (1 = off)
     sample_seeds: int = 4  # answers sampled per prompt and probe paraphrase when scoring (each an independent
     # draw); the generation metrics average over them and their 95% interval resamples prompts and these within
+    teacher_sample_seeds: int = 0  # draws per prompt for the teacher's reference row on TEST (0 = sample_seeds);
+    # nothing is chosen from it, and the 135M teacher's answers cost ~100x a student's
     identity_noise: float = 0.05  # seed-to-seed spread of val normalised identity: a keep/drop choice (notebook 11)
     # counts a difference only beyond it (notebook 10's rule). demo: plain 0.050 ± 0.044 over 3 seeds
     # (benchmarks/RESULTS-identity.md); long: ±0.15 stage to stage on val (benchmarks/RESULTS-quality.md)
@@ -347,9 +349,10 @@ EVAL = {
     # beats 2 and 2 beats 4), so notebooks 08-09 continue training at depth 2 instead of growing to 8 and 12
     # sampling (temperature 0.8, top-p 1.0, no repetition penalty) chosen on the VAL split by a 12-setting sweep:
     # benchmarks/RESULTS-quality.md (best normalised identity with diversity >= 0.7 and copy rate <= 0.05)
-    # batch 32: 64 answers of the demo teacher in 18 s against 29 s at batch 8 (bf16; the student's 0.5 s vs 1.2 s)
+    # batch 32: 64 answers of the demo teacher in 18 s against 29 s at batch 8 (bf16; the student's 0.5 s vs 1.2 s);
+    # the teacher's reference row on test at 2 draws per prompt (4 took ~100 s of notebook 11's 149 s)
     "demo": EvalCfg(max_new_tokens=48, temperature=0.8, top_p=1.0, repetition_penalty=1.0, identity_prompts=24,
-                    batch_size=32,
+                    batch_size=32, teacher_sample_seeds=2,
                     probes=16, paraphrases=4, ppl_examples=16, selfgen_examples=48, stage_steps=40, depths_08="2", depths_09="2", selfgen_steps=30,
                     mechanism_steps=40, refine_steps=40, ablation_steps=40, ablation_seeds=1),
     # long: notebooks 08-11 continue at notebook 07's 2 layers; every held-out prompt and probe is scored; sampling
@@ -440,13 +443,20 @@ def load(name: str | None = None, overrides: dict[str, Any] | None = None) -> Pr
     """Build a preset, apply dotted overrides (``{"train.vocab_size": 1024}``) and return it.
 
     ``$DTE_CORPUS``, when set, replaces ``data.corpus`` for every phase (``dte course run --corpus FILE`` sets it),
-    so a user's own examples reach the teacher, the generator and the trainer alike.
+    so a user's own examples reach the teacher, the generator and the trainer alike. ``$DTE_SEED`` replaces
+    ``seed`` (``dte course run --seed N``: the same preset with other random draws; the data splits are hashed,
+    not seeded, so every seed is judged on the same val and test examples).
     """
     name = resolve_preset_name(name)
     parts = {phase: dataclasses.replace(table[name]) for phase, table in _PHASES.items()}
     preset = Preset(name=name, **_TOP[name], **parts)
     if os.environ.get("DTE_CORPUS"):
         preset.data.corpus = os.environ["DTE_CORPUS"]
+    if os.environ.get("DTE_SEED"):
+        try:
+            preset.seed = int(os.environ["DTE_SEED"])
+        except ValueError:
+            raise ValueError(f"DTE_SEED={os.environ['DTE_SEED']!r} is not an integer") from None
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(preset, key, value)
@@ -548,6 +558,12 @@ def setup_run(argv: list[str] | None = None) -> tuple[Preset, Path]:
         raise SystemExit(f"{prog}: error: {rdir} has no {RUN_STATE_FILE} naming its preset — run the notebooks "
                          f"into it first, or set DTE_PRESET=ci|demo|long|full")
     cfg = load(name)
+    try:  # a run made with `dte course run --seed N` is read with that seed
+        recorded_seed = json.loads((rdir / RUN_STATE_FILE).read_text(encoding="utf-8")).get("seed")
+    except (FileNotFoundError, json.JSONDecodeError):
+        recorded_seed = None
+    if recorded_seed is not None:
+        cfg.seed = int(recorded_seed)
     seed_everything(cfg.seed, cfg.threads)
     return cfg, rdir
 

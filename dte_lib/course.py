@@ -136,11 +136,12 @@ def _parse_value(text: str) -> Any:
 def run(preset: str | None = None, run_dir: str | os.PathLike | None = None, start: str | None = None,
         only: Sequence[str] | None = None, params: dict[str, Any] | None = None, force: bool = False,
         notebook_dir: Path = config.NOTEBOOKS_DIR, progress: bool = True, corpus: str | None = None,
-        roles: str | None = None) -> Path:
+        roles: str | None = None, seed: int | None = None) -> Path:
     """Execute the selected notebooks in order; returns the run directory. Raises :class:`CourseError`.
 
     ``corpus`` / ``roles`` reach the notebooks' kernels as ``$DTE_CORPUS`` / ``$DTE_CORPUS_ROLES`` (a role map for
-    transcripts with your own tags, see :func:`dte_lib.data.parse_roles`)."""
+    transcripts with your own tags, see :func:`dte_lib.data.parse_roles`). ``seed`` (``$DTE_SEED`` in the kernels)
+    replaces the preset's seed; the run records it, and a resumed run keeps it."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
     from tqdm.auto import tqdm
@@ -167,7 +168,12 @@ def run(preset: str | None = None, run_dir: str | os.PathLike | None = None, sta
         if not_done:
             raise CourseError(f"cannot resume at {selected[0].stem}: in {rdir} these earlier notebooks have not "
                               f"succeeded: {', '.join(not_done)}. Run them first, or pass --force.")
+    if seed is not None and state.get("seed") not in (None, seed) and state.get("notebooks"):
+        raise CourseError(f"{rdir} was run with --seed {state['seed']}; use another --run-dir for seed {seed}")
+    seed = seed if seed is not None else state.get("seed")
     state.update(preset=cfg.name, run_dir=str(rdir))
+    if seed is not None:
+        state["seed"] = seed
     state.setdefault("started", time.strftime("%Y-%m-%dT%H:%M:%S"))
     out_dir = rdir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -176,7 +182,9 @@ def run(preset: str | None = None, run_dir: str | os.PathLike | None = None, sta
     kernel_env = {"DTE_PRESET": cfg.name, "DTE_RUN_DIR": str(rdir),
                   "PYTHONPATH": os.pathsep.join(filter(None, [str(config.REPO_ROOT), os.environ.get("PYTHONPATH")])),
                   **KERNEL_QUIET, ui.PROGRESS_ENV: "terminal" if progress else "off"}
-    env_backup = {k: os.environ.get(k) for k in [*kernel_env, "DTE_CORPUS", data.ROLES_ENV]}
+    if seed is not None:
+        kernel_env["DTE_SEED"] = str(seed)
+    env_backup = {k: os.environ.get(k) for k in [*kernel_env, "DTE_CORPUS", "DTE_SEED", data.ROLES_ENV]}
     if roles:
         try:
             data.parse_roles(roles)
@@ -503,6 +511,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--corpus", default=None, help="your own examples (any format `dte data check` reads) for every phase")
     r.add_argument("--roles", default=None,
                    help="your transcript tags, e.g. '<|persona|>=assistant,<|record|>=record' (see dte data check)")
+    r.add_argument("--seed", type=int, default=None,
+                   help="the preset with another seed (recorded in the run; its ranges in dte_lib.expect come from "
+                        "several)")
     r.add_argument("--no-progress", action="store_true")
     ls = sub.add_parser("list", help="list notebooks and their status in a run")
     ls.add_argument("--preset", default=None)
@@ -524,7 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             rdir = run(args.preset, args.run_dir, args.start, args.only,
                        {k: _parse_value(v) for k, v in args.param}, args.force, progress=not args.no_progress,
-                       corpus=args.corpus, roles=args.roles)
+                       corpus=args.corpus, roles=args.roles, seed=args.seed)
         except CourseError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

@@ -227,13 +227,14 @@ def final_report(run_dir: str | Path, cfg: Any, chosen: dict[str, Path], *, note
 
     ``chosen`` maps a display name to a Hugging Face directory (the selected student, and the teacher beside it
     for reference, under the name ``"teacher"`` — nothing is chosen from these numbers; scored in the precision
-    it is served in, ``teacher.precision``).
+    it is served in, ``teacher.precision``, with ``eval.teacher_sample_seeds`` draws per prompt).
     """
     test = metrics.EvalSet.build(cfg, split="test")
     out = {}
     for name, path in chosen.items():
         teacher = name == "teacher"
-        res = metrics.evaluate_checkpoint(path, test, cfg, precision=cfg.teacher.precision if teacher else "fp32")
+        res = metrics.evaluate_checkpoint(path, test, cfg, precision=cfg.teacher.precision if teacher else "fp32",
+                                          samples=cfg.eval.teacher_sample_seeds if teacher else None)
         add(run_dir, f"{name} [test]", res, depth=None if teacher else depth, notebook=notebook,
             kind="teacher" if teacher else "final")
         out[name] = res

@@ -716,11 +716,11 @@ def evaluate(answerer: Answerer, evalset: EvalSet, *, model: Any = None, tokeniz
 
 
 def evaluate_checkpoint(path: Any, evalset: EvalSet, cfg: Any, *, seed: int | None = None,
-                        device: Any = None, precision: str = "fp32") -> dict[str, Any]:
+                        device: Any = None, precision: str = "fp32", samples: int | None = None) -> dict[str, Any]:
     """Load a Hugging Face causal-LM directory and run :func:`evaluate` with the preset's generation settings, on
     ``device`` (default: the preset's ``device``), its weights in ``precision`` (``auto`` as in
     :func:`dte_lib.device.autocast_dtype`: the teacher is scored in bf16 where its server runs bf16; the tiny
-    students stay fp32, where bf16 buys them no speed)."""
+    students stay fp32, where bf16 buys them no speed). ``samples`` overrides ``eval.sample_seeds``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     import torch
     from .device import autocast_dtype, resolve
@@ -734,7 +734,7 @@ def evaluate_checkpoint(path: Any, evalset: EvalSet, cfg: Any, *, seed: int | No
                       top_p=cfg.eval.top_p, system=system, seed=cfg.seed if seed is None else seed,
                       batch_size=cfg.eval.batch_size, repetition_penalty=cfg.eval.repetition_penalty)
     out = evaluate(ans, evalset, model=model, tokenizer=tok, paraphrases=cfg.eval.paraphrases,
-                   ppl_examples=cfg.eval.ppl_examples, system=system, samples=cfg.eval.sample_seeds)
+                   ppl_examples=cfg.eval.ppl_examples, system=system, samples=samples or cfg.eval.sample_seeds)
     out["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
     return out
 

@@ -67,6 +67,15 @@ def test_env_corpus_reaches_every_phase(monkeypatch, tmp_path):
     assert config.load("ci").data.corpus == "data/seed_corpus.jsonl"
 
 
+def test_env_seed_replaces_the_preset_seed_and_a_bad_one_is_named(monkeypatch):
+    default = config.load("ci").seed
+    monkeypatch.setenv("DTE_SEED", "7")
+    assert config.load("ci").seed == 7 != default
+    monkeypatch.setenv("DTE_SEED", "seven")
+    with pytest.raises(ValueError, match="DTE_SEED='seven'"):
+        config.load("ci")
+
+
 def test_list_fields_accept_every_spelling():
     for value in ("1,2", " 1, 2 ", [1, 2], (1, 2), ["1", "2"]):
         assert config.as_list(value) == [1, 2]

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
 
 import nbformat
 import pytest
 
-from dte_lib import course, runlog
+from dte_lib import config, course, runlog
 
 
 def _nb(path, *sources, params='PRESET = ""\nRUN_DIR = ""\nEPOCHS = 1'):
@@ -72,6 +73,23 @@ def test_corpus_option_reaches_the_kernel_and_is_checked(tmp_path):
     assert runlog.load(rd)["00_corpus"]["corpus"] == str(mine)
     with pytest.raises(course.CourseError, match="no such file"):
         course.run("ci", run_dir=tmp_path / "r", notebook_dir=nbdir, corpus=str(tmp_path / "nope"), progress=False)
+
+
+def test_seed_option_reaches_the_kernel_is_recorded_and_kept_on_resume(tmp_path, monkeypatch):
+    monkeypatch.delenv("DTE_SEED", raising=False)
+    nbdir = tmp_path / "nbs"
+    nbdir.mkdir()
+    for i in range(2):
+        _nb(nbdir / f"0{i}_seed.ipynb", "from dte_lib import config, runlog\n"
+            f"runlog.record(RUN_DIR, '0{i}_seed', {{'seed': config.load(PRESET).seed}})")
+    rd = course.run("ci", run_dir=tmp_path / "r", notebook_dir=nbdir, only=["00"], seed=5, progress=False)
+    assert runlog.load(rd)["00_seed"]["seed"] == 5 and course.load_state(rd)["seed"] == 5
+    course.run("ci", run_dir=rd, notebook_dir=nbdir, start="01", progress=False)  # resumed without --seed
+    assert runlog.load(rd)["01_seed"]["seed"] == 5
+    assert config.setup_run([str(rd)])[0].seed == 5  # a worked solution reads the run with its seed
+    with pytest.raises(course.CourseError, match="was run with --seed 5"):
+        course.run("ci", run_dir=rd, notebook_dir=nbdir, only=["00"], seed=6, progress=False)
+    assert "DTE_SEED" not in os.environ
 
 
 def test_secrets_are_never_papermill_parameters(nbdir, tmp_path):
