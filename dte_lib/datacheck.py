@@ -74,8 +74,8 @@ def token_lengths(examples: Sequence[data.ChatExample], cfg: Any) -> dict[str, A
     if teacher_counts is None:
         teacher_counts, how = o200k, "proxy: o200k_base (the teacher's tokenizer is not cached yet)"
     out["teacher"] = {**_length_table(teacher_counts, cfg.teacher.max_length, sources),
-                      "what": f"TeacherCfg.max_length, the local fine-tune's cut ({cfg.name} preset)",
-                      "tokenizer": how}
+                      "what": f"TeacherCfg.max_length, the local fine-tune's window ({cfg.name} preset)",
+                      "tokenizer": how, "fit": cfg.teacher.fit}
     out["openai"] = {**_length_table(o200k, OPENAI_LIMIT, sources),
                      "what": "OpenAI's per-example cap for chat fine-tuning", "tokenizer": "o200k_base"}
     return out
@@ -210,7 +210,9 @@ def findings(rep: dict[str, Any]) -> list[str]:
     if t.get("teacher", {}).get("over"):
         c = t["teacher"]
         out.append(f"{c['over']} examples ({_pct(c['over_share'])}) exceed the teacher fine-tune's max_length "
-                   f"{c['limit']} (longest {c['max']}): their ends are cut — raise teacher.max_length or shorten them")
+                   f"{c['limit']} (longest {c['max']}): "
+                   + ("their answers are trimmed to the whole sentences that fit" if c.get("fit") == "trim"
+                      else "their ends are cut") + " — raise teacher.max_length or shorten them")
     if t.get("openai", {}).get("over"):
         out.append(f"{t['openai']['over']} examples exceed OpenAI's {OPENAI_LIMIT:,}-token cap: OpenAI truncates them")
     nd = rep["near_duplicates"]
