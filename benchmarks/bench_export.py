@@ -77,6 +77,13 @@ def round_trip(src: Path, gguf: Path, system: str, questions: list[str]) -> dict
             "greedy_agreement": agree / n, "positions": int(n), "read_back_s": load_s}
 
 
+def served_dtype() -> str:
+    """What ``dte serve`` loads the weights in here (precision auto)."""
+    from dte_lib import device
+    dt = device.autocast_dtype("cpu", "auto")
+    return "bf16" if dt is not None else "fp32"
+
+
 def llama_cpp(python: str, gguf: Path, src: Path, system: str | None, questions: list[str], threads: int,
               tokens: int, concs: list[int], tmp: Path) -> dict:
     from bench_llamacpp import LlamaServer
@@ -171,7 +178,8 @@ def main() -> int:
         lines += ["", f"llama-cpp-python {llama_version} serving the files; answers through the course's client "
                   "(`backends.compare_answers`), tokens/s with the course's sampling (T 0.8, top-p 0.95), "
                   f"{args.tokens} new tokens:", "",
-                  "| model | probes answered | concurrent | llama.cpp tok/s | dte serve tok/s (HF dir, fp32) |",
+                  f"| model (llama.cpp reads the student's f16 file, the teacher's q8_0) | probes answered | concurrent "
+                  f"| llama.cpp tok/s | dte serve tok/s (HF dir, weights {served_dtype()}) |",
                   "|---|---|---|---|---|"]
         for role in ("student", "teacher"):
             r = res[f"llama_{role}"]

@@ -92,7 +92,8 @@ def served(path: Path, threads: int, max_batch: int, prefix_cache: bool, runs: l
     res = {}
     with server.launch({"teacher": path}, threads=threads, max_batch=max_batch, prefix_cache=prefix_cache,
                        timeout=300, precision=precision) as srv:
-        asyncio.run(burst(srv.base_url, srv.api_key, prompts(2), 2, GREEDY))  # load and warm up
+        # load and warm up on the runs' own prompts (a student's 128-token context refuses the persona prompt)
+        asyncio.run(burst(srv.base_url, srv.api_key, runs[0][3][:2] if runs else prompts(2), 2, GREEDY))
         for label, conc, sampling, msgs in runs:
             r = asyncio.run(burst(srv.base_url, srv.api_key, msgs[:conc], tokens, sampling))
             res[label] = r
