@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench_server import SAMPLED, burst, served  # noqa: E402
+from bench_server import SAMPLED, burst, served, served_dtype  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,13 +75,6 @@ def round_trip(src: Path, gguf: Path, system: str, questions: list[str]) -> dict
             n += len(a)
     return {"max_abs_logit_diff": worst, "mean_abs_logit_diff": mean / n, "kl_per_position": kl / n,
             "greedy_agreement": agree / n, "positions": int(n), "read_back_s": load_s}
-
-
-def served_dtype() -> str:
-    """What ``dte serve`` loads the weights in here (precision auto)."""
-    from dte_lib import device
-    dt = device.autocast_dtype("cpu", "auto")
-    return "bf16" if dt is not None else "fp32"
 
 
 def llama_cpp(python: str, gguf: Path, src: Path, system: str | None, questions: list[str], threads: int,

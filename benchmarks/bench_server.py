@@ -86,6 +86,13 @@ async def burst(base_url: str, key: str, msgs: list[list[dict]], tokens: int, sa
             "stop_share": sum(o[2] == "stop" for o in out) / len(out)}
 
 
+def served_dtype() -> str:
+    """What ``dte serve`` loads the weights in here (precision auto)."""
+    from dte_lib import device
+    dt = device.autocast_dtype("cpu", "auto")
+    return "bf16" if dt is not None else "fp32"
+
+
 def served(path: Path, threads: int, max_batch: int, prefix_cache: bool, runs: list[tuple[str, int, dict, list]],
            tokens: int, precision: str = "auto") -> dict[str, dict]:
     from dte_lib import server
