@@ -321,12 +321,12 @@ def probe_section(rdir: Path, metrics: dict[str, Any]) -> list[str]:
         out.append("")
     if m.get("final_perplexity") is not None:
         keys = [("perplexity", 1), ("identity_normalised", 2), ("diversity", 2), ("coherence", 2)]
-        cells = " · ".join(f"{k.replace('_', ' ')} {_num(m.get('final_' + k), d)}"
-                           + (f" (teacher {_num(m.get('teacher_' + k), d)})"
+        cells = " · ".join(f"{k.replace('_', ' ')} {_pm(m, 'final_' + k, d)}"
+                           + (f" (teacher {_pm(m, 'teacher_' + k, d)})"
                               if m.get("teacher_" + k) is not None and k != "perplexity" else "")
                            for k, d in keys)
-        out += [f"The four metrics for this model on the test split: {cells}; the table below sets them against "
-                "the roadmap's thresholds.", ""]
+        out += [f"The four metrics for this model on the test split: {cells} (± the 95% interval over prompts "
+                "and sampling seeds); the table below sets them against the roadmap's thresholds.", ""]
     return out
 
 
@@ -359,6 +359,12 @@ def _final_metrics(metrics: dict[str, Any]) -> tuple[str, str, dict[str, Any]] |
 
 def _num(value: Any, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _pm(record: dict[str, Any], key: str, digits: int = 3) -> str:
+    """``record[key]`` with its 95% interval's half-width (``<key>_ci``) when it has one: "0.050 ± 0.041"."""
+    half = record.get(f"{key}_ci")
+    return _num(record.get(key), digits) + (f" ± {half:.{digits}f}" if isinstance(half, float) else "")
 
 
 def narrative(rdir: Path, state: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
@@ -415,15 +421,15 @@ def narrative(rdir: Path, state: dict[str, Any], metrics: dict[str, Any]) -> lis
             if k == "diversity" and m.get(f"{prefix}diversity_references") is not None:
                 bounds = f"references' own: {_num(m[prefix + 'diversity_references'])}"
             mark = "—" if ok_ is None else "✓" if ok_ else "✗"
-            out.append(f"| {k} | {_num(m.get(prefix + k), 1 if k == 'perplexity' else 3)} | {op} {thr:g} | {mark} "
+            out.append(f"| {k} | {_pm(m, prefix + k, 1 if k == 'perplexity' else 3)} | {op} {thr:g} | {mark} "
                        f"| {bounds} |")
         for fig in m.get("_figures", []):
             if "dashboard" in fig:
                 out += ["", f"![{Path(fig).stem}]({fig})"]
         if m.get("teacher_perplexity") is not None:
             out += ["", f"For reference, the fine-tuned teacher on the same yardstick: identity "
-                        f"{_num(m.get('teacher_identity'))}, diversity {_num(m.get('teacher_diversity'))}, coherence "
-                        f"{_num(m.get('teacher_coherence'))}, bits per byte {_num(m.get('teacher_bits_per_byte'))} "
+                        f"{_pm(m, 'teacher_identity')}, diversity {_pm(m, 'teacher_diversity')}, coherence "
+                        f"{_pm(m, 'teacher_coherence')}, bits per byte {_num(m.get('teacher_bits_per_byte'))} "
                         f"(the model's: {_num(m.get(prefix + 'bits_per_byte'))}; perplexities over different "
                         "vocabularies do not compare)."]
         out.append("")
