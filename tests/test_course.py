@@ -133,7 +133,7 @@ def test_report_opens_with_a_narrative_for_a_person(tmp_path):
     ppl_ok = cfg.eval.thresholds_ppl / 2
     runlog.record(tmp_path, "11_months10_12_refine", {
         "final_model": "m-final", "final_perplexity": ppl_ok, "final_identity": 0.2, "final_identity_floor": 0.3,
-        "final_identity_ceiling": 0.45, "final_diversity": 0.9, "final_coherence": None,
+        "final_identity_ceiling": 0.45, "final_diversity": 0.9, "final_diversity_ci": 0.0312, "final_coherence": None,
         **{f"final_meets_{k}": None for k in ("perplexity", "identity", "diversity", "coherence")}})
     runlog.record(tmp_path, "07_month4_layers_1_4", {"val_losses": [2201.6406456734585 / (i + 1) for i in range(9)],
                                                       "ratio": 1.4812345678})
@@ -157,6 +157,8 @@ def test_report_opens_with_a_narrative_for_a_person(tmp_path):
     assert "✓" in rows["perplexity"] and f"< {cfg.eval.thresholds_ppl:g}" in rows["perplexity"]
     assert "✗" in rows["identity"] and "0.300 – 0.450" in rows["identity"]
     assert "✓" in rows["diversity"] and "—" in rows["coherence"].split("|")[4]
+    assert "| 0.900 ± 0.031 |" in rows["diversity"] and "±" not in rows["identity"]  # an interval only where measured
+    assert "diversity 0.90 ± 0.03 ·" in head
     assert "**refine prompts and regenerate**" in head and "persona system prompt" in head
     assert "carried on with the corpus it has" in head
     assert "## 03_week1_evaluate" in tables and "| decision | refine prompts and regenerate |" in tables
