@@ -5,8 +5,8 @@ run directory in one call). A preset bundles one small dataclass per roadmap pha
 ``long`` / ``full`` values sit right under its class so a phase's knobs live in one place.
 
 - ``ci``   — the whole course in minutes on 2 CPU cores with tiny models (what the tests run).
-- ``demo`` — the default: meaningful results on a laptop CPU, whole course in 11–15 minutes on 2 cores (measured
-  2026-12-03 and 2026-12-07).
+- ``demo`` — the default: meaningful results on a laptop CPU, whole course in about 9 minutes on 2 cores (502 s of
+  notebooks, measured 2026-12-07).
 - ``long`` — one CPU machine for hours: a real week-1 corpus (thousands of clean examples) and a student trained on it
   (00–12 in 140 minutes on 2 cores, measured 2026-12-03).
 - ``full`` — the roadmap's real sizes, for a GPU.
