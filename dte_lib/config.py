@@ -519,13 +519,18 @@ def setup(preset: str | None = None, run_dir: str | None = None,
 RUN_STATE_FILE = "course.json"  # a run's state: its preset, then each notebook's status (dte_lib.course)
 
 
-def recorded_preset(run_dir: str | os.PathLike) -> str | None:
-    """The preset a run directory was made with (``course.json``'s ``preset``), or None before any notebook ran."""
+def recorded(run_dir: str | os.PathLike, key: str) -> Any:
+    """What a run directory recorded under ``key`` in ``course.json`` (its ``preset``, its ``seed``), or None."""
     path = Path(run_dir) / RUN_STATE_FILE
     try:
-        return json.loads(path.read_text(encoding="utf-8")).get("preset")
+        return json.loads(path.read_text(encoding="utf-8")).get(key)
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def recorded_preset(run_dir: str | os.PathLike) -> str | None:
+    """The preset a run directory was made with (``course.json``'s ``preset``), or None before any notebook ran."""
+    return recorded(run_dir, "preset")
 
 
 def _record_preset(run_dir: Path, name: str) -> None:
@@ -558,12 +563,8 @@ def setup_run(argv: list[str] | None = None) -> tuple[Preset, Path]:
         raise SystemExit(f"{prog}: error: {rdir} has no {RUN_STATE_FILE} naming its preset — run the notebooks "
                          f"into it first, or set DTE_PRESET=ci|demo|long|full")
     cfg = load(name)
-    try:  # a run made with `dte course run --seed N` is read with that seed
-        recorded_seed = json.loads((rdir / RUN_STATE_FILE).read_text(encoding="utf-8")).get("seed")
-    except (FileNotFoundError, json.JSONDecodeError):
-        recorded_seed = None
-    if recorded_seed is not None:
-        cfg.seed = int(recorded_seed)
+    if recorded(rdir, "seed") is not None:  # a run made with `dte course run --seed N` is read with that seed
+        cfg.seed = int(recorded(rdir, "seed"))
     seed_everything(cfg.seed, cfg.threads)
     return cfg, rdir
 
