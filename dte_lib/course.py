@@ -362,9 +362,8 @@ def _num(value: Any, digits: int = 3) -> str:
 
 
 def _pm(record: dict[str, Any], key: str, digits: int = 3) -> str:
-    """``record[key]`` with its 95% interval's half-width (``<key>_ci``) when it has one: "0.050 ± 0.041"."""
-    half = record.get(f"{key}_ci")
-    return _num(record.get(key), digits) + (f" ± {half:.{digits}f}" if isinstance(half, float) else "")
+    from .dashboard import with_interval
+    return with_interval(record, key, f"{{:.{digits}f}}")
 
 
 def narrative(rdir: Path, state: dict[str, Any], metrics: dict[str, Any]) -> list[str]:

@@ -77,6 +77,15 @@ def add(run_dir: str | Path, name: str, result: dict[str, Any], *, stage: str = 
     return row
 
 
+def with_interval(r: dict[str, Any], k: str, fmt: str = "{:.3f}") -> str:
+    """``r[k]`` formatted, with the half-width of its 95% interval (``<k>_ci``) where the record has one:
+    "0.050 ± 0.041"; "—" where the value is missing. The dashboard's table and ``report.md`` both print it."""
+    v, h = r.get(k), r.get(f"{k}_ci")
+    if v is None or v != v:
+        return "—"
+    return fmt.format(v) if h is None or h != h else f"{fmt.format(v)} ± {fmt.format(h)}"
+
+
 def table(rows: Sequence[dict[str, Any]], cfg: Any):
     """A DataFrame: one line per checkpoint, each metric with its floor/ceiling and a ✓/✗ against the threshold."""
     import pandas as pd
@@ -85,9 +94,7 @@ def table(rows: Sequence[dict[str, Any]], cfg: Any):
         v = r.get(k)
         return "—" if v is None or v != v else fmt.format(v)
 
-    def pm(r, k, fmt="{:.3f}"):  # mean ± half-width of the 95% interval where the row has one
-        h = r.get(f"{k}_ci")
-        return f(r, k, fmt) if h is None or h != h else f"{f(r, k, fmt)} ± {fmt.format(h)}"
+    pm = with_interval
 
     def mark(r, m):
         ok = passes(m, r.get(m), cfg)
