@@ -55,14 +55,19 @@ def distill_loss(student_logits: torch.Tensor, topk_idx: torch.Tensor, topk_logp
 
     ``student_logits`` [B, S, V]; ``topk_idx`` / ``topk_logp`` [B, S, k]: the teacher's k most likely next tokens
     at each position and their log-probabilities (any normalisation: they are renormalised over the k at
-    temperature T); ``labels`` [B, S] unshifted as in the trainer: position t is scored when labels[t+1] ≠ −100
-    (the position predicts a trained token), as :func:`dte_lib.model.lm_loss` does.
+    temperature T; an entry of −inf is absent — a teacher token outside the student's vocabulary — and a position
+    whose entries are all −inf has no teacher distribution and is not scored); ``labels`` [B, S] unshifted as in
+    the trainer: position t is scored when labels[t+1] ≠ −100 (the position predicts a trained token), as
+    :func:`dte_lib.model.lm_loss` does.
     """
     T = float(temperature)
-    q_log = F.log_softmax(topk_logp.float() / T, dim=-1)
-    p_log = F.log_softmax(student_logits.float() / T, dim=-1).gather(-1, topk_idx.long())
-    kl = (q_log.exp() * (q_log - p_log)).sum(-1)  # [B, S]
-    mask = F.pad(labels[:, 1:] != -100, (0, 1), value=False)
+    real = torch.isfinite(topk_logp)  # -inf: no teacher entry there (outside the student's vocabulary, or none)
+    has = real.any(-1)  # positions that carry a teacher distribution at all
+    lp = torch.where(real, topk_logp.float(), torch.tensor(float("-inf"), device=topk_logp.device))
+    q_log = F.log_softmax(torch.where(has[..., None], lp, 0.0) / T, dim=-1)
+    p_log = F.log_softmax(student_logits.float() / T, dim=-1).gather(-1, topk_idx.long().clamp_min(0))
+    kl = torch.where(real, q_log.exp() * (q_log - p_log), 0.0).sum(-1)  # [B, S]
+    mask = F.pad(labels[:, 1:] != -100, (0, 1), value=False) & has
     return (kl * mask).sum() / mask.sum().clamp_min(1) * T * T
 
 
@@ -308,6 +313,90 @@ class TopKCache:
                                "seed, batch size, block size and enough epochs (distill.build_cache)")
             rows.append(self.row[key])
         return self.idx[rows], self.logp[rows]
+
+
+class _Flat:
+    """Per-token rows ``[n_tokens_i, k]`` of one flat array (what :class:`dte_lib.packing.PackedLoader` packs)."""
+
+    def __init__(self, values: np.ndarray, offsets: np.ndarray):
+        self.values, self.offsets = values, offsets
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.values[self.offsets[i]: self.offsets[i + 1]]
+
+
+def recorded_targets(examples: Sequence[Any], train_ds, tok, id_map: np.ndarray, logprobs_path: str | Path,
+                     k: int = 20) -> dict[str, Any]:
+    """The teacher's recorded top-k (``corpus/logprobs.jsonl``, notebook 02) placed on the student's token positions.
+
+    ``examples`` and ``train_ds`` are the trainer's (same order; ``train_ds`` tokenised with ``tok``, the
+    ``teacher_subset`` tokenizer whose ``id_map`` sends student ids to teacher ids). For an example whose id has a
+    logprobs line, answer token j (the student's ids of its first assistant turn, as teacher ids) gets the teacher's
+    top-k for that token at the position that predicts it (the one before). A position keeps its target only while
+    the answer agrees with the tokens the teacher sampled up to it (the distribution was computed in that context);
+    an answer edited after generation keeps its agreeing prefix. The prompt the teacher saw (hint, few-shot turns)
+    is not the example's: the student learns what the grounded teacher would say next, which is the point.
+
+    Returns ``{"idx": rows, "logp": rows}`` (``[n_tokens, k]`` each: student ids, −1 where none, int32; teacher
+    log-probabilities, −inf where none, float16) ready for ``PackedLoader(extra=...)``, and ``"stats"``: examples
+    with a line, answer tokens with a target, examples cut short by a disagreement, the teacher mass outside the
+    student's vocabulary, ``k``.
+    """
+    from . import generate
+    from . import tokenizer as toklib
+    from .packing import _Rows
+    wanted = {getattr(e, "id", "") for e in examples}
+    lines: dict[str, dict[str, Any]] = {}
+    path = Path(logprobs_path)
+    if path.exists():
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                if row.get("id") in wanted:
+                    lines[row["id"]] = row
+    k = min([k] + [int(r["k"]) for r in lines.values()])  # no wider than what was recorded
+    ids_rows = _Rows(train_ds, "input_ids")
+    offsets = ids_rows.offsets.astype(np.int64)
+    idx = np.full((int(offsets[-1]), k), -1, dtype=np.int32)
+    logp = np.full((int(offsets[-1]), k), -np.inf, dtype=np.float16)
+    stats = {"examples": len(examples), "with_line": 0, "answer_tokens": 0, "targets": 0, "cut_short": 0,
+             "outside_mass": 0.0, "teacher_mass": 0.0, "k": k}
+    for i, ex in enumerate(examples):
+        row = lines.get(getattr(ex, "id", ""))
+        if row is None:
+            continue
+        rec = generate.decode_logprobs(row)
+        pos, start, content = 0, None, None
+        for text, is_assistant, _ in toklib.segments(ex.messages, tok):
+            n = len(tok(text, add_special_tokens=False)["input_ids"])
+            if is_assistant and start is None:
+                start, content = pos, tok(text, add_special_tokens=False)["input_ids"]
+            pos += n
+        if pos != len(ids_rows[i]):
+            raise ValueError(f"example {ex.id}: its segments give {pos} tokens, the dataset row {len(ids_rows[i])} "
+                             f"— train_ds was not tokenised with this tokenizer")
+        if not content or start == 0:
+            continue
+        stats["with_line"] += 1
+        mine = to_teacher(content, id_map)
+        n = min(len(mine), len(rec["tokens"]))
+        agree = int(np.argmin(np.append(mine[:n] == rec["tokens"][:n], False)))  # tokens equal before this index
+        usable = min(n, agree + 1)  # token `agree` itself is predicted from an agreeing context
+        stats["answer_tokens"] += len(mine)
+        stats["cut_short"] += int(agree < len(mine))
+        m = map_topk(rec["top_ids"][:usable, :k], rec["top_logprobs"][:usable, :k], id_map)
+        at = offsets[i] + start - 1  # the position that predicts answer token 0
+        idx[at: at + usable, : m["ids"].shape[1]] = m["ids"]
+        logp[at: at + usable, : m["ids"].shape[1]] = m["logprobs"]
+        stats["targets"] += usable
+        stats["outside_mass"] += m["outside_mass"]
+        stats["teacher_mass"] += float(np.exp(rec["top_logprobs"][:usable, :k]).sum())
+    h = hashlib.sha1(idx.tobytes())
+    h.update(logp.tobytes())
+    return {"idx": _Flat(idx, offsets), "logp": _Flat(logp, offsets), "stats": stats, "fingerprint": h.hexdigest()}
 
 
 def make_aux_loss(cache: TopKCache, weight: float, temperature: float = 1.0):

@@ -117,7 +117,7 @@ def self_reference_dataset(examples: Sequence[Any], tok: Any, weight: float, ass
         messages = getattr(ex, "messages", ex)
         ids, labels, weights = toklib.encode_chat(tok, messages, assistant_only)
         pos = 0
-        for text, is_assistant, w in toklib.segments(messages):
+        for text, is_assistant, w in toklib.segments(messages, tok):
             if text in toklib.SPECIAL_TOKENS:
                 pos += 1
                 continue

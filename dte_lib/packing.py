@@ -93,11 +93,11 @@ def pack(columns: dict[str, Sequence[Sequence]], block_size: int, order: Sequenc
     packed: dict[str, np.ndarray] = {}
     dropped = 0
     for name, rows in columns.items():
-        dtype = np.float32 if name == "loss_weights" else np.int64
+        dtype = {"loss_weights": np.float32, "input_ids": np.int64, "labels": np.int64}.get(name)  # others: as given
         stream = np.concatenate([np.asarray(rows[i], dtype=dtype) for i in order]) if n else np.zeros(0, dtype)
         n_blocks = len(stream) // block_size
         dropped = len(stream) - n_blocks * block_size
-        packed[name] = stream[: n_blocks * block_size].reshape(n_blocks, block_size)
+        packed[name] = stream[: n_blocks * block_size].reshape(n_blocks, block_size, *stream.shape[1:])
     return packed, dropped
 
 
@@ -106,17 +106,23 @@ class PackedLoader:
 
     ``state_dict()`` is ``{"epoch", "index"}``: the next global batch starts at block ``index`` of epoch ``epoch``.
     Each batch is a dict of tensors ``input_ids``/``labels`` (int64) and ``loss_weights`` (float32) when
-    ``with_weights`` and the weights are more than the labels' mask (e.g. self-reference up-weighting).
+    ``with_weights`` and the weights are more than the labels' mask (e.g. self-reference up-weighting), plus any
+    ``extra`` column: rows (``len``, ``[i]``) of per-token arrays, ``[n_tokens, ...]`` each, packed the same way —
+    the teacher's recorded top-k for distillation (:func:`dte_lib.distill.recorded_targets`).
     """
 
     def __init__(self, dataset, block_size: int, batch_size: int, seed: int, with_weights: bool = False,
-                 rank: int | None = None, world_size: int | None = None):
+                 rank: int | None = None, world_size: int | None = None, extra: dict[str, Any] | None = None):
         self.columns = {c: _Rows(dataset, c) for c in COLUMNS if c in dataset.column_names}
         w = self.columns.get("loss_weights")
         if not with_weights or (w is not None and _weights_are_mask(w.values, self.columns["labels"].values)):
             # weights that are exactly 1 where labels count and 0 elsewhere say nothing the labels don't: the
             # unweighted loss is the same number and a faster kernel (benchmarks/RESULTS-trainer.md)
             self.columns.pop("loss_weights", None)
+        for name, rows in (extra or {}).items():  # per-token arrays aligned with the ids, e.g. the teacher's top-k
+            if len(rows) != len(self.columns["input_ids"]):
+                raise ValueError(f"column {name!r} has {len(rows)} rows, the dataset {len(self.columns['input_ids'])}")
+            self.columns[name] = rows
         self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
         if rank is None or world_size is None:
             rank, world_size = _dist_rank_world()

@@ -93,19 +93,24 @@ class ProgressiveTrainer:
                  tensorboard: bool = True, on_step: Callable[[int], None] | None = None,
                  on_mismatch: str = "error", data_seed: int | None = None,
                  init_model: Callable[[], Any] | None = None, init_id: str = "",
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", teacher_targets: dict[str, Any] | None = None):
         """``init_model`` builds the first model (default: a fresh GPT-2 of the first stage's depth); months 5–12
         pass one that loads a checkpoint. ``init_id`` names that starting point: it joins the fingerprint a saved
         state must match, so a changed starting checkpoint is never resumed from stale state. ``device`` is where
-        the model trains (``auto | cpu | cuda | cuda:N | mps`` or a ``torch.device``; see the module docstring)."""
+        the model trains (``auto | cpu | cuda | cuda:N | mps`` or a ``torch.device``; see the module docstring).
+        ``teacher_targets`` (:func:`dte_lib.distill.recorded_targets`, aligned with ``train_ds``) with
+        ``tc.distill_weight`` α > 0 trains on (1 − α)·CE + α·T²·KL (the module docstring of dte_lib.distill)."""
         self.tc, self.tok, self.seed = tc, tok, seed
         self.device = device_mod.configure(device)
         self.init_model, self.init_id = init_model, init_id
         self.out = Path(out_dir)
         self.stages = list(stages) if stages is not None else build_schedule(tc)
+        self.distilling = teacher_targets is not None and tc.distill_weight > 0
+        extra = {"teacher_idx": teacher_targets["idx"], "teacher_logp": teacher_targets["logp"]} \
+            if self.distilling else None
         self.loader = packing.PackedLoader(train_ds, tc.block_size, tc.batch_size,
                                            seed if data_seed is None else data_seed,
-                                           with_weights="loss_weights" in train_ds.column_names)
+                                           with_weights="loss_weights" in train_ds.column_names, extra=extra)
         self.val = {k: v.to(self.device) for k, v in packing.eval_blocks(val_ds, tc.block_size,
                                                                            tc.val_max_blocks).items()}
         self.aux_loss, self.aux_wants_hidden, self.wrap_model = aux_loss, aux_wants_hidden, wrap_model
@@ -128,7 +133,8 @@ class ProgressiveTrainer:
         settings = {k: v for k, v in asdict(tc).items() if k not in EXECUTION_FIELDS}
         self.fingerprint = hashlib.sha256(json.dumps(
             [settings, [asdict(s) for s in self.stages], seed, getattr(train_ds, "_fingerprint", ""),
-             getattr(val_ds, "_fingerprint", "")] + ([init_id] if init_id else []),
+             getattr(val_ds, "_fingerprint", "")] + ([init_id] if init_id else [])
+            + ([teacher_targets["fingerprint"]] if self.distilling else []),
             sort_keys=True, default=str).encode()).hexdigest()[:16]
         self.accum = self._accumulation()
 
@@ -236,9 +242,10 @@ class ProgressiveTrainer:
             g["lr"] = lr * g["lr_scale"]
         self.wrapped.train()
         batch = device_mod.to_device(batch, self.device)
+        w = 1.0 - self.tc.distill_weight if self.distilling else 1.0  # (1 − α)·CE when distilling
         if self.accum == 1:
             lm, aux = self._forward(batch)
-            self._backward(lm + sum(aux.values()) if aux else lm)
+            self._backward(w * lm + sum(aux.values()) if aux else lm)
         else:
             scored = _scored(batch)
             parts = {k: v.tensor_split(self.accum) for k, v in batch.items()}
@@ -247,7 +254,7 @@ class ProgressiveTrainer:
             for i, mb in enumerate(micro):
                 with self._grad_sync(i == len(micro) - 1):
                     lm_i, aux_i = self._forward(mb)
-                    part = lm_i * (_scored(mb) / scored) + sum(v / self.accum for v in aux_i.values())
+                    part = w * lm_i * (_scored(mb) / scored) + sum(v / self.accum for v in aux_i.values())
                     self._backward(part)
                 lm = lm + lm_i.detach() * (_scored(mb) / scored)
                 for k, v in aux_i.items():
@@ -277,6 +284,11 @@ class ProgressiveTrainer:
             out = self.wrapped(input_ids=batch["input_ids"], output_hidden_states=self.aux_wants_hidden)
             lm = M.lm_loss(out.logits, batch["labels"], batch.get("loss_weights"))
             aux = self.aux_loss(self.model, batch, out) if self.aux_loss else {}
+            if self.distilling:
+                from .distill import distill_loss
+                aux["distill"] = self.tc.distill_weight * distill_loss(
+                    out.logits, batch["teacher_idx"], batch["teacher_logp"], batch["labels"],
+                    self.tc.distill_temperature)
         return lm, aux
 
     def _backward(self, loss: torch.Tensor) -> None:
@@ -456,23 +468,51 @@ def read_history(out_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def prepare(cfg, run_dir: str | Path, retrain_tokenizer: bool = False) -> dict[str, Any]:
-    """Tokenizer (``run_dir/tokenizer``, fitted on the training split if absent), tokenised train/val datasets."""
+def prepare(cfg, run_dir: str | Path, retrain_tokenizer: bool = False, targets: bool = False) -> dict[str, Any]:
+    """Tokenizer (``run_dir/tokenizer``), tokenised train/val datasets and, with ``targets``, the teacher's recorded
+    top-k on the training set's positions (``prep["targets"]``; None unless ``train.distill_weight`` > 0).
+
+    ``train.tokenizer``: ``fitted`` — the course BPE fitted on the training split (kept if present, refitted with
+    ``retrain_tokenizer``); ``teacher_subset`` — the teacher's tokens the training split uses, remapped, with the
+    teacher's chat template (:func:`dte_lib.distill.subset_for`; rebuilt when the corpus changed). Distillation
+    (``train.distill_weight`` > 0) needs ``teacher_subset``: a per-position KL needs the teacher's token ids.
+    """
+    from . import distill, generate, teacher
     run_dir = Path(run_dir)
-    if cfg.train.tokenizer != "fitted" or cfg.train.distill_weight:
-        raise ValueError("train.tokenizer 'teacher' or 'teacher_subset' and train.distill_weight are read by "
-                         "dte_lib.distill.train (benchmarks/distill.py); the course's trainer uses the fitted "
-                         "tokenizer: unset them")
+    choice = cfg.train.tokenizer
+    if choice not in ("fitted", "teacher_subset"):
+        raise ValueError(f"train.tokenizer {choice!r}: the course trains with 'fitted' or 'teacher_subset' (the "
+                         f"full teacher vocabulary is benchmarks/distill.py's arm: its 49,152-token head is too dear)")
+    if cfg.train.distill_weight and choice != "teacher_subset":
+        raise ValueError("train.distill_weight > 0 needs train.tokenizer teacher_subset: the KL to the teacher's "
+                         "top-k compares the same token ids")
     ex = packing.training_examples(cfg, run_dir)
     tok_dir = run_dir / "tokenizer"
-    if retrain_tokenizer or not (tok_dir / "tokenizer.json").exists():
+    if choice == "teacher_subset":
+        distill.subset_for(distill.teacher_tokenizer(teacher.base_model_dir()), ex["train"], tok_dir,
+                           teacher.BASE_MODEL_NAME)
+    elif retrain_tokenizer or not (tok_dir / "tokenizer.json").exists() or (tok_dir / distill.ID_MAP_FILE).exists():
+        for stale in (distill.ID_MAP_FILE, "corpus.sha256"):  # a teacher_subset tokenizer was there before
+            (tok_dir / stale).unlink(missing_ok=True)
         toklib.save(toklib.train_from_examples(ex["train"], cfg.train.vocab_size), tok_dir)
     tok = toklib.load(tok_dir)
     cache = run_dir / "train" / "cache"
     train_ds = packing.tokenize(ex["train"], tok, cfg.train.assistant_only, cache)
     val_ds = packing.tokenize(ex["val"], tok, False, cache)
-    return {"tokenizer": tok, "train": train_ds, "val": val_ds, "examples": ex,
-            "val_texts": [toklib.render(e.messages) for e in ex["val"]]}
+    prep = {"tokenizer": tok, "train": train_ds, "val": val_ds, "examples": ex, "targets": None,
+            "val_texts": [toklib.render(e.messages, tok) for e in ex["val"]]}
+    if targets and cfg.train.distill_weight > 0:
+        path = run_dir / "corpus" / generate.LOGPROBS
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no recorded teacher distributions to distil from — set "
+                                    f"generate.logprobs_topk > 0 before notebook 02 (it is at long), or "
+                                    f"train.distill_weight 0")
+        prep["targets"] = distill.recorded_targets(ex["train"], train_ds, tok, distill.load_id_map(tok_dir), path,
+                                                   k=cfg.train.distill_topk)
+        if not prep["targets"]["stats"]["targets"]:
+            raise ValueError(f"{path}: none of its answers is in the training set (ids) — was it written by "
+                             f"another run?")
+    return prep
 
 
 def stage_report(out_dir: str | Path, tok, val_texts: Sequence[str], prompts: Sequence[str] = (),

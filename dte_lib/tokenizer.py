@@ -40,18 +40,33 @@ CHAT_TEMPLATE = (
 )
 
 
-def render(messages: Sequence[dict[str, Any]]) -> str:
-    """The conversation as one training string (identical to the chat template's output)."""
-    return "".join(text for text, _, _ in segments(messages))
+def render(messages: Sequence[dict[str, Any]], tok: Any = None) -> str:
+    """The conversation as one training string (identical to the chat template's output); with ``tok``, as that
+    tokenizer's own chat template renders it (see :func:`segments`)."""
+    return "".join(text for text, _, _ in segments(messages, tok))
 
 
-def segments(messages: Sequence[dict[str, Any]]) -> list[tuple[str, bool, float]]:
+def is_course(tok: Any) -> bool:
+    """True for a tokenizer with this module's role tokens (the course BPE); False for one that brings its own chat
+    template (``train.tokenizer teacher_subset``: the teacher's tokens and ``<|im_start|>`` format)."""
+    vocab = tok.get_vocab()
+    return all(t in vocab for t in SPECIAL_TOKENS)
+
+
+def segments(messages: Sequence[dict[str, Any]], tok: Any = None) -> list[tuple[str, bool, float]]:
     """(text, is_assistant_content, weight) pieces whose concatenation is :func:`render`'s string.
 
     Role tokens are their own pieces, so tokenising piece by piece gives exactly the ids of the whole string
     (special tokens split pre-tokenisation) and tells which ids are assistant text — what loss masks need.
     The assistant's closing ``<|endoftext|>`` counts as assistant text: the model must learn to emit it.
+
+    With a ``tok`` that is not the course BPE (:func:`is_course`), the pieces come from its own chat template instead:
+    message ``i``'s piece is what rendering ``messages[:i+1]`` adds to rendering ``messages[:i]``; an assistant
+    piece is split into its framing (not trained), its content and the end-of-turn token right after it (trained),
+    and whatever follows (not trained).
     """
+    if tok is not None and not is_course(tok):
+        return _template_segments(tok, messages)
     out: list[tuple[str, bool, float]] = []
     for m in messages:
         role = m["role"] if m["role"] in ROLE_TOKENS else "user"
@@ -64,6 +79,30 @@ def segments(messages: Sequence[dict[str, Any]]) -> list[tuple[str, bool, float]
         else:
             out.append((content + "\n", False, 0.0))
     return out
+
+
+def _template_segments(tok: Any, messages: Sequence[dict[str, Any]]) -> list[tuple[str, bool, float]]:
+    msgs = [{"role": m["role"] if m["role"] in ROLE_TOKENS else "user", "content": m.get("content") or ""}
+            for m in messages]
+    out: list[tuple[str, bool, float]] = []
+    before = ""
+    for i, m in enumerate(msgs):
+        text = tok.apply_chat_template(msgs[: i + 1], tokenize=False)
+        if not text.startswith(before):
+            raise ValueError("this tokenizer's chat template does not render a conversation as a prefix of the "
+                             "next turn's rendering; the course cannot tell which tokens are the assistant's")
+        piece, before = text[len(before):], text
+        if m["role"] != "assistant":
+            out.append((piece, False, 0.0))
+            continue
+        w = float(messages[i].get("weight", 1))
+        content, eos = m["content"], tok.eos_token or ""
+        at = piece.find(content + eos) if content else piece.find(eos)
+        if at < 0:
+            raise ValueError(f"the chat template does not end an assistant turn with its eos token {eos!r}")
+        tail = piece[at + len(content) + len(eos):]
+        out += [(piece[:at], False, 0.0), (content, True, w), (eos, True, w)] + ([(tail, False, 0.0)] if tail else [])
+    return [s for s in out if s[0]]
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2):
@@ -116,7 +155,7 @@ def encode_chat(tok, messages: Sequence[dict[str, Any]], assistant_only: bool = 
     ids: list[int] = []
     labels: list[int] = []
     weights: list[float] = []
-    for text, is_assistant, w in segments(messages):
+    for text, is_assistant, w in segments(messages, tok):
         piece = tok.convert_tokens_to_ids([text]) if text in SPECIAL_TOKENS else \
             tok(text, add_special_tokens=False)["input_ids"]
         train = (is_assistant and w > 0) if assistant_only else (not is_assistant or w > 0)

@@ -69,10 +69,3 @@ def test_cache_holds_the_teachers_topk_for_every_block_the_loader_serves(tmp_pat
 def test_head_cost_of_the_teacher_vocabulary():
     c = distill.head_cost(49_152, 128)
     assert c["head_params"] == 6_291_456 and c["head_flops_per_token"] == 6 * 6_291_456
-
-
-def test_the_course_trainer_refuses_distillation_settings_it_does_not_apply(tmp_path):
-    from dte_lib import config, progressive
-    for key, value in (("train.tokenizer", "teacher"), ("train.distill_weight", 1.0)):
-        with pytest.raises(ValueError, match="dte_lib.distill.train"):
-            progressive.prepare(config.load("ci", {key: value}), tmp_path)
