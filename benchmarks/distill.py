@@ -1,18 +1,23 @@
 """Token-level distillation vs the sequence-level student, at equal student training FLOPs, over seeds.
 
 Arms (all from scratch, the same fixed shape, the same FLOP budget C, data order fixed, seeds vary the init):
-  fitted        the course's student: BPE fitted to the corpus (2,048 tokens), LM loss            (sequence level)
-  teacher_tok   the teacher's tokenizer (49,152 tokens) and chat template, LM loss            (the tokenizer's cost)
-  distill       teacher_tok + α·KL to the teacher's top-k next-token distribution          (token level)
-Tokens per arm = C / that arm's training FLOPs per token (the 49K head costs most of them). The teacher's own
-forward passes (the top-k cache, computed once) are NOT counted in C: they are reported separately.
+  fitted        the course's student: BPE fitted to the corpus (2,048 tokens), CE                  (sequence level)
+  subset        the teacher's tokens the corpus uses (train.tokenizer teacher_subset), CE     (the tokenizer's cost)
+  recorded      subset + the teacher's top-k kept by notebook 02: (1 − α)·CE + α·T²·KL         (token level; the
+                course's trainer, ``--alpha``, ``--temperature``, ``--tail``; the arm's name carries them)
+  teacher_tok   the teacher's full tokenizer (49,152 tokens), CE                  (the head cost the subset removes)
+  distill       teacher_tok + α·KL to a cache of the teacher run once per block      (the first attempt, 2026-12-05)
+Tokens per arm = C / that arm's training FLOPs per token (a bigger head costs more of them). The teacher's own
+forward passes (sampling in notebook 02, or the cache) are NOT counted in C.
 Score: VAL answer bits per byte (``metrics.lm_score``; tokenizer-independent) and perplexity within each tokenizer.
 
-Teacher: ``--teacher DIR`` (notebook 01's fine-tuned teacher when you have one); default the base
-SmolLM2-135M-Instruct, the only teacher on a machine that has not run notebook 01.
+The corpus: ``--corpus-from RUN`` links RUN's ``corpus/`` (clean.jsonl, logprobs.jsonl) into the work directory;
+without it the preset's seed corpus alone (no recorded distributions: the ``recorded`` arm needs a run). ``--preset``
+sets the student's shape (demo by default; ``long`` for the verdict on the long corpus).
+Teacher (``teacher_tok``/``distill`` arms): ``--teacher DIR``, default the base SmolLM2-135M-Instruct.
 
-Run it: ``timeout 660 python benchmarks/distill.py --budget 1e12 --seeds 0 1 2`` (resumable JSONL;
-repeat until "done"), then ``python benchmarks/distill.py --report``.
+Run it: ``timeout 660 python benchmarks/distill.py --corpus-from outputs/runs/long --preset long --budget 1e13
+--seeds 0 1 2`` (resumable JSONL; repeat until "done"), then ``python benchmarks/distill.py --report``.
 """
 from __future__ import annotations
 
@@ -31,8 +36,11 @@ from dte_lib import config, distill, metrics, packing  # noqa: E402
 from dte_lib import model as M  # noqa: E402
 
 ARMS = {"fitted": dict(tokenizer="fitted", distill_weight=0.0),
+        "subset": dict(tokenizer="teacher_subset", distill_weight=0.0),
+        "recorded": dict(tokenizer="teacher_subset"),  # α, T, tail from the command line
         "teacher_tok": dict(tokenizer="teacher", distill_weight=0.0),
         "distill": dict(tokenizer="teacher", distill_weight=1.0)}
+DEFAULT_ARMS = ["fitted", "subset", "recorded"]
 
 
 def fpt(vocab: int, tc, depth: int) -> float:
@@ -46,18 +54,16 @@ def read(path: Path) -> list[dict]:
 
 
 def report(rows: list[dict]) -> str:
-    out = ["| arm | seeds | vocab | tokens | steps | val answer bits/byte | val answer ppl | train s |",
-           "|---|---|---|---|---|---|---|---|"]
-    for arm in ARMS:
-        rs = [r for r in rows if r["arm"] == arm]
-        if not rs:
-            continue
+    out = ["| preset | corpus | arm | seeds | vocab | tokens | steps | val answer bits/byte | val answer ppl | train s |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for key in dict.fromkeys((r.get("preset", "demo"), r.get("corpus", "seed"), r["arm"]) for r in rows):
+        rs = [r for r in rows if (r.get("preset", "demo"), r.get("corpus", "seed"), r["arm"]) == key]
         bpb = [r["answer_bits_per_byte"] for r in rs]
         ppl = [r["answer_perplexity"] for r in rs]
         sd = (lambda v: f" ± {statistics.stdev(v):.3f}" if len(v) > 1 else "")  # noqa: E731
-        out.append(f"| {arm} | {len(rs)} | {rs[0]['vocab']:,} | {rs[0]['tokens']:,} | {rs[0]['steps']} | "
-                   f"{statistics.mean(bpb):.3f}{sd(bpb)} | {statistics.mean(ppl):.1f} | "
-                   f"{statistics.mean(r['train_s'] for r in rs):.0f} |")
+        out.append(f"| {key[0]} | {Path(key[1]).name} | {key[2]} | {len(rs)} | {rs[0]['vocab']:,} | "
+                   f"{rs[0]['tokens']:,} | {rs[0]['steps']} | {statistics.mean(bpb):.3f}{sd(bpb)} | "
+                   f"{statistics.mean(ppl):.1f} | {statistics.mean(r['train_s'] for r in rs):.0f} |")
     return "\n".join(out)
 
 
@@ -69,7 +75,12 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=1e12)
     ap.add_argument("--depth", type=int, default=0, help="student depth (default: the demo preset's final depth)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    ap.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=list(ARMS))
+    ap.add_argument("--preset", default="demo", help="the student's shape and training settings")
+    ap.add_argument("--corpus-from", default="", help="a run directory whose corpus/ (clean + logprobs) to train on")
+    ap.add_argument("--alpha", type=float, default=0.5, help="the recorded arm's α")
+    ap.add_argument("--temperature", type=float, default=1.0, help="the recorded arm's T")
+    ap.add_argument("--tail", action="store_true", help="the recorded arm's KL with a rest bucket (train.distill_tail)")
     ap.add_argument("--max-minutes", type=float, default=9.0)
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args(argv)
@@ -78,23 +89,38 @@ def main(argv=None) -> int:
     if args.report:
         print(report(rows))
         return 0
-    cfg = config.load("demo")
+    cfg = config.load(args.preset)
     config.seed_everything(cfg.seed, cfg.threads)
     from dte_lib import teacher as teacher_mod
     teacher = Path(args.teacher) if args.teacher else teacher_mod.base_model_dir()
     depth = args.depth or int(cfg.train.depths.split(",")[-1])
     work = Path(args.work)
-    val = packing.training_examples(cfg, work)["val"]
+    if args.corpus_from:
+        work.mkdir(parents=True, exist_ok=True)
+        link = work / "corpus"
+        if not link.exists():
+            link.symlink_to(Path(args.corpus_from).resolve() / "corpus")
+    ex = packing.training_examples(cfg, work)
+    val = ex["val"]
+    subset_vocab = None
     t0 = time.time()
+    arms = [(f"recorded-a{args.alpha:g}-T{args.temperature:g}{'-tail' if args.tail else ''}",
+             dict(ARMS[a], distill_weight=args.alpha, distill_temperature=args.temperature, distill_tail=args.tail))
+            if a == "recorded" else (a, ARMS[a]) for a in args.arms]
     for seed in args.seeds:
-        for arm, kw in ((a, ARMS[a]) for a in args.arms):
-            if any(r["arm"] == arm and r["seed"] == seed and r["budget"] == args.budget for r in rows):
+        for arm, kw in arms:
+            if any(r["arm"] == arm and r["seed"] == seed and r["budget"] == args.budget
+                   and r.get("preset", "demo") == cfg.name and r.get("corpus", "seed") == str(args.corpus_from or "seed")
+                   for r in rows):
                 continue
             if time.time() - t0 > args.max_minutes * 60:
                 print("stopping for this slice (rerun to continue)")
                 return 0
             tc = dataclasses.replace(cfg.train, wandb="off", ckpt_every=0, **kw)
-            vocab = 49_152 if tc.tokenizer == "teacher" else tc.vocab_size
+            if tc.tokenizer == "teacher_subset" and subset_vocab is None:
+                subset_vocab = len(distill.subset_for(distill.teacher_tokenizer(teacher_mod.base_model_dir()),
+                                                      ex["train"], work / "tokenizer_teacher_subset"))
+            vocab = {"teacher": 49_152, "teacher_subset": subset_vocab}.get(tc.tokenizer, tc.vocab_size)
             per_tok = fpt(vocab, tc, depth)
             steps = max(4, round(args.budget / per_tok / (tc.batch_size * tc.block_size)))
             tc = dataclasses.replace(tc, warmup_steps=min(tc.warmup_steps, max(1, steps // 5)),
@@ -109,7 +135,10 @@ def main(argv=None) -> int:
             row = {"arm": arm, "seed": seed, "budget": args.budget, "depth": depth, "d_model": tc.d_model,
                    "vocab": res["tokenizer_vocab"], "steps": steps, "tokens": tokens, "flops": res["flops"],
                    "answer_perplexity": lm.perplexity, "answer_bits_per_byte": lm.bits_per_byte,
-                   "train_s": train_s, "teacher": str(teacher), "split": "val"}
+                   "train_s": train_s, "teacher": str(teacher), "split": "val", "preset": cfg.name,
+                   "alpha": tc.distill_weight, "temperature": tc.distill_temperature, "tail": tc.distill_tail,
+                   "corpus": str(args.corpus_from or "seed"), "train_examples": len(ex["train"]),
+                   "targets": res["targets"]}
             rows.append(row)
             with out.open("a") as f:
                 f.write(json.dumps(row) + "\n")

@@ -199,11 +199,11 @@ class GenerateCfg:
 
 GENERATE = {
     "ci": GenerateCfg(n_examples=8, n_month1=8, concurrency=8, max_tokens_cap=32, checkpoint_every=2, review_min=3,
-                      min_words=6),
+                      min_words=6, logprobs_topk=20),
     # demo: the seed's p90 is 279 tokens; capped at 128 (hint: at most 75 words) to keep the course's time. The hint
     # alone does not make a 135M model stop: the teacher must be trained on answers that end (teacher.fit "trim") and
     # shown examples of the asked length (few_shot_fit): 1/24 answers ended on their own -> 17/24 -> 22/24 (RESULTS-long.md)
-    "demo": GenerateCfg(max_tokens_cap=128),
+    "demo": GenerateCfg(max_tokens_cap=128, logprobs_topk=20),  # the teacher's top-20 kept for notebook 07
     # long: 10,800 distinct requests (bank + 85 angles), each grounded in the fact its scenario touches, the teacher's
     # top-20 logprobs kept, all decided on in 03 and cleaned in 04 (goal >= 10,000 clean); max_tokens = the seed's p90
     # (279), uncapped, so most answers end on their own; few-shot from the whole train split (the 2026-12-07 run was
@@ -256,11 +256,15 @@ class TrainCfg:
     short_depths: str = "1,2"  # notebook 06's short demonstration run
     short_tokens: int = 30_000  # token budget per stage of notebook 06's short run
     sample_tokens: int = 60  # new tokens per sample generation
-    tokenizer: str = "fitted"  # fitted (BPE fitted to the corpus, vocab_size) | teacher (the teacher's 49,152 tokens) |
-    # teacher_subset (the teacher's tokens the training corpus uses, remapped: dte_lib.distill.subset_tokenizer)
-    distill_weight: float = 0.0  # token-level distillation: weight α of the KL to the teacher's top-k (0 = off)
-    distill_topk: int = 32  # teacher tokens kept per position in the distillation cache
+    tokenizer: str = "fitted"  # fitted (BPE fitted to the corpus, vocab_size) | teacher_subset (the teacher's tokens
+    # the training corpus uses, remapped: dte_lib.distill.subset_tokenizer; needed to distil) | teacher (the teacher's
+    # 49,152 tokens: benchmarks/distill.py only)
+    distill_weight: float = 0.0  # token-level distillation: loss (1 − α)·CE + α·T²·KL to the teacher's recorded top-k,
+    # this α (0 = off; needs tokenizer teacher_subset and a run whose notebook 02 kept logprobs)
+    distill_topk: int = 32  # teacher tokens per position used (at most what notebook 02 recorded: 20)
     distill_temperature: float = 1.0  # softmax temperature of both distributions in the KL (scaled back by T²)
+    distill_tail: bool = False  # True: the KL keeps the teacher's top-k probabilities as recorded plus one "rest"
+    # bucket (1 − their sum) against the student's mass outside them, instead of renormalising over the top-k (T = 1)
 
 
 TRAIN = {

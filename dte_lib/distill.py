@@ -1,34 +1,39 @@
 """Token-level distillation: the student learns the teacher's next-token distribution, not only its sampled text.
 
-The sequence-level student (notebooks 06–11) trains on text the teacher wrote. Token-level distillation also uses
-what the teacher *would* have said at every position: with the teacher's top-k log-probabilities q_t(j) at position
-t (renormalised over those k tokens, at temperature T) and the student's log-softmax log p_t over its whole vocabulary,
+The sequence-level student (notebooks 06–11) trains on text the teacher wrote: one sampled token per position.
+Token-level distillation also uses what the teacher *would* have said there: with the teacher's top-k
+log-probabilities at position t, renormalised over those k tokens at temperature T into q_t, and the student's
+distribution p_t at the same temperature,
 
-    L = LM + α · T² · mean_t Σ_{j ∈ topk_t} q_t(j) · (log q_t(j) − log p_t(j / T))
+    L = (1 − α) · CE + α · T² · mean_t Σ_{j ∈ topk_t} q_t(j) · (log q_t(j) − log p_t(j))
 
-averaged over the positions the LM loss trains on (labels ≠ −100). α is ``TrainCfg.distill_weight`` (0 = off),
-k is ``distill_topk``, T is ``distill_temperature``. The KL term enters the one trainer through its ``aux_loss``
-hook (logged as ``distill``), so growth, schedules, checkpoints and resumption are unchanged.
+the KL averaged over the positions the LM loss trains on that carry a teacher distribution. α is
+``TrainCfg.distill_weight`` (0 = off), k ``distill_topk``, T ``distill_temperature``; T² keeps the KL's gradient
+on the CE's scale as T grows (softened distributions have gradients ~1/T²). The course's trainer applies it in its
+one training step (``ProgressiveTrainer(teacher_targets=...)``, logged as ``distill`` = α·T²·KL beside ``loss`` =
+CE), so growth, schedules, checkpoints and resumption are unchanged. Notebook 07 shows both terms.
 
-**Tokenizer.** A per-position KL needs the student and the teacher to share token ids, so distillation requires
-``TrainCfg.tokenizer = "teacher"``: the student uses the teacher's tokenizer (SmolLM2's 49,152 tokens) and its chat
-template for every conversation (both models see identical ids; generation and the metrics use the same template
-through ``metrics.chat_prefix``). The price is the output head: vocab × d parameters and 6·vocab·d training FLOPs
-per token — at d 128 that is 6.3M head parameters and 37.7 MFLOPs per token vs 0.26M and 1.6 MFLOPs with the
-course's fitted 2,048-token vocabulary (:func:`head_cost` computes it for any shape).
+**Where the teacher's distributions come from.** Notebook 02 keeps, for every answer token, the top-20 the teacher's
+server computed while sampling it (``corpus/logprobs.jsonl``, teacher token ids; ``generate.logprobs_topk``) — no
+second pass over the teacher. :func:`recorded_targets` places them on the student's positions: answer token j's
+distribution goes to the position that predicts it, for as long as the kept answer agrees with what was sampled.
 
-**Cache.** The teacher is run once per packed block, not every step: :func:`build_cache` replays the trainer's
-``PackedLoader`` (same data seed, same number of steps) to collect exactly the blocks training will see, runs the
-teacher on each distinct block once and writes top-k indices and log-probabilities to ``<out>/teacher_topk.safetensors`` (plus the block ids, so a
-lookup is by the block's content hash and a block the cache does not hold fails with a clear error).
+**Tokenizer.** A per-position KL needs the student and the teacher to share token ids. The teacher's own 49,152
+tokens make the output head the student's largest part (vocab × d parameters, 6·vocab·d training FLOPs per token —
+at d 128, 6.3M parameters and 37.7 MFLOPs per token against 0.26M and 1.6 MFLOPs with the course's 2,048-token BPE;
+:func:`head_cost`). The **teacher-vocabulary subset** (``TrainCfg.tokenizer = "teacher_subset"``,
+:func:`subset_tokenizer`) keeps the ids the corpus uses (plus specials, bytes and merge parents), remapped to a
+compact range — on the seed corpus 7,982 of 49,152 ids (5,499 used), the teacher's segmentation (4.58 bytes per token
+against the course BPE's 3.90) at a sixth of its head — with the teacher's chat template, which the course's
+loss masks read (:func:`dte_lib.tokenizer.segments`). Saved as ``tokenizer.json`` + ``id_map.json``; :func:`map_topk`
+moves a teacher top-k into student ids; teacher tokens outside the subset are dropped and counted (the rest is
+renormalised).
 
-**Teacher-vocabulary subset** (``TrainCfg.tokenizer = "teacher_subset"``, :func:`subset_tokenizer`): the teacher's
-tokenizer restricted to the ids the corpus uses (plus specials, bytes and merge parents), remapped to a compact range
-— on the seed corpus 7,982 of 49,152 ids (5,499 used), the teacher's segmentation (4.58 bytes per token against the course BPE's
-3.90) at a sixth of its head. Saved as ``tokenizer.json`` + ``id_map.json``; :func:`map_topk` moves a logprobs row's
-teacher top-k into student ids and counts what falls outside.
+**Cache** (benchmarks/distill.py's arm with the full teacher vocabulary, ``tokenizer = "teacher"``): the teacher run
+once per packed block, :func:`build_cache` replaying the trainer's ``PackedLoader`` and writing top-k ids and
+log-probabilities to ``<out>/teacher_topk.safetensors``, looked up by the block's content hash; that arm adds α·T²·KL
+to the full CE through the trainer's ``aux_loss`` hook.
 
-The comparison with the sequence-level student at equal FLOPs is ``benchmarks/distill.py`` (the ablation arm).
 Run it: ``python -m dte_lib.distill demo --vocab-report`` prints the head cost of the teacher tokenizer at the demo
 width, and the three tokenizers' sizes and bytes per token on the seed corpus (or on the corpus files given).
 """
@@ -50,7 +55,7 @@ CACHE_FILE = "teacher_topk.safetensors"
 
 # ============================================================================================ the loss
 def distill_loss(student_logits: torch.Tensor, topk_idx: torch.Tensor, topk_logp: torch.Tensor,
-                 labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+                 labels: torch.Tensor, temperature: float = 1.0, tail: bool = False) -> torch.Tensor:
     """Mean over trained positions of KL(q ‖ p) on the teacher's top-k tokens (module docstring), times T².
 
     ``student_logits`` [B, S, V]; ``topk_idx`` / ``topk_logp`` [B, S, k]: the teacher's k most likely next tokens
@@ -59,8 +64,17 @@ def distill_loss(student_logits: torch.Tensor, topk_idx: torch.Tensor, topk_logp
     whose entries are all −inf has no teacher distribution and is not scored); ``labels`` [B, S] unshifted as in
     the trainer: position t is scored when labels[t+1] ≠ −100 (the position predicts a trained token), as
     :func:`dte_lib.model.lm_loss` does.
+
+    ``tail``: instead of renormalising, compare k + 1 buckets — the top-k with the teacher's probabilities as given
+    (log-probabilities of the full distribution, as recorded) and the rest, 1 − their sum, against the student's
+    probabilities of the same k tokens and of everything else. That is the exact KL between the two distributions
+    coarse-grained to those buckets, so it needs T = 1 (the rest of a tempered teacher is not known).
     """
     T = float(temperature)
+    if tail:
+        if T != 1.0:
+            raise ValueError("distill_tail compares the recorded distribution as it is: temperature must be 1")
+        return _tail_kl(student_logits, topk_idx, topk_logp, labels)
     real = torch.isfinite(topk_logp)  # -inf: no teacher entry there (outside the student's vocabulary, or none)
     has = real.any(-1)  # positions that carry a teacher distribution at all
     lp = torch.where(real, topk_logp.float(), torch.tensor(float("-inf"), device=topk_logp.device))
@@ -69,6 +83,19 @@ def distill_loss(student_logits: torch.Tensor, topk_idx: torch.Tensor, topk_logp
     kl = torch.where(real, q_log.exp() * (q_log - p_log), 0.0).sum(-1)  # [B, S]
     mask = F.pad(labels[:, 1:] != -100, (0, 1), value=False) & has
     return (kl * mask).sum() / mask.sum().clamp_min(1) * T * T
+
+
+def _tail_kl(student_logits, topk_idx, topk_logp, labels):
+    real = torch.isfinite(topk_logp)
+    has = real.any(-1)
+    q = torch.where(real, topk_logp.float(), -1e4).exp() * real  # outside entries: probability 0
+    q_rest = (1 - q.sum(-1)).clamp_min(1e-6)
+    p_log = F.log_softmax(student_logits.float(), dim=-1).gather(-1, topk_idx.long().clamp_min(0))
+    p_rest = (1 - (p_log.exp() * real).sum(-1)).clamp_min(1e-6)
+    kl = torch.where(real, q * (torch.where(real, topk_logp.float(), 0.0) - p_log), 0.0).sum(-1) \
+        + q_rest * (q_rest.log() - p_rest.log())
+    mask = F.pad(labels[:, 1:] != -100, (0, 1), value=False) & has
+    return (kl * mask).sum() / mask.sum().clamp_min(1)
 
 
 # ============================================================================================ tokenizer
@@ -199,9 +226,10 @@ def subset_for(teacher_tok, examples: Sequence[Any], directory: str | Path, teac
 
 
 def render_with_template(tok, messages: Sequence[dict[str, Any]]) -> str:
-    """One conversation as the text the tokenizer's chat template makes of it (what :func:`encode_with_template`
-    tokenises)."""
-    return tok.apply_chat_template([{"role": m["role"], "content": m["content"]} for m in messages], tokenize=False)
+    """One conversation as the text the tokenizer's chat template makes of it (what
+    :func:`dte_lib.packing.tokenize` tokenises for a tokenizer that brings its own template)."""
+    from . import tokenizer as toklib
+    return toklib.render(messages, tok)
 
 
 def vocab_report(texts: Sequence[str], tokenizers: dict[str, Any]) -> list[dict[str, Any]]:
@@ -214,44 +242,6 @@ def vocab_report(texts: Sequence[str], tokenizers: dict[str, Any]) -> list[dict[
         rows.append({"tokenizer": name, "vocab": len(tok), "tokens": n_tok, "bytes": n_bytes,
                      "bytes_per_token": n_bytes / max(n_tok, 1)})
     return rows
-
-
-def encode_with_template(tok, messages: Sequence[dict[str, Any]]) -> tuple[list[int], list[int]]:
-    """ids and labels (= ids: whole-conversation loss) of one conversation rendered with the tokenizer's template."""
-    msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
-    ids = tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=False)
-    if isinstance(ids, dict) or hasattr(ids, "keys"):  # newer transformers return a BatchEncoding
-        ids = ids["input_ids"]
-    return list(ids), list(ids)
-
-
-def tokenize(examples: Sequence[Any], tok, cache_dir: str | Path | None = None):
-    """Like :func:`dte_lib.packing.tokenize` (same columns, same content-hash cache) but rendered with the teacher's
-    chat template. Whole-conversation loss only (``assistant_only`` is not offered here)."""
-    import datasets
-    from .packing import COLUMNS
-    rows = [json.dumps(getattr(ex, "messages", ex), ensure_ascii=False, sort_keys=True) for ex in examples]
-    h = hashlib.sha256()
-    h.update(tok.backend_tokenizer.to_str().encode())
-    h.update(str(tok.chat_template).encode())
-    for r in rows:
-        h.update(r.encode())
-    fingerprint = "teacher-" + h.hexdigest()[:16]
-
-    def encode(batch):
-        out = {c: [] for c in COLUMNS}
-        for m in batch["messages_json"]:
-            ids, labels = encode_with_template(tok, json.loads(m))
-            out["input_ids"].append(ids)
-            out["labels"].append(labels)
-            out["loss_weights"].append([1.0] * len(ids))
-        return out
-
-    kwargs: dict[str, Any] = {"batched": True, "remove_columns": ["messages_json"], "new_fingerprint": fingerprint}
-    if cache_dir is not None:
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        kwargs["cache_file_name"] = str(Path(cache_dir) / f"tokenized-{fingerprint}.arrow")
-    return datasets.Dataset.from_dict({"messages_json": rows}).map(encode, **kwargs)
 
 
 # ============================================================================================ the cache
@@ -411,9 +401,12 @@ def make_aux_loss(cache: TopKCache, weight: float, temperature: float = 1.0):
 def train(cfg: Any, run_dir: str | Path, out_name: str, teacher_dir: str | Path, *, depth: int, tokens: int,
           seed: int | None = None, tc: Any = None, progress: bool = False) -> dict[str, Any]:
     """Train a fixed-depth student from scratch on the run's training examples with ``tc.tokenizer`` ("fitted":
-    the run's tokenizer; "teacher": the teacher's) and, when ``tc.distill_weight > 0``, the KL term. The data
-    order is ``cfg.seed``'s for every ``seed`` (which sets the initialisation), so one teacher cache serves all
-    seeds. Returns ``{"dir", "history", "flops", "tokenizer_vocab", "tokenizer"}``."""
+    the run's tokenizer; "teacher": the teacher's; "teacher_subset": the teacher's tokens this corpus uses, kept in
+    ``run_dir/tokenizer_teacher_subset``) and, when ``tc.distill_weight`` α > 0, the KL term: with
+    ``teacher_subset`` to the top-k notebook 02 recorded (``corpus/logprobs.jsonl``), as (1 − α)·CE + α·T²·KL;
+    with ``teacher`` to a cache of the teacher run once per packed block, as CE + α·T²·KL (benchmarks/distill.py's
+    arm). The data order is ``cfg.seed``'s for every ``seed`` (which sets the initialisation), so one teacher cache
+    serves all seeds. Returns ``{"dir", "history", "flops", "tokenizer_vocab", "tokenizer", "targets"}``."""
     from dataclasses import replace
     from . import packing, progressive
     tc = replace(tc or cfg.train)
@@ -425,16 +418,24 @@ def train(cfg: Any, run_dir: str | Path, out_name: str, teacher_dir: str | Path,
         tok = teacher_tokenizer(teacher_dir)
         if tc.tokenizer == "teacher_subset":
             tok = subset_for(tok, ex["train"], run_dir / "tokenizer_teacher_subset", str(teacher_dir))
-        train_ds, val_ds = tokenize(ex["train"], tok, cache), tokenize(ex["val"], tok, cache)
+        train_ds = packing.tokenize(ex["train"], tok, tc.assistant_only, cache)
+        val_ds = packing.tokenize(ex["val"], tok, False, cache)
     elif tc.tokenizer == "fitted":
         prep = progressive.prepare(cfg, run_dir)
         tok, train_ds, val_ds = prep["tokenizer"], prep["train"], prep["val"]
     else:
         raise ValueError(f"train.tokenizer must be 'fitted', 'teacher' or 'teacher_subset', not {tc.tokenizer!r}")
-    aux = None
-    if tc.distill_weight > 0:
-        if tc.tokenizer != "teacher":  # teacher_subset: the top-k cache must go through the id map first (to_student)
-            raise ValueError("token-level distillation needs the teacher's tokenizer: set train.tokenizer teacher")
+    aux = targets = None
+    if tc.distill_weight > 0 and tc.tokenizer == "teacher_subset":  # the teacher's distributions notebook 02 kept
+        from .generate import LOGPROBS
+        targets = recorded_targets(ex["train"], train_ds, tok, load_id_map(run_dir / "tokenizer_teacher_subset"),
+                                   run_dir / "corpus" / LOGPROBS, tc.distill_topk)
+        if not targets["stats"]["targets"]:
+            raise ValueError(f"{run_dir}/corpus/{LOGPROBS}: no recorded teacher distribution for the training set")
+    elif tc.distill_weight > 0:  # the full teacher vocabulary: run the teacher once per packed block (a cache)
+        if tc.tokenizer != "teacher":
+            raise ValueError("token-level distillation needs the teacher's token ids: set train.tokenizer "
+                             "teacher_subset (or teacher)")
         steps = math.ceil(tokens / (tc.batch_size * tc.block_size))
         path = build_cache(teacher_dir, train_ds, tc.block_size, tc.batch_size, cfg.seed, steps,
                            run_dir / "distill", tc.distill_topk, progress)
@@ -442,10 +443,62 @@ def train(cfg: Any, run_dir: str | Path, out_name: str, teacher_dir: str | Path,
     stage = progressive.Stage(f"s01-final-d{depth}", depth, tokens, "all", tc.lr, "final")
     tr = progressive.ProgressiveTrainer(tc, tok, train_ds, val_ds, run_dir / out_name, seed=seed, stages=[stage],
                                         aux_loss=aux, progress=progress, tensorboard=False, on_mismatch="restart",
-                                        data_seed=cfg.seed)
+                                        data_seed=cfg.seed, teacher_targets=targets)
     hist = tr.run()
     return {"dir": run_dir / out_name / "checkpoints" / "final", "history": hist, "flops": tr.flops,
-            "tokenizer_vocab": len(tok), "tokenizer": tok}
+            "tokenizer_vocab": len(tok), "tokenizer": tok, "targets": targets["stats"] if targets else None}
+
+
+def compare(cfg: Any, run_dir: str | Path, *, alpha: float, temperature: float, tokens: int, depth: int,
+            seed: int | None = None, progress: bool = False) -> dict[str, dict[str, Any]]:
+    """Two students trained side by side on the run's corpus with the ``teacher_subset`` tokenizer, the same data,
+    initialisation, steps and FLOPs: ``sequence`` (α = 0, the text only) and ``distilled`` (α, T, the teacher's
+    recorded top-k). Each under ``run_dir/distill/<arm>`` (resumed when done), scored on the val split's answers
+    (:func:`dte_lib.metrics.lm_score`). Returns per arm: ``history``, ``flops``, ``answer_bits_per_byte``,
+    ``answer_perplexity``, ``val_loss`` and the targets' statistics."""
+    from dataclasses import replace
+    from transformers import AutoModelForCausalLM
+    from . import metrics, packing, teacher
+    run_dir = Path(run_dir)
+    val = packing.training_examples(cfg, run_dir)["val"]
+    out: dict[str, dict[str, Any]] = {}
+    for arm, a in (("sequence", 0.0), ("distilled", float(alpha))):
+        tc = replace(cfg.train, tokenizer="teacher_subset", distill_weight=a)
+        tc = replace(tc, distill_temperature=float(temperature)) if a else tc  # the sequence arm is reused across T
+        res = train(cfg, run_dir, f"distill/{arm}", teacher.base_model_dir(), depth=depth, tokens=tokens,
+                    seed=seed, tc=tc, progress=progress)
+        model = AutoModelForCausalLM.from_pretrained(str(res["dir"])).eval()
+        score = metrics.lm_score(model, res["tokenizer"], val)
+        vals = [r["val_loss"] for r in res["history"] if r.get("val_loss") is not None]
+        out[arm] = {"history": res["history"], "flops": res["flops"], "alpha": a, "temperature": float(temperature),
+                    "answer_bits_per_byte": score.bits_per_byte, "answer_perplexity": score.perplexity,
+                    "val_loss": vals[-1] if vals else None, "targets": res["targets"], "vocab": res["tokenizer_vocab"]}
+    return out
+
+
+def plot_terms(arms: dict[str, dict[str, Any]], title: str = ""):
+    """Left: the two terms of the loss against tokens — CE of both arms, T²·KL of the distilled one (logged α·T²·KL
+    divided by α). Right: validation loss (CE on whole val conversations) of both arms."""
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for (arm, r), color in zip(arms.items(), ("tab:gray", "tab:blue")):
+        rows = [x for x in r["history"] if "loss" in x and "event" not in x]
+        axes[0].plot([x["tokens"] for x in rows], [x["loss"] for x in rows], color=color, lw=1, alpha=0.8,
+                     label=f"{arm}: CE")
+        if r["alpha"] > 0:
+            axes[0].plot([x["tokens"] for x in rows], [x.get("distill", 0.0) / r["alpha"] for x in rows],
+                         color=color, lw=1, ls="--", label=f"{arm}: T²·KL (T={r['temperature']:g})")
+        val = [x for x in r["history"] if x.get("val_loss") is not None]
+        axes[1].plot([x["tokens"] for x in val], [x["val_loss"] for x in val], "o-", ms=3, color=color, label=arm)
+    axes[0].set_ylabel("nats per token")
+    axes[1].set_ylabel("val loss (nats/token)")
+    for ax in axes:
+        ax.set_xlabel("tokens")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title or "sequence-level vs distilled student")
+    fig.tight_layout()
+    return fig
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,6 +16,9 @@ Files (under ``out_dir``, the run directory for the course's main run): ``train/
 ``train/history.jsonl`` (one row per logged step, growth or stage end), ``checkpoints/<stage>/`` and
 ``checkpoints/final/`` (HF model directories with the tokenizer), ``tb/`` (TensorBoard).
 
+Distillation: ``teacher_targets`` (the teacher's recorded top-k per token, dte_lib.distill) with
+``train.distill_weight`` α > 0 makes the step's loss (1 − α)·CE + α·T²·KL (``distill`` in the history).
+
 Hooks: ``aux_loss(model, batch, outputs) -> {name: tensor}`` adds named losses (logged by name);
 ``aux_wants_hidden=True`` asks the model for hidden states; ``wrap_model(module) -> module`` wraps for DDP/FSDP
 (re-applied after each growth); under ``torch.distributed`` the loader shards by rank and only rank 0 writes.
@@ -285,10 +288,10 @@ class ProgressiveTrainer:
             lm = M.lm_loss(out.logits, batch["labels"], batch.get("loss_weights"))
             aux = self.aux_loss(self.model, batch, out) if self.aux_loss else {}
             if self.distilling:
-                from .distill import distill_loss
-                aux["distill"] = self.tc.distill_weight * distill_loss(
+                from . import distill
+                aux["distill"] = self.tc.distill_weight * distill.distill_loss(
                     out.logits, batch["teacher_idx"], batch["teacher_logp"], batch["labels"],
-                    self.tc.distill_temperature)
+                    self.tc.distill_temperature, self.tc.distill_tail)
         return lm, aux
 
     def _backward(self, loss: torch.Tensor) -> None:
@@ -491,10 +494,13 @@ def prepare(cfg, run_dir: str | Path, retrain_tokenizer: bool = False, targets: 
     if choice == "teacher_subset":
         distill.subset_for(distill.teacher_tokenizer(teacher.base_model_dir()), ex["train"], tok_dir,
                            teacher.BASE_MODEL_NAME)
-    elif retrain_tokenizer or not (tok_dir / "tokenizer.json").exists() or (tok_dir / distill.ID_MAP_FILE).exists():
+    elif retrain_tokenizer or not (tok_dir / "tokenizer.json").exists():
         for stale in (distill.ID_MAP_FILE, "corpus.sha256"):  # a teacher_subset tokenizer was there before
             (tok_dir / stale).unlink(missing_ok=True)
         toklib.save(toklib.train_from_examples(ex["train"], cfg.train.vocab_size), tok_dir)
+    elif (tok_dir / distill.ID_MAP_FILE).exists():  # the run's student speaks the subset's ids: never swap silently
+        raise ValueError(f"{tok_dir} holds the teacher_subset tokenizer but train.tokenizer is 'fitted': use the "
+                         f"preset this run was made with, or refit from notebook 06 (retrain_tokenizer)")
     tok = toklib.load(tok_dir)
     cache = run_dir / "train" / "cache"
     train_ds = packing.tokenize(ex["train"], tok, cfg.train.assistant_only, cache)
@@ -590,9 +596,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     dev = device_mod.cli_resolve(args.device or cfg.device, "dte train")  # before any work: fail in one line
     if args.threads:
         torch.set_num_threads(args.threads)
-    prep = prepare(cfg, run_dir)
+    prep = prepare(cfg, run_dir, targets=True)
     trainer = ProgressiveTrainer(cfg.train, prep["tokenizer"], prep["train"], prep["val"],
                                  args.out_dir or run_dir, seed=cfg.seed, progress=not args.no_progress, device=dev,
+                                 teacher_targets=prep["targets"],
                                  on_step=lambda s: print(f"step {s}", flush=True) if args.no_progress else None)
     t0 = time.time()
     hist = trainer.run()

@@ -69,3 +69,29 @@ def test_cache_holds_the_teachers_topk_for_every_block_the_loader_serves(tmp_pat
 def test_head_cost_of_the_teacher_vocabulary():
     c = distill.head_cost(49_152, 128)
     assert c["head_params"] == 6_291_456 and c["head_flops_per_token"] == 6 * 6_291_456
+
+
+def test_tail_kl_is_the_exact_kl_of_the_bucketed_distributions():
+    # vocabulary 5; the teacher's full distribution is known here, its top-2 recorded
+    teacher = torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05])
+    student = torch.tensor([[[0.3, 1.0, -0.5, 0.0, 0.2]]])
+    idx = torch.tensor([[[0, 1]]])
+    tlogp = teacher.log()[idx]
+    labels = torch.tensor([[7, 7]])
+    logits = torch.cat([student, student], 1)  # two positions; the second predicts nothing (no next label)
+    idx2, tlogp2 = torch.cat([idx, idx], 1), torch.cat([tlogp, tlogp], 1)
+    p = torch.softmax(student[0, 0], -1)
+    q_b = [0.5, 0.2, 0.3]
+    p_b = [float(p[0]), float(p[1]), float(1 - p[0] - p[1])]
+    hand = sum(a * math.log(a / b) for a, b in zip(q_b, p_b))
+    got = distill.distill_loss(logits, idx2, tlogp2, labels, tail=True)
+    assert float(got) == pytest.approx(hand, rel=1e-5)
+    # it is a lower bound of the full KL (coarse-graining never adds information) ...
+    full = float((teacher * (teacher.log() - torch.log_softmax(student[0, 0], -1))).sum())
+    assert float(got) <= full
+    # ... and zero when the student is the teacher, which the renormalised top-k KL is not
+    same = teacher.log().view(1, 1, 5).expand(1, 2, 5)
+    assert float(distill.distill_loss(same, idx2, tlogp2, labels, tail=True)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distill.distill_loss(same, idx2, tlogp2, labels)) > 0.1
+    with pytest.raises(ValueError, match="temperature must be 1"):
+        distill.distill_loss(logits, idx2, tlogp2, labels, temperature=2.0, tail=True)

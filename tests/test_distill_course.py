@@ -166,7 +166,9 @@ def test_prepare_builds_the_teacher_subset_tokenizer_and_refuses_what_it_cannot_
     prep = progressive.prepare(cfg, tmp_path)
     assert (tmp_path / "tokenizer" / distill.ID_MAP_FILE).exists() and not toklib.is_course(prep["tokenizer"])
     assert prep["targets"] is None
-    back = progressive.prepare(config.load("ci"), tmp_path)  # the course BPE again: the subset is replaced
+    with pytest.raises(ValueError, match="holds the teacher_subset tokenizer"):  # never swapped under a run
+        progressive.prepare(config.load("ci"), tmp_path)
+    back = progressive.prepare(config.load("ci"), tmp_path, retrain_tokenizer=True)  # notebook 06 refits
     assert toklib.is_course(back["tokenizer"]) and not (tmp_path / "tokenizer" / distill.ID_MAP_FILE).exists()
     with pytest.raises(ValueError, match="needs train.tokenizer teacher_subset"):
         progressive.prepare(config.load("ci", {"train.distill_weight": 0.5}), tmp_path)
