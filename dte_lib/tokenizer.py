@@ -42,15 +42,18 @@ CHAT_TEMPLATE = (
 
 def render(messages: Sequence[dict[str, Any]], tok: Any = None) -> str:
     """The conversation as one training string (identical to the chat template's output); with ``tok``, as that
-    tokenizer's own chat template renders it (see :func:`segments`)."""
-    return "".join(text for text, _, _ in segments(messages, tok))
+    tokenizer's own chat template renders it (the concatenation of :func:`segments`, one template call)."""
+    if tok is not None and not is_course(tok):
+        return tok.apply_chat_template([{"role": m["role"] if m["role"] in ROLE_TOKENS else "user",
+                                         "content": m.get("content") or ""} for m in messages], tokenize=False)
+    return "".join(text for text, _, _ in segments(messages))
 
 
 def is_course(tok: Any) -> bool:
     """True for a tokenizer with this module's role tokens (the course BPE); False for one that brings its own chat
     template (``train.tokenizer teacher_subset``: the teacher's tokens and ``<|im_start|>`` format)."""
-    vocab = tok.get_vocab()
-    return all(t in vocab for t in SPECIAL_TOKENS)
+    ids = tok.convert_tokens_to_ids(SPECIAL_TOKENS)  # an unknown token maps to None or to the unk id
+    return None not in ids and tok.convert_ids_to_tokens(ids) == SPECIAL_TOKENS  # (get_vocab() builds a dict a call)
 
 
 def segments(messages: Sequence[dict[str, Any]], tok: Any = None) -> list[tuple[str, bool, float]]:
