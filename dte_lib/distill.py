@@ -333,7 +333,7 @@ def recorded_targets(examples: Sequence[Any], train_ds, tok, id_map: np.ndarray,
     Returns ``{"idx": rows, "logp": rows}`` (``[n_tokens, k]`` each: student ids, −1 where none, int32; teacher
     log-probabilities, −inf where none, float16) ready for ``PackedLoader(extra=...)``, and ``"stats"``: examples
     with a line, answer tokens with a target, examples cut short by a disagreement, the teacher mass outside the
-    student's vocabulary, ``k``.
+    student's vocabulary, ``k``, and the tokens the CE trains on (``trained_tokens``: the share the KL reaches).
     """
     from . import generate
     from . import tokenizer as toklib
@@ -352,8 +352,9 @@ def recorded_targets(examples: Sequence[Any], train_ds, tok, id_map: np.ndarray,
     offsets = ids_rows.offsets.astype(np.int64)
     idx = np.full((int(offsets[-1]), k), -1, dtype=np.int32)
     logp = np.full((int(offsets[-1]), k), -np.inf, dtype=np.float16)
+    labels = _Rows(train_ds, "labels").values
     stats = {"examples": len(examples), "with_line": 0, "answer_tokens": 0, "targets": 0, "cut_short": 0,
-             "outside_mass": 0.0, "teacher_mass": 0.0, "k": k}
+             "outside_mass": 0.0, "teacher_mass": 0.0, "k": k, "trained_tokens": int((labels != -100).sum())}
     for i, ex in enumerate(examples):
         row = lines.get(getattr(ex, "id", ""))
         if row is None:
@@ -478,16 +479,18 @@ def compare(cfg: Any, run_dir: str | Path, *, alpha: float, temperature: float, 
 
 def plot_terms(arms: dict[str, dict[str, Any]], title: str = ""):
     """Left: the two terms of the loss against tokens — CE of both arms, T²·KL of the distilled one (logged α·T²·KL
-    divided by α). Right: validation loss (CE on whole val conversations) of both arms."""
+    divided by α; only the logged steps whose batch held a recorded answer). Right: validation loss (CE on whole val
+    conversations) of both arms."""
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for (arm, r), color in zip(arms.items(), ("tab:gray", "tab:blue")):
         rows = [x for x in r["history"] if "loss" in x and "event" not in x]
         axes[0].plot([x["tokens"] for x in rows], [x["loss"] for x in rows], color=color, lw=1, alpha=0.8,
                      label=f"{arm}: CE")
-        if r["alpha"] > 0:
-            axes[0].plot([x["tokens"] for x in rows], [x.get("distill", 0.0) / r["alpha"] for x in rows],
-                         color=color, lw=1, ls="--", label=f"{arm}: T²·KL (T={r['temperature']:g})")
+        kl = [x for x in rows if x.get("distill")]  # a batch holding no recorded answer logs 0: not drawn
+        if r["alpha"] > 0 and kl:
+            axes[0].plot([x["tokens"] for x in kl], [x["distill"] / r["alpha"] for x in kl], "o--", ms=3,
+                         color=color, lw=1, label=f"{arm}: T²·KL (T={r['temperature']:g})")
         val = [x for x in r["history"] if x.get("val_loss") is not None]
         axes[1].plot([x["tokens"] for x in val], [x["val_loss"] for x in val], "o-", ms=3, color=color, label=arm)
     axes[0].set_ylabel("nats per token")
