@@ -492,6 +492,10 @@ def prepare(cfg, run_dir: str | Path, retrain_tokenizer: bool = False, targets: 
     ex = packing.training_examples(cfg, run_dir)
     tok_dir = run_dir / "tokenizer"
     if choice == "teacher_subset":
+        if (tok_dir / "tokenizer.json").exists() and not (tok_dir / distill.ID_MAP_FILE).exists() \
+                and not retrain_tokenizer:  # the run's student speaks the course BPE's ids
+            raise ValueError(f"{tok_dir} holds the course BPE but train.tokenizer is 'teacher_subset': use the "
+                             f"preset this run was made with, or rebuild from notebook 06 (retrain_tokenizer)")
         distill.subset_for(distill.teacher_tokenizer(teacher.base_model_dir()), ex["train"], tok_dir,
                            teacher.BASE_MODEL_NAME)
     elif retrain_tokenizer or not (tok_dir / "tokenizer.json").exists():
