@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dte_lib import config, distill, metrics, packing  # noqa: E402
+from dte_lib import config, distill, distill_study, metrics, packing  # noqa: E402
 from dte_lib import model as M  # noqa: E402
 
 ARMS = {"fitted": dict(tokenizer="fitted", distill_weight=0.0),
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
                                      val_every=max(1, steps // 4))
             tokens = steps * tc.batch_size * tc.block_size
             t1 = time.time()
-            res = distill.train(cfg, work, f"{arm}-s{seed}", teacher, depth=depth, tokens=tokens, seed=seed, tc=tc)
+            res = distill_study.train(cfg, work, f"{arm}-s{seed}", teacher, depth=depth, tokens=tokens, seed=seed, tc=tc)
             train_s = time.time() - t1
             from transformers import AutoModelForCausalLM
             model = AutoModelForCausalLM.from_pretrained(str(res["dir"]), dtype=torch.float32)

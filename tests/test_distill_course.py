@@ -179,4 +179,4 @@ def test_prepare_builds_the_teacher_subset_tokenizer_and_refuses_what_it_cannot_
         progressive.prepare(config.load("ci", {"train.tokenizer": "teacher"}), tmp_path)
     with pytest.raises(FileNotFoundError, match="logprobs_topk"):
         progressive.prepare(config.load("ci", {"train.tokenizer": "teacher_subset", "train.distill_weight": 0.5}),
-                            tmp_path, targets=True)
+                            tmp_path, retrain_tokenizer=True, targets=True)
