@@ -6,7 +6,7 @@ Arms (all from scratch, the same fixed shape, the same FLOP budget C, data order
   recorded      subset + the teacher's top-k kept by notebook 02: (1 − α)·CE + α·T²·KL         (token level; the
                 course's trainer, ``--alpha``, ``--temperature``, ``--tail``; the arm's name carries them)
   teacher_tok   the teacher's full tokenizer (49,152 tokens), CE                  (the head cost the subset removes)
-  distill       teacher_tok + α·KL to a cache of the teacher run once per block      (the first attempt, 2026-12-05)
+  distill       teacher_tok + α·KL to a cache of the teacher run once per block      (the first attempt)
 Tokens per arm = C / that arm's training FLOPs per token (a bigger head costs more of them). The teacher's own
 forward passes (sampling in notebook 02, or the cache) are NOT counted in C.
 Score: VAL answer bits per byte (``metrics.lm_score``; tokenizer-independent) and perplexity within each tokenizer.
