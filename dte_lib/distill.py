@@ -50,6 +50,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import tokenizer as toklib
+
 CACHE_FILE = "teacher_topk.safetensors"
 
 
@@ -77,8 +79,7 @@ def distill_loss(student_logits: torch.Tensor, topk_idx: torch.Tensor, topk_logp
         return _tail_kl(student_logits, topk_idx, topk_logp, labels)
     real = torch.isfinite(topk_logp)  # -inf: no teacher entry there (outside the student's vocabulary, or none)
     has = real.any(-1)  # positions that carry a teacher distribution at all
-    lp = torch.where(real, topk_logp.float(), torch.tensor(float("-inf"), device=topk_logp.device))
-    q_log = F.log_softmax(torch.where(has[..., None], lp, 0.0) / T, dim=-1)
+    q_log = F.log_softmax(torch.where(has[..., None], topk_logp.float(), 0.0) / T, dim=-1)
     p_log = F.log_softmax(student_logits.float() / T, dim=-1).gather(-1, topk_idx.long().clamp_min(0))
     kl = torch.where(real, q_log.exp() * (q_log - p_log), 0.0).sum(-1)  # [B, S]
     mask = F.pad(labels[:, 1:] != -100, (0, 1), value=False) & has
@@ -213,7 +214,7 @@ def subset_for(teacher_tok, examples: Sequence[Any], directory: str | Path, teac
     """The ``train.tokenizer teacher_subset`` tokenizer of ``examples`` (rendered with the teacher's chat template),
     saved to ``directory`` with its id map — or loaded from there when it was built from the same texts."""
     from transformers import AutoTokenizer
-    texts = [render_with_template(teacher_tok, getattr(e, "messages", e)) for e in examples]
+    texts = [toklib.render(getattr(e, "messages", e), teacher_tok) for e in examples]
     key = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
     directory = Path(directory)
     stamp = directory / "corpus.sha256"
@@ -223,13 +224,6 @@ def subset_for(teacher_tok, examples: Sequence[Any], directory: str | Path, teac
     save_subset(tok, ids, directory, teacher, len(teacher_tok))
     stamp.write_text(key + "\n")
     return tok
-
-
-def render_with_template(tok, messages: Sequence[dict[str, Any]]) -> str:
-    """One conversation as the text the tokenizer's chat template makes of it (what
-    :func:`dte_lib.packing.tokenize` tokenises for a tokenizer that brings its own template)."""
-    from . import tokenizer as toklib
-    return toklib.render(messages, tok)
 
 
 def vocab_report(texts: Sequence[str], tokenizers: dict[str, Any]) -> list[dict[str, Any]]:
@@ -336,7 +330,6 @@ def recorded_targets(examples: Sequence[Any], train_ds, tok, id_map: np.ndarray,
     student's vocabulary, ``k``, and the tokens the CE trains on (``trained_tokens``: the share the KL reaches).
     """
     from . import generate
-    from . import tokenizer as toklib
     from .packing import _Rows
     wanted = {getattr(e, "id", "") for e in examples}
     lines: dict[str, dict[str, Any]] = {}
@@ -362,10 +355,10 @@ def recorded_targets(examples: Sequence[Any], train_ds, tok, id_map: np.ndarray,
         rec = generate.decode_logprobs(row)
         pos, start, content = 0, None, None
         for text, is_assistant, _ in toklib.segments(ex.messages, tok):
-            n = len(tok(text, add_special_tokens=False)["input_ids"])
+            piece = tok(text, add_special_tokens=False)["input_ids"]
             if is_assistant and start is None:
-                start, content = pos, tok(text, add_special_tokens=False)["input_ids"]
-            pos += n
+                start, content = pos, piece
+            pos += len(piece)
         if pos != len(ids_rows[i]):
             raise ValueError(f"example {ex.id}: its segments give {pos} tokens, the dataset row {len(ids_rows[i])} "
                              f"— train_ds was not tokenised with this tokenizer")
@@ -401,7 +394,6 @@ def make_aux_loss(cache: TopKCache, weight: float, temperature: float = 1.0):
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
     from . import config, data, teacher
-    from . import tokenizer as toklib
     ap = argparse.ArgumentParser(prog="python -m dte_lib.distill", description="Head cost of the teacher's vocabulary; "
                                  "with --vocab-report, vocabulary size and bytes per token of the course BPE, the "
                                  "teacher's tokenizer and its corpus subset (train.tokenizer teacher_subset).")
@@ -418,14 +410,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.vocab_report is not None:
         ex = data.load_corpus(args.vocab_report or cfg.path(cfg.data.corpus)).examples
         ttok = teacher_tokenizer(teacher.base_model_dir())
-        sub, ids = subset_tokenizer(ttok, [render_with_template(ttok, e.messages) for e in ex])
+        sub, ids = subset_tokenizer(ttok, [toklib.render(e.messages, ttok) for e in ex])
         course = toklib.train_from_examples(ex, cfg.train.vocab_size)
         print(f"{len(ex)} conversations; each tokenizer on its own rendering (course: role tokens; teacher: its "
               f"chat template)")
         print("| tokenizer | vocabulary | tokens | bytes/token | head params at d_model |\n|---|---|---|---|---|")
-        for name, tok, render in (("course BPE", course, toklib.render), ("teacher", ttok, None),
-                                  ("teacher subset", sub, None)):
-            texts = [render(e.messages) if render else render_with_template(ttok, e.messages) for e in ex]
+        for name, tok in (("course BPE", course), ("teacher", ttok), ("teacher subset", sub)):
+            texts = [toklib.render(e.messages, tok) for e in ex]
             r = vocab_report(texts, {name: tok})[0]
             print(f"| {name} | {r['vocab']:,} | {r['tokens']:,} | {r['bytes_per_token']:.2f} | "
                   f"{head_cost(r['vocab'], d)['head_params'] / 1e6:.2f}M |")

@@ -53,6 +53,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import device as device_mod
+from . import distill
 from . import model as M
 from . import packing
 from . import tokenizer as toklib
@@ -288,7 +289,6 @@ class ProgressiveTrainer:
             lm = M.lm_loss(out.logits, batch["labels"], batch.get("loss_weights"))
             aux = self.aux_loss(self.model, batch, out) if self.aux_loss else {}
             if self.distilling:
-                from . import distill
                 aux["distill"] = self.tc.distill_weight * distill.distill_loss(
                     out.logits, batch["teacher_idx"], batch["teacher_logp"], batch["labels"],
                     self.tc.distill_temperature, self.tc.distill_tail)
@@ -480,7 +480,7 @@ def prepare(cfg, run_dir: str | Path, retrain_tokenizer: bool = False, targets: 
     teacher's chat template (:func:`dte_lib.distill.subset_for`; rebuilt when the corpus changed). Distillation
     (``train.distill_weight`` > 0) needs ``teacher_subset``: a per-position KL needs the teacher's token ids.
     """
-    from . import distill, generate, teacher
+    from . import generate, teacher
     run_dir = Path(run_dir)
     choice = cfg.train.tokenizer
     if choice not in ("fitted", "teacher_subset"):

@@ -44,8 +44,7 @@ def render(messages: Sequence[dict[str, Any]], tok: Any = None) -> str:
     """The conversation as one training string (identical to the chat template's output); with ``tok``, as that
     tokenizer's own chat template renders it (the concatenation of :func:`segments`, one template call)."""
     if tok is not None and not is_course(tok):
-        return tok.apply_chat_template([{"role": m["role"] if m["role"] in ROLE_TOKENS else "user",
-                                         "content": m.get("content") or ""} for m in messages], tokenize=False)
+        return tok.apply_chat_template(_template_messages(messages), tokenize=False)
     return "".join(text for text, _, _ in segments(messages))
 
 
@@ -84,9 +83,14 @@ def segments(messages: Sequence[dict[str, Any]], tok: Any = None) -> list[tuple[
     return out
 
 
-def _template_segments(tok: Any, messages: Sequence[dict[str, Any]]) -> list[tuple[str, bool, float]]:
-    msgs = [{"role": m["role"] if m["role"] in ROLE_TOKENS else "user", "content": m.get("content") or ""}
+def _template_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
+    """Role and content only, for a chat template; ``tool`` and other roles as user turns, as :func:`segments`."""
+    return [{"role": m["role"] if m["role"] in ROLE_TOKENS else "user", "content": m.get("content") or ""}
             for m in messages]
+
+
+def _template_segments(tok: Any, messages: Sequence[dict[str, Any]]) -> list[tuple[str, bool, float]]:
+    msgs = _template_messages(messages)
     out: list[tuple[str, bool, float]] = []
     before = ""
     for i, m in enumerate(msgs):

@@ -24,7 +24,7 @@ def examples():
 
 
 def test_the_teachers_template_gives_the_same_ids_piece_by_piece_and_masks_all_but_the_answers(teacher_tok, examples):
-    sub, _ = distill.subset_tokenizer(teacher_tok, [distill.render_with_template(teacher_tok, e.messages)
+    sub, _ = distill.subset_tokenizer(teacher_tok, [toklib.render(e.messages, teacher_tok)
                                                     for e in examples])
     assert not toklib.is_course(sub)
     for e in examples:
@@ -76,7 +76,7 @@ def test_recorded_topk_lands_on_the_positions_that_predict_each_answer_token(tea
     msgs = [dict(m) for m in edited.messages]
     msgs[[i for i, m in enumerate(msgs) if m["role"] == "assistant"][0]]["content"] = new_answer
     train[1] = data.ChatExample(messages=msgs, id=edited.id)
-    sub, ids = distill.subset_tokenizer(teacher_tok, [distill.render_with_template(teacher_tok, e.messages)
+    sub, ids = distill.subset_tokenizer(teacher_tok, [toklib.render(e.messages, teacher_tok)
                                                       for e in train])
     id_map = np.asarray(ids)
     ds = packing.tokenize(train, sub, assistant_only=True)
@@ -123,7 +123,7 @@ def _tiny_tc(**kw):
 @pytest.fixture(scope="module")
 def course_parts(teacher_tok, examples, recorded):
     train = examples[:20]
-    sub, ids = distill.subset_tokenizer(teacher_tok, [distill.render_with_template(teacher_tok, e.messages)
+    sub, ids = distill.subset_tokenizer(teacher_tok, [toklib.render(e.messages, teacher_tok)
                                                       for e in examples])
     ds = packing.tokenize(train, sub, assistant_only=True)
     val = packing.tokenize(examples[20:], sub)

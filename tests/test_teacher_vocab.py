@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from dte_lib import config, data, distill, generate, teacher
+from dte_lib import tokenizer as toklib
 
 ODD = ["Echo 🌳🌀 says: naïve café — ✓\r\nline two\r\n\ttabbed  double  space", "<|im_start|>user\n<|user|>hi<|echo|>"
        "<|endoftext|> and <|im_end|> inside text", "日本語のテキスト، عربى, Ελληνικά; 1e-9 ≤ x ≥ 2³²\x00\x7f end"]
@@ -23,7 +24,7 @@ def teacher_tok():
 def corpus(teacher_tok):
     cfg = config.load("ci")
     ex = data.load_corpus(cfg.path(cfg.data.corpus)).examples
-    return [distill.render_with_template(teacher_tok, e.messages) for e in ex]
+    return [toklib.render(e.messages, teacher_tok) for e in ex]
 
 
 def _round_trip(teacher_tok, sub, ids, text):
