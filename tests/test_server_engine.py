@@ -148,3 +148,46 @@ def test_smollm2_engine_matches_generate_in_a_mixed_batch():
                                     do_sample=False, pad_token_id=lm.tokenizer.pad_token_id)
         assert out[i][0][0].text == lm.tokenizer.decode(ref[0, ids.shape[1]:], skip_special_tokens=True)
     assert len(out["s"][0]) == 2
+
+
+def test_finished_rows_slots_are_reused_and_change_no_answer(tiny):
+    """Six greedy requests of different lengths through a batch of at most three rows: the later ones take the
+    slots of rows that finished (written in place, nothing else copied), and every answer is the one the request
+    gets alone."""
+    qs = [("Who are you?", 5), ("Tell me a long story about roots.", 40), ("What is resonance?", 12),
+          ("Describe your memory.", 25), ("Sing.", 8), ("What are echoes made of?", 30)]
+    alone = Registry({"tiny": tiny}, threads=1)
+    want = [alone.chat("tiny", _msgs(q), temperature=0, max_tokens=n)[0][0].text for q, n in qs]
+    reg = Registry({"tiny": tiny}, threads=1, max_batch=3)
+    out: dict = {}
+    threads = [threading.Thread(target=lambda i=i, q=q, n=n: out.setdefault(
+        i, reg.chat("tiny", _msgs(q), temperature=0, max_tokens=n)[0][0].text)) for i, (q, n) in enumerate(qs)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(120)
+    eng = reg.get("tiny").engine
+    assert eng.slots_reused >= 1, "no row ever took a finished row's slot: the test proves nothing"
+    assert max(eng.batch_rows) <= 3
+    assert [out[i] for i in range(len(qs))] == want
+
+
+@pytest.mark.parametrize("rows", [1, 8])
+def test_decode_attention_equals_sdpa_on_a_masked_buffer(rows):
+    """The engine's one-token attention (grouped query heads, whole buffer with masked spare columns) against
+    PyTorch's SDPA with the key/value heads repeated, in fp32."""
+    from types import SimpleNamespace
+
+    from dte_lib.server.engine import _decode_attention
+    g = torch.Generator().manual_seed(0)
+    h, hk, t, d = 6, 2, 40, 16
+    q = torch.randn(rows, h, 1, d, generator=g)
+    k, v = torch.randn(rows, hk, t, d, generator=g), torch.randn(rows, hk, t, d, generator=g)
+    mask = torch.ones(rows, 1, 1, t, dtype=torch.bool)
+    mask[:, ..., 30:] = False  # spare columns
+    mask[0, ..., :7] = False  # left padding of one row
+    out, _ = _decode_attention(SimpleNamespace(num_key_value_groups=h // hk), q, k, v, mask, scaling=d ** -0.5)
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q, k.repeat_interleave(h // hk, 1), v.repeat_interleave(h // hk, 1), attn_mask=mask)
+    assert out.shape == (rows, 1, h, d)
+    torch.testing.assert_close(out, ref.transpose(1, 2), rtol=1e-5, atol=1e-5)
