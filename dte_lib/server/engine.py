@@ -8,7 +8,14 @@ touch the model themselves. Every choice of every request (whole completions and
   prompts left-padded, with an attention mask and explicit position ids), then appends their KV cache to the
   batch's (both left-padded to the same length), so the rows already decoding wait one prefill, not a whole batch;
 - every step decodes one token for every row; a row that ends (an end token, a stop string, its ``max_tokens``, or
-  a client that went away) leaves the batch at once and frees its slot for a waiting row;
+  a client that went away) gets no more tokens at once and frees its slot: the next new row's prompt cache is
+  written into that slot in place (right-aligned to the batch's columns), so a finish and an admission copy no
+  other row's cache; the batch is compacted only when a quarter of it is free with nobody waiting, and columns no
+  running row uses any more are cut off once they are a quarter of the cache;
+- **decode attention**: the running batch's KV cache sits in preallocated buffers that grow 64 columns at a time;
+  each step's attention reads the whole buffer (spare columns masked, zero-filled) as two batched matmuls over the
+  key/value heads (``_decode_attention``), because a matmul on a view of part of a buffer copies it first — on
+  long's own requests this took notebook 02's engine from 31.7 to 41.1 answers/min (benchmarks/bench_engine.py);
 - at most ``max_batch`` rows decode together (default 32, chosen by a sweep of 16–128 in
   benchmarks/RESULTS-server.md);
 - **chunked prefill**: a prompt with more than ``PREFILL_CHUNK`` tokens left to prefill is computed a chunk per
