@@ -9,7 +9,8 @@ process, 64 client threads as notebook 02 sends them, with the served teacher of
 engine's phases (prefill, decode step, sampling, logprobs, merging rows into the batch, dropping finished ones).
 
 ``--against REV`` runs the same replay first on ``REV`` (checked out in a temporary git worktree), then on this
-checkout, each in its own process; ratios are new / old. Run it alone on the machine (~6 min on 2 cores):
+checkout, each in its own process; ratios are new / old. ``--against-order plan`` instead runs this checkout twice
+on the same requests, sent in plan order and then grouped by prompt prefix (``--order send``, notebook 02's). Run it alone on the machine (~6 min on 2 cores):
 ``timeout 1200 env PYTHONPATH=. .venv/bin/python benchmarks/bench_engine.py --run outputs/runs/long --against 83b4ad2``.
 Results are appended to benchmarks/RESULTS-server.md with the machine and its load.
 """
@@ -32,13 +33,28 @@ ROOT = Path(__file__).resolve().parent.parent
 PHASES = ("_admit", "_prefill", "_merge", "_drop_finished", "_step", "_sample", "_logprobs", "_advance")
 
 
-def replay(src: str, run_dir: str, preset: str, n: int, offset: int, max_batch: int, concurrency: int) -> dict:
+def pick(preset: str, n: int, offset: int, order: str) -> list[int]:
+    """Plan positions of the ``n`` requests to replay, in the order they are sent: ``send`` = the first ``n`` of
+    the plan from ``offset`` in ``generate.send_order`` (grouped by shared prompt prefix, as notebook 02 sends
+    them); ``plan`` = the same requests in plan order (as it sent them before); ``plan-first`` = the first ``n``
+    from ``offset`` in plan order."""
+    from dte_lib import config, generate, prompts
+    plan = prompts.plan_from_config(config.load(preset))[offset:]
+    if order == "plan-first":
+        return list(range(offset, offset + n))
+    at = {id(r): offset + i for i, r in enumerate(plan)}
+    chosen = [at[id(r)] for r in generate.send_order(plan)[:n]]
+    return chosen if order == "send" else sorted(chosen)
+
+
+def replay(src: str, run_dir: str, preset: str, positions: list[int], max_batch: int, concurrency: int) -> dict:
     """In this process, with ``src`` first on sys.path: the replay's totals and per-phase seconds."""
     sys.path.insert(0, src)
     from dte_lib import config, prompts, teacher
     from dte_lib.server import engine as E
     cfg = config.load(preset)
-    reqs = prompts.plan_from_config(cfg, offset + n)[offset:offset + n]
+    plan = prompts.plan_from_config(cfg, max(positions) + 1)
+    reqs = [plan[i] for i in positions]
     max_tokens = prompts.answer_budget(cfg).max_tokens
     info = teacher.load_model_info(run_dir, missing_ok=True) if run_dir else None
     path = (info or {}).get("path") or teacher.base_model_dir()
@@ -86,9 +102,9 @@ def replay(src: str, run_dir: str, preset: str, n: int, offset: int, max_batch: 
             "phases": {k: round(v, 2) for k, v in spent.items()}, "model": str(path), "max_tokens": max_tokens}
 
 
-def run_worker(src: str, args) -> dict:
+def run_worker(src: str, args, positions: list[int]) -> dict:
     cmd = [sys.executable, __file__, "--worker", src, "--run", args.run, "--preset", args.preset,
-           "--requests", str(args.requests), "--offset", str(args.offset), "--max-batch", str(args.max_batch),
+           "--positions", ",".join(map(str, positions)), "--max-batch", str(args.max_batch),
            "--concurrency", str(args.concurrency)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -102,37 +118,48 @@ def main() -> int:
     ap.add_argument("--offset", type=int, default=4000, help="skip this many requests of the plan")
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--order", default="send", choices=("send", "plan", "plan-first"), help="see pick()")
     ap.add_argument("--against", default="", help="a git revision to measure first, as the baseline")
+    ap.add_argument("--against-order", default="", choices=("", "send", "plan", "plan-first"),
+                    help="instead of --against: this checkout twice, this order first, then --order")
     ap.add_argument("--worker", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--positions", default="", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(ROOT / "benchmarks/RESULTS-server.md"))
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(replay(args.worker, args.run, args.preset, args.requests, args.offset, args.max_batch,
-                                args.concurrency)))
+        print(json.dumps(replay(args.worker, args.run, args.preset, [int(x) for x in args.positions.split(",")],
+                                args.max_batch, args.concurrency)))
         return 0
     load_start, t_start = os.getloadavg()[0], time.time()
     res: dict[str, dict] = {}
-    if args.against:
+    positions = pick(args.preset, args.requests, args.offset, args.order)
+    if args.against_order:
+        res["old"] = run_worker(str(ROOT), args, pick(args.preset, args.requests, args.offset, args.against_order))
+        print("old:", json.dumps(res["old"]), flush=True)
+    elif args.against:
         with tempfile.TemporaryDirectory() as tmp:
             wt = Path(tmp) / "old"
             subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(wt), args.against],
                            check=True, capture_output=True)
             try:
-                res["old"] = run_worker(str(wt), args)
+                res["old"] = run_worker(str(wt), args, positions)
             finally:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(wt)], check=False)
         print("old:", json.dumps(res["old"]), flush=True)
-    res["new"] = run_worker(str(ROOT), args)
+    res["new"] = run_worker(str(ROOT), args, positions)
     print("new:", json.dumps(res["new"]), flush=True)
     uptime = os.popen("uptime").read().strip()
     new, old = res["new"], res.get("old")
+    old_label = f"order {args.against_order}" if args.against_order else args.against
+    new_label = f"order {args.order}" if args.against_order else "this checkout"
     lines = [f"\n## The engine on `{args.preset}`'s own requests — {time.strftime('%Y-%m-%d %H:%M')}\n",
-             f"`benchmarks/bench_engine.py`: {args.requests} requests of the plan from #{args.offset}, "
+             f"`benchmarks/bench_engine.py`: {args.requests} requests of the plan from #{args.offset} "
+             f"(order {args.order}" + (f", against order {args.against_order}" if args.against_order else "") + "), "
              f"{args.concurrency} client threads, max-batch {args.max_batch}, max_tokens {new['max_tokens']}, "
              f"model `{Path(new['model']).name}`; {platform.machine()}, {os.cpu_count()} cores, torch threads 2; "
              f"load average {load_start:.2f} at the start; `uptime` at the end: {uptime}. "
              f"One run, {(time.time() - t_start) / 60:.1f} min.\n",
-             "| | " + (f"{args.against} | " if old else "") + "this checkout | " + ("new / old |" if old else ""),
+             "| | " + (f"{old_label} | " if old else "") + f"{new_label} | " + ("new / old |" if old else ""),
              "|---|" + ("---|" if old else "") + "---|" + ("---|" if old else "")]
 
     def row(label, key, fmt="{:.1f}", ratio=True):

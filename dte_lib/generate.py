@@ -3,7 +3,8 @@
 The roadmap's generator is a sequential loop with a checkpoint every 100 examples (6–12 hours for 100K). This one:
 
 - **Concurrency.** ``concurrency`` workers share one ``openai.AsyncOpenAI`` client; while one request waits on the
-  network the others are in flight (a local server batches them; OpenAI serves them in parallel).
+  network the others are in flight (a local server batches them; OpenAI serves them in parallel). Requests are sent
+  grouped by their shared prompt prefix (:func:`send_order`), so a server's prefix cache computes each once.
 - **Client-side limits.** :class:`RateLimiter` keeps requests/min and tokens/min under your account's limits, so
   the run is not a stream of 429s. Tokens are reserved from an estimate and settled with the real ``usage``.
 - **Retries.** The SDK's own: 408/409/429/5xx, connection errors and timeouts, with exponential back-off that
@@ -408,6 +409,17 @@ def _ledger_from_files(out_dir: Path, requests: Sequence[Request], ec: EngineCon
     return ledger, done
 
 
+def send_order(pending: Sequence[Request]) -> list[Request]:
+    """The requests grouped by everything before their last user turn (system prompt, grounding hint, few-shot
+    turns), plan order kept within a group: consecutive requests then share that prefix, and a server that caches
+    prompt prefixes (ours, vLLM) computes it once per group instead of once per request. At ``long`` 10,800
+    requests share 539 such prefixes (~340 of their ~370 prompt tokens). Which requests are asked does not change,
+    nor their seeds, so neither do the answers; only the order they land in ``raw.jsonl``."""
+    def key(r: Request) -> str:
+        return json.dumps(r.messages()[:-1], ensure_ascii=False)
+    return sorted(pending, key=key)
+
+
 async def agenerate(requests: Sequence[Request], out_dir: str | os.PathLike, *, base_url: str | None,
                     api_key: str | None, engine: EngineConfig, progress: bool = True,
                     client: Any = None) -> Summary:
@@ -418,7 +430,7 @@ async def agenerate(requests: Sequence[Request], out_dir: str | os.PathLike, *, 
     if len(set(ids)) != len(ids):
         raise ValueError("request ids must be unique (build them with dte_lib.prompts.plan)")
     ledger, done = _ledger_from_files(out_dir, requests, engine, batch=False)
-    pending = [r for r in requests if r.id not in done]
+    pending = send_order([r for r in requests if r.id not in done])
     already = len(requests) - len(pending)
     own_client = client is None
     if own_client:

@@ -175,3 +175,18 @@ def test_rate_limiter_spaces_requests():
             await limiter.acquire(50)
         return time.perf_counter() - t0
     assert 0.85 < asyncio.run(tok(generate.RateLimiter(tpm=60_000, burst_s=0.5))) < 3.0
+
+
+def test_requests_are_sent_grouped_by_their_shared_prompt_prefix():
+    """The long plan's requests share few (system + hint + few-shot) prefixes; send_order puts each prefix's
+    requests together, in plan order within it, and sends exactly the same requests."""
+    plan = prompts.plan_from_config(config.load("long"), 600)
+    order = generate.send_order(plan)
+    assert sorted(r.id for r in order) == sorted(r.id for r in plan)
+    prefix = [json.dumps(r.messages()[:-1]) for r in order]
+    groups = [p for i, p in enumerate(prefix) if i == 0 or p != prefix[i - 1]]
+    assert len(groups) == len(set(prefix)) < len(plan) // 2  # each prefix one run of consecutive requests
+    at = {r.id: i for i, r in enumerate(plan)}
+    for p in set(prefix):
+        same = [at[r.id] for r, q in zip(order, prefix) if q == p]
+        assert same == sorted(same)
