@@ -191,3 +191,31 @@ def test_decode_attention_equals_sdpa_on_a_masked_buffer(rows):
         q, k.repeat_interleave(h // hk, 1), v.repeat_interleave(h // hk, 1), attn_mask=mask)
     assert out.shape == (rows, 1, h, d)
     torch.testing.assert_close(out, ref.transpose(1, 2), rtol=1e-5, atol=1e-5)
+
+
+def test_a_longer_prompt_takes_a_finished_slot_instead_of_growing_the_batch(tiny):
+    """max_batch 2: A decodes long, B ends at once, C (a prompt longer than the batch's columns) and D wait. C must
+    take B's slot (the batch widened to C's columns) — never a third row beside a finished one — and every answer
+    is the one it gets alone."""
+    asks = [("Tell me a long story.", 60), ("Hi.", 2), ("Who are you? " + "Tell me about your roots. " * 4, 6),
+            ("What is resonance?", 6)]
+    alone = Registry({"tiny": tiny}, threads=1)
+    want = [alone.chat("tiny", _msgs(q), temperature=0, max_tokens=n)[0][0].text for q, n in asks]
+    reg = Registry({"tiny": tiny}, threads=1, max_batch=2, batch_wait_ms=0)
+    lm = reg.get("tiny")
+    out: dict = {}
+    threads = []
+    with lm.lock:  # the engine is busy: all four queue, in this order
+        for i, (q, n) in enumerate(asks):
+            threads.append(threading.Thread(target=lambda i=i, q=q, n=n: out.setdefault(
+                i, reg.chat("tiny", _msgs(q), temperature=0, max_tokens=n)[0][0].text)))
+            threads[-1].start()
+            deadline = time.time() + 10
+            while len(lm.queue) < i + 1 and time.time() < deadline:
+                time.sleep(0.005)
+    for th in threads:
+        th.join(120)
+    eng = lm.engine
+    assert eng.slots_reused >= 1
+    assert eng.widest <= 2
+    assert [out[i] for i in range(len(asks))] == want

@@ -15,7 +15,7 @@ touch the model themselves. Every choice of every request (whole completions and
 - **decode attention**: the running batch's KV cache sits in preallocated buffers that grow 64 columns at a time;
   each step's attention reads the whole buffer (spare columns masked, zero-filled) as two batched matmuls over the
   key/value heads (``_decode_attention``), because a matmul on a view of part of a buffer copies it first — on
-  long's own requests this took notebook 02's engine from 31.7 to 41.1 answers/min (benchmarks/bench_engine.py);
+  long's own requests this took notebook 02's engine from 32.6 to 43.8 answers/min (benchmarks/bench_engine.py);
 - at most ``max_batch`` rows decode together (default 32, chosen by a sweep of 16–128 in
   benchmarks/RESULTS-server.md);
 - **chunked prefill**: a prompt with more than ``PREFILL_CHUNK`` tokens left to prefill is computed a chunk per
@@ -250,6 +250,7 @@ class Engine:
         self.prefix_hits = 0
         self.prefill_chunks = 0  # chunks of long prompts computed between decode steps (tests, stats)
         self.slots_reused = 0  # new rows placed into finished rows' slots, no copy of the batch (tests, stats)
+        self.widest = 0  # most rows (running + finished, not yet replaced) any decode step computed (tests, stats)
         self.stopped = False
         self._torch = torch
         self.thread = threading.Thread(target=self._loop, name="dte-engine", daemon=True)
@@ -457,7 +458,13 @@ class Engine:
             self.cache = _new_cache([_GrowingLayer(layer.keys, layer.values, whole=True) for layer in cache.layers])
             return
         t_old, t_new = self.mask.shape[1], mask.shape[1]
-        free = [i for i, r in enumerate(self.rows) if r.done] if t_new <= t_old else []
+        free = [i for i, r in enumerate(self.rows) if r.done]
+        if free and t_new > t_old:  # newcomers longer than the batch's columns: widen it first (one copy), so
+            #                         finished slots never pile up beside appended rows (a 2026-12-07 long run
+            #                         that appended here ran ~2x the rows it served and half as fast)
+            self.cache = _new_cache([_GrowingLayer(_lpad(layer.keys, t_new), _lpad(layer.values, t_new), whole=True)
+                                     for layer in self.cache.layers])
+            self.mask, t_old = _lpad(self.mask, t_new), t_new
         k = min(len(free), len(rows))
         if k:
             slots = torch.tensor(free[:k], device=self.mask.device)
@@ -475,17 +482,12 @@ class Engine:
                 return
             rows, mask, pos, first = rows[k:], mask[k:], pos[k:], first[k:]
         t = max(t_old, t_new)
-
-        def lpad(x, width):  # left-pad the sequence dimension (-2 for KV, -1 for the mask) to `width`
-            if x.dim() == 2:
-                return torch.nn.functional.pad(x, (width - x.shape[1], 0))
-            return torch.nn.functional.pad(x, (0, 0, width - x.shape[-2], 0))
         layers = []
         for old, new in zip(self.cache.layers, cache.layers):
-            layers.append(_GrowingLayer(torch.cat([lpad(old.keys, t), lpad(new.keys[k:], t)]),
-                                        torch.cat([lpad(old.values, t), lpad(new.values[k:], t)]), whole=True))
+            layers.append(_GrowingLayer(torch.cat([_lpad(old.keys, t), _lpad(new.keys[k:], t)]),
+                                        torch.cat([_lpad(old.values, t), _lpad(new.values[k:], t)]), whole=True))
         self.cache = _new_cache(layers)
-        self.mask = torch.cat([lpad(self.mask, t), lpad(mask, t)])
+        self.mask = torch.cat([_lpad(self.mask, t), _lpad(mask, t)])
         self.next_pos = torch.cat([self.next_pos, pos])
         self.last = torch.cat([self.last, first])
         self.rows += rows
@@ -524,6 +526,7 @@ class Engine:
         torch = self._torch
         b = len(self.rows)
         self.batch_rows.append(sum(not r.done for r in self.rows))
+        self.widest = max(self.widest, b)
         t = self.mask.shape[1] + 1
         for layer in self.cache.layers:
             layer.reserve(t)
@@ -833,6 +836,14 @@ def _take(r: _Row) -> list:
     """The row's logprob entries not yet handed out (they travel with the next text delta or the finish)."""
     out, r.lp = r.lp, []
     return out
+
+
+def _lpad(x, width: int):
+    """Left-pad the sequence dimension (-2 for a KV tensor, -1 for a [rows, columns] mask) to ``width``."""
+    import torch
+    if x.dim() == 2:
+        return torch.nn.functional.pad(x, (width - x.shape[1], 0))
+    return torch.nn.functional.pad(x, (0, 0, width - x.shape[-2], 0))
 
 
 def _length_buckets(rows: list[_Row], n: int) -> list[list[_Row]]:
