@@ -460,8 +460,9 @@ class Engine:
         t_old, t_new = self.mask.shape[1], mask.shape[1]
         free = [i for i, r in enumerate(self.rows) if r.done]
         if free and t_new > t_old:  # newcomers longer than the batch's columns: widen it first (one copy), so
-            #                         finished slots never pile up beside appended rows (a 2026-12-07 long run
-            #                         that appended here ran ~2x the rows it served and half as fast)
+            #                         finished slots never pile up beside appended rows (while requests wait, a
+            #                         finished slot is kept for the next one: appending instead would compute
+            #                         more rows than max_batch, the finished ones for nothing)
             self.cache = _new_cache([_GrowingLayer(_lpad(layer.keys, t_new), _lpad(layer.values, t_new), whole=True)
                                      for layer in self.cache.layers])
             self.mask, t_old = _lpad(self.mask, t_new), t_new
