@@ -10,7 +10,8 @@ engine's phases (prefill, decode step, sampling, logprobs, merging rows into the
 
 ``--against REV`` runs the same replay first on ``REV`` (checked out in a temporary git worktree), then on this
 checkout, each in its own process; ratios are new / old. ``--against-order plan`` instead runs this checkout twice
-on the same requests, sent in plan order and then grouped by prompt prefix (``--order send``, notebook 02's). Run it alone on the machine (~6 min on 2 cores):
+on the same requests, sent in plan order and then grouped by prompt prefix (``--order send``, notebook 02's). Run
+it alone on the machine (~6 min on 2 cores):
 ``timeout 1200 env PYTHONPATH=. .venv/bin/python benchmarks/bench_engine.py --run outputs/runs/long --against 83b4ad2``.
 Results are appended to benchmarks/RESULTS-server.md with the machine and its load.
 """

@@ -413,8 +413,9 @@ def send_order(pending: Sequence[Request]) -> list[Request]:
     """The requests grouped by everything before their last user turn (system prompt, grounding hint, few-shot
     turns), plan order kept within a group: consecutive requests then share that prefix, and a server that caches
     prompt prefixes (ours, vLLM) computes it once per group instead of once per request. At ``long`` 10,800
-    requests share 539 such prefixes (a mean 324 of their 366 prompt tokens, first 400 requests). Which requests are asked does not change,
-    nor their seeds, so neither do the answers; only the order they land in ``raw.jsonl``."""
+    requests share 539 such prefixes (a mean 324 of their 366 prompt tokens, first 400 requests). Which requests
+    are asked does not change, nor their seeds, so neither do the answers; only the order they land in
+    ``raw.jsonl``."""
     def key(r: Request) -> str:
         return json.dumps(r.messages()[:-1], ensure_ascii=False)
     return sorted(pending, key=key)
