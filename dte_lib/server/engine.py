@@ -5,8 +5,9 @@ on their first request and stay cached. Each loaded model has one **scheduler th
 touch the model themselves. Every choice of every request (whole completions and streams alike) is a *row*:
 
 - a new row joins the running decode batch at the next step: the scheduler prefills the newcomers together (their
-  prompts left-padded, with an attention mask and explicit position ids), then appends their KV cache to the
-  batch's (both left-padded to the same length), so the rows already decoding wait one prefill, not a whole batch;
+  prompts left-padded, with an attention mask and explicit position ids), then puts their KV cache into the batch —
+  into finished rows' slots (next point), else appended (both left-padded to the same length) — so the rows
+  already decoding wait one prefill, not a whole batch;
 - every step decodes one token for every row; a row that ends (an end token, a stop string, its ``max_tokens``, or
   a client that went away) gets no more tokens at once and frees its slot: the next new row's prompt cache is
   written into that slot in place (right-aligned to the batch's columns), so a finish and an admission copy no
@@ -510,9 +511,10 @@ class Engine:
         used = torch.nonzero(self.mask.index_select(0, idx).any(0)).flatten()
         start = int(used[0]) if len(used) else 0
         finished = len(self.rows) - len(keep)
-        if not (finished and not waiting and 4 * finished >= len(self.rows)) and start < max(TRIM_COLUMNS, t // 4):
+        compact = finished and not waiting and 4 * finished >= len(self.rows)
+        if not compact and start < max(TRIM_COLUMNS, t // 4):
             return
-        if finished and (waiting or 4 * finished < len(self.rows)):
+        if not compact:
             idx = torch.arange(len(self.rows), device=self.mask.device)  # trim the columns only; the slots stay
         self.cache = _new_cache([_GrowingLayer(layer.keys.index_select(0, idx)[:, :, start:],
                                                layer.values.index_select(0, idx)[:, :, start:], whole=True)
