@@ -1,11 +1,17 @@
-"""Would a ``dte serve --quantize int8`` be worth it? Dynamic int8 Linear layers
-(``torch.ao.quantization.quantize_dynamic``)
-vs the fp32 model, on SmolLM2-135M-Instruct (the teacher's architecture): speed of one decode step at batch 1 and
-64 (CPU seconds of one thread, which a shared machine's load disturbs far less than wall time), greedy agreement on
-the seed corpus' VAL prompts (48 new tokens each) and the loss on the VAL answers.
+"""Would int8 weights be worth it? Two kinds, each against the model in the dtype it would replace, on
+SmolLM2-135M-Instruct (the teacher's architecture; ``--model DIR`` for another, e.g. the fine-tuned teacher):
 
-Run it: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_quantize.py --variant all|per-channel`` (about 25
-CPU-seconds each); appends to benchmarks/RESULTS-server.md.
+* ``all`` / ``per-channel``: dynamic int8 Linear layers (``torch.ao.quantization.quantize_dynamic``: activations
+  quantized too) against fp32 — measured, not shipped;
+* ``weight-only``: ``dte_lib.server.int8`` (int8 weights, one scale per output row, activations in bf16) against
+  bf16 — what ``dte serve --weights int8`` runs.
+
+Measured: one decode step at batch 1, 4 and 64 (CPU seconds of one thread, which a shared machine's load disturbs
+far less than wall time), greedy agreement on the seed corpus' VAL prompts (48 new tokens each) and the loss on the
+VAL answers.
+
+Run it: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_quantize.py --variant all|per-channel|weight-only`` (about
+25 CPU-seconds each); appends to benchmarks/RESULTS-server.md.
 """
 from __future__ import annotations
 
@@ -19,8 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 ROOT = Path(__file__).resolve().parent.parent
 
 
-VARIANTS = {"all": "every nn.Linear incl. the tied output head, per-tensor weights",
-            "per-channel": "nn.Linear except the output head, per-channel weights"}
+VARIANTS = {"all": "Dynamic int8 (every nn.Linear incl. the tied output head, per-tensor weights)",
+            "per-channel": "Dynamic int8 (nn.Linear except the output head, per-channel weights)",
+            "weight-only": "Weight-only int8 (dte_lib.server.int8: every nn.Linear incl. the output head, "
+                           "per-row scales, bf16 activations)"}
 
 
 def quantize_int8(model, variant: str):
@@ -61,14 +69,25 @@ def main() -> int:
                     help="quality one sequence at a time (no padding rows sharing the activation scale)")
     ap.add_argument("--loss-examples", type=int, default=0, help="VAL answers for the loss (0 = all)")
     ap.add_argument("--variant", default="all", choices=sorted(VARIANTS))
+    ap.add_argument("--model", default="", help="a Hugging Face model directory (default: the base teacher)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/RESULTS-server.md"))
     args = ap.parse_args()
     import torch
     from dte_lib import data, teacher
-    model, tok = teacher.load(teacher.base_model_dir(), threads=1)
-    q = quantize_int8(teacher.load(teacher.base_model_dir(), threads=1)[0], args.variant)
+    path = args.model or teacher.base_model_dir()
+    model, tok = teacher.load(path, threads=1)
+    if args.variant == "weight-only":
+        from dte_lib.server.int8 import quantize_weights
+        base = "bf16"
+        model.to(torch.bfloat16)
+        q = teacher.load(path, threads=1)[0].to(torch.bfloat16)
+        quantize_weights(q)
+    else:
+        base = "fp32"
+        q = quantize_int8(teacher.load(path, threads=1)[0], args.variant)
     val = data.split(data.load_corpus(ROOT / "data/seed_corpus.jsonl").examples)["val"]
-    speed = {(name, b): step_seconds(m, b) for name, m in (("fp32", model), ("int8", q)) for b in (1, 64)}
+    batches = (1, 4, 64)
+    speed = {(name, b): step_seconds(m, b) for name, m in ((base, model), ("int8", q)) for b in batches}
 
     # greedy agreement: the same VAL prompts (system + user), 48 new tokens, batch decoded left-padded
     tok.padding_side = "left"
@@ -76,7 +95,7 @@ def main() -> int:
                for ex in val[:args.prompts]]
     groups = [[p] for p in prompts] if args.unpadded else [prompts]
     outs = {}
-    for name, m in (("fp32", model), ("int8", q)):
+    for name, m in ((base, model), ("int8", q)):
         parts = []
         for g in groups:
             enc = tok(g, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -84,26 +103,26 @@ def main() -> int:
                 parts.append(m.generate(**enc, max_new_tokens=args.tokens, min_new_tokens=args.tokens,
                                         do_sample=False, pad_token_id=tok.pad_token_id)[:, enc["input_ids"].shape[1]:])
         outs[name] = torch.cat(parts)
-    same_tokens = float((outs["fp32"] == outs["int8"]).float().mean())
+    same_tokens = float((outs[base] == outs["int8"]).float().mean())
     first_diff = []
-    for a, b in zip(outs["fp32"].tolist(), outs["int8"].tolist()):
+    for a, b in zip(outs[base].tolist(), outs["int8"].tolist()):
         first_diff.append(next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a)))
-    identical = sum(d == len(outs["fp32"][0]) for d in first_diff)
+    identical = sum(d == len(outs[base][0]) for d in first_diff)
 
     rows = [teacher.encode_for_training(tok, ex.messages, 512) for ex in val[:args.loss_examples or len(val)]]
     with torch.inference_mode():
         loss = {name: teacher.eval_loss(m, rows, tok.pad_token_id, batch_size=1 if args.unpadded else 8)
-                for name, m in (("fp32", model), ("int8", q))}
+                for name, m in ((base, model), ("int8", q))}
 
-    lines = [f"\n### Dynamic int8 ({VARIANTS[args.variant]}) vs fp32 — {time.strftime('%Y-%m-%d %H:%M')}\n",
-             f"SmolLM2-135M-Instruct; decode step with a 120-token context, median CPU seconds of one thread; "
+    lines = [f"\n### {VARIANTS[args.variant]} vs {base} — {time.strftime('%Y-%m-%d %H:%M')}\n",
+             f"{Path(path).name}; decode step with a 120-token context, median CPU seconds of one thread; "
              f"`uptime`: {os.popen('uptime').read().strip()}.\n",
-             "| | fp32 | int8 | int8 speed-up |", "|---|---|---|---|",
-             *[f"| decode step, batch {b} (CPU s) | {speed[('fp32', b)]:.3f} | {speed[('int8', b)]:.3f} | "
-               f"{speed[('fp32', b)] / speed[('int8', b)]:.2f}× |" for b in (1, 64)],
+             f"| | {base} | int8 | int8 speed-up |", "|---|---|---|---|",
+             *[f"| decode step, batch {b} (CPU s) | {speed[(base, b)]:.3f} | {speed[('int8', b)]:.3f} | "
+               f"{speed[(base, b)] / speed[('int8', b)]:.2f}× |" for b in batches],
              f"| loss on {len(rows)} VAL answers ({'one at a time' if args.unpadded else 'padded batches of 8'}) "
-             f"| {loss['fp32']:.4f} | {loss['int8']:.4f} | "
-             f"{loss['int8'] - loss['fp32']:+.4f} |",
+             f"| {loss[base]:.4f} | {loss['int8']:.4f} | "
+             f"{loss['int8'] - loss[base]:+.4f} |",
              "",
              f"Greedy agreement on {len(prompts)} VAL prompts × {args.tokens} new tokens "
              f"({'one prompt at a time' if args.unpadded else 'one left-padded batch'}): {same_tokens:.1%} of the "

@@ -94,17 +94,17 @@ def served_dtype() -> str:
 
 
 def served(path: Path, threads: int, max_batch: int, prefix_cache: bool, runs: list[tuple[str, int, dict, list]],
-           tokens: int, precision: str = "auto") -> dict[str, dict]:
+           tokens: int, precision: str = "auto", weights: str = "native") -> dict[str, dict]:
     from dte_lib import server
     res = {}
     with server.launch({"teacher": path}, threads=threads, max_batch=max_batch, prefix_cache=prefix_cache,
-                       timeout=300, precision=precision) as srv:
+                       timeout=300, precision=precision, weights=weights) as srv:
         # load and warm up on the runs' own prompts (a student's 128-token context refuses the persona prompt)
         asyncio.run(burst(srv.base_url, srv.api_key, runs[0][3][:2] if runs else prompts(2), 2, GREEDY))
         for label, conc, sampling, msgs in runs:
             r = asyncio.run(burst(srv.base_url, srv.api_key, msgs[:conc], tokens, sampling))
             res[label] = r
-            print(f"max_batch {max_batch} prefix_cache {prefix_cache} {precision} {label}: {r['tok_s']:.1f} tok/s "
+            print(f"max_batch {max_batch} prefix_cache {prefix_cache} {precision} {weights} {label}: {r['tok_s']:.1f} tok/s "
                   f"(wall {r['wall_s']:.1f} s, median latency {r['median_latency_s']:.1f} s)", flush=True)
     return res
 
@@ -114,9 +114,10 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sweep", default="", help="max-batch values to sweep at 128 concurrent, e.g. 16,32,64,128")
-    ap.add_argument("--compare", default="precision", choices=("precision", "batching"),
+    ap.add_argument("--compare", default="precision", choices=("precision", "batching", "weights"),
                     help="precision: fp32 weights vs precision auto; batching: max-batch 8 without prefix cache vs "
-                         "the defaults (both at precision auto)")
+                         "the defaults (both at precision auto); weights: native vs --weights int8 (both at "
+                         "precision auto; e.g. --concurrency 1,4,8 --old-concurrency 1,4,8 --direct-batches '')")
     ap.add_argument("--sweep-tokens", type=int, default=24)
     ap.add_argument("--sweep-concurrency", type=int, default=128)
     ap.add_argument("--concurrency", default="1,8,32,64", help="concurrent requests to measure (a smoke run: 1,2)")
@@ -134,12 +135,16 @@ def main() -> int:
     ps = prompts(max(top, sweep_n))
     raw = Path(args.out).with_suffix(".json")
     old_concs = [int(x) for x in args.old_concurrency.split(",")]
-    results: dict = {"direct": direct(path, [int(x) for x in args.direct_batches.split(",")], args.tokens,
+    results: dict = {"direct": direct(path, [int(x) for x in args.direct_batches.split(",") if x], args.tokens,
                                       args.threads)}
     raw.write_text(json.dumps(results, indent=1))
     grid = [(f"{name}@{c}", c, s, ps) for c in concs for name, s in (("sampled", SAMPLED), ("greedy", GREEDY))]
     from dte_lib import device
-    if args.compare == "precision":
+    new_weights = "int8" if args.compare == "weights" else "native"
+    if args.compare == "weights":
+        old_engine, old_label = (DEFAULT_MAX_BATCH, True, "auto"), "native weights"
+        new_label = "int8 weights"
+    elif args.compare == "precision":
         old_engine, old_label = (DEFAULT_MAX_BATCH, True, "fp32"), "fp32 weights"
         new_label = device.precision_note("cpu", "auto").split(" — ")[0].replace("precision auto on cpu: ", "")
         new_label = f"precision auto ({new_label})"
@@ -154,7 +159,7 @@ def main() -> int:
     results["new"] = served(path, args.threads, DEFAULT_MAX_BATCH, True,
                             grid + ([(f"course sampled@{top}", top, SAMPLED, course_prompts(top))]
                                     if args.course else []),
-                            args.tokens, precision="auto")
+                            args.tokens, precision="auto", weights=new_weights)
     raw.write_text(json.dumps(results, indent=1))
     results["sweep"] = {}
     for mb in [int(x) for x in args.sweep.split(",") if x]:

@@ -73,7 +73,8 @@ def launch(models: dict[str, str | os.PathLike], *, host: str = "127.0.0.1", por
            api_key: str | None = None, faults: str | None = None, data_dir: str | os.PathLike | None = None,
            timeout: float = 120, threads: int | None = None, max_body_mb: float | None = None,
            train_defaults: dict | None = None, max_batch: int | None = None, prefix_cache: bool = True,
-           device: str | None = None, precision: str | None = None, own_session: bool = False) -> ServerHandle:
+           device: str | None = None, precision: str | None = None, weights: str | None = None,
+           own_session: bool = False) -> ServerHandle:
     """Start ``python -m dte_lib.server`` as a subprocess and wait until ``/v1/models`` answers.
 
     ``models`` maps served names to local HF causal-LM directories (loaded lazily on first request). ``port=0``
@@ -85,7 +86,8 @@ def launch(models: dict[str, str | os.PathLike], *, host: str = "127.0.0.1", por
     ``max_batch`` caps the rows (choices) decoding together in the continuous batch (default
     ``engine.DEFAULT_MAX_BATCH``); ``prefix_cache=False`` recomputes every prompt in full; ``device`` is
     ``auto | cpu | cuda | mps`` (default auto); ``precision`` is the weights' dtype, ``auto | fp32 | bf16 | fp16``
-    (default auto: bf16 where ``dte_lib.device`` finds it native and faster). ``own_session`` starts the server in
+    (default auto: bf16 where ``dte_lib.device`` finds it native and faster); ``weights="int8"`` stores the Linear
+    layers' weights as int8 (``dte_lib.server.int8``: for one user at a time on a CPU). ``own_session`` starts the server in
     a new session, so a Ctrl-C typed at the caller's terminal (sent to its whole process group) stops the caller's
     work, not the server (``dte chat``).
     """
@@ -112,6 +114,8 @@ def launch(models: dict[str, str | os.PathLike], *, host: str = "127.0.0.1", por
         cmd += ["--device", device]
     if precision:
         cmd += ["--precision", precision]
+    if weights:
+        cmd += ["--weights", weights]
     if train_defaults:
         import json
         cmd += ["--train-defaults", json.dumps(train_defaults)]

@@ -355,11 +355,11 @@ class ClosingStream(StreamingResponse):
 def create_app(models: dict[str, str | Path], *, api_key: str | None = None, faults: str | None = None,
                data_dir: str | Path = "dte-server", max_body_bytes: int = 64 << 20, threads: int | None = None,
                train_defaults: dict[str, Any] | None = None, max_batch: int = DEFAULT_MAX_BATCH,
-               prefix_cache: bool = True, device: str = "auto", precision: str = "auto"):
+               prefix_cache: bool = True, device: str = "auto", precision: str = "auto", weights: str = "native"):
     """Build the ASGI app serving ``models`` (name → local HF directory); state lives under ``data_dir``."""
     data_dir = Path(data_dir)
     registry = Registry(models, threads=threads, max_batch=max_batch, prefix_cache=prefix_cache, device=device,
-                        precision=precision)
+                        precision=precision, weights=weights)
     files = Files(data_dir)
     jobs = Jobs(data_dir, files, registry, train_defaults)
     fault = Faults(faults)

@@ -689,8 +689,11 @@ class Registry:
 
     def __init__(self, models: dict[str, str | Path] | None = None, threads: int | None = None,
                  max_batch: int = DEFAULT_MAX_BATCH, batch_wait_ms: float = 20.0, prefix_cache: bool = True,
-                 device: str = "auto", precision: str = "auto"):
+                 device: str = "auto", precision: str = "auto", weights: str = "native"):
         from ..device import autocast_dtype, resolve
+        from .int8 import CHOICES
+        if weights not in CHOICES:
+            raise ValueError(f"weights {weights!r} is not one of {', '.join(CHOICES)}")
         self.paths: dict[str, Path] = {k: Path(v) for k, v in (models or {}).items()}
         self.created: dict[str, int] = {k: int(time.time()) for k in self.paths}
         self.owned_by: dict[str, str] = {k: "local" for k in self.paths}
@@ -706,6 +709,8 @@ class Registry:
         # weights (and so the KV cache) in bf16 where the precision setting resolves to it: half the bytes read per
         # decode step and the CPU's native bf16 matmuls (prefill 2.2x on SmolLM2-135M); sampling stays fp32
         self.dtype = autocast_dtype(self.device, precision)
+        # int8 weights (dte_lib.server.int8): a lone request's decode step reads half the bytes; slower for big batches
+        self.weights = weights
 
     def add(self, name: str, path: str | Path, owned_by: str = "local") -> None:
         with self._lock:
@@ -735,6 +740,9 @@ class Registry:
                 model.to(self.device)
                 if self.dtype is not None:
                     model.to(self.dtype)
+                if self.weights == "int8":
+                    from .int8 import quantize_weights
+                    quantize_weights(model)
                 eos = model.generation_config.eos_token_id if model.generation_config else None
                 eos_ids = [e for e in ([eos] if isinstance(eos, int) else list(eos or [])) if e is not None]
                 if tok.eos_token_id is not None and tok.eos_token_id not in eos_ids:
