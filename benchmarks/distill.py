@@ -9,7 +9,10 @@ Arms (all from scratch, the same fixed shape, the same FLOP budget C, data order
   distill       teacher_tok + α·KL to a cache of the teacher run once per block      (the first attempt)
 Tokens per arm = C / that arm's training FLOPs per token (a bigger head costs more of them). The teacher's own
 forward passes (sampling in notebook 02, or the cache) are NOT counted in C.
-Score: VAL answer bits per byte (``metrics.lm_score``; tokenizer-independent) and perplexity within each tokenizer.
+Score: VAL answer bits per byte (``metrics.lm_score``; tokenizer-independent) and perplexity within each tokenizer;
+with ``--generate`` also the generation metrics on the VAL prompts and probes (``metrics.evaluate_checkpoint``: the
+preset's sampling, ``eval.sample_seeds`` draws each, 95% bootstrap intervals) — identity normalised, coherence,
+diversity, copy rate.
 
 The corpus: ``--corpus-from RUN`` links RUN's ``corpus/`` (clean.jsonl, logprobs.jsonl) into the work directory;
 without it the preset's seed corpus alone (no recorded distributions: the ``recorded`` arm needs a run). ``--preset``
@@ -54,16 +57,27 @@ def read(path: Path) -> list[dict]:
 
 
 def report(rows: list[dict]) -> str:
-    out = ["| preset | corpus | arm | seeds | vocab | tokens | steps | val answer bits/byte | val answer ppl | train s |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
-    for key in dict.fromkeys((r.get("preset", "demo"), r.get("corpus", "seed"), r["arm"]) for r in rows):
-        rs = [r for r in rows if (r.get("preset", "demo"), r.get("corpus", "seed"), r["arm"]) == key]
+    """One line per (preset, corpus, arm, budget): means over seeds (± the seeds' standard deviation); the generation
+    metrics, where measured, as mean over seeds ± the mean of their 95% interval half-widths."""
+    last = {(r.get("preset", "demo"), r.get("corpus", "seed"), r["arm"], r["budget"], r["seed"]): r for r in rows}
+    out = ["| preset | corpus | arm | seeds | vocab | tokens | steps | val answer bits/byte | val answer ppl | "
+           "identity normalised | coherence | train s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    groups: dict = {}
+    for key, r in last.items():
+        groups.setdefault(key[:4], []).append(r)
+    for key, rs in groups.items():
         bpb = [r["answer_bits_per_byte"] for r in rs]
         ppl = [r["answer_perplexity"] for r in rs]
         sd = (lambda v: f" ± {statistics.stdev(v):.3f}" if len(v) > 1 else "")  # noqa: E731
+
+        def gen(m: str) -> str:
+            g = [r for r in rs if m in r]
+            return (f"{statistics.mean(r[m] for r in g):.3f} ± {statistics.mean(r[m + '_ci'] for r in g):.3f}"
+                    if g else "—")
         out.append(f"| {key[0]} | {Path(key[1]).name} | {key[2]} | {len(rs)} | {rs[0]['vocab']:,} | "
                    f"{rs[0]['tokens']:,} | {rs[0]['steps']} | {statistics.mean(bpb):.3f}{sd(bpb)} | "
-                   f"{statistics.mean(ppl):.1f} | {statistics.mean(r['train_s'] for r in rs):.0f} |")
+                   f"{statistics.mean(ppl):.1f} | {gen('identity_normalised')} | {gen('coherence')} | "
+                   f"{statistics.mean(r['train_s'] for r in rs):.0f} |")
     return "\n".join(out)
 
 
@@ -82,6 +96,8 @@ def main(argv=None) -> int:
     ap.add_argument("--temperature", type=float, default=1.0, help="the recorded arm's T")
     ap.add_argument("--tail", action="store_true", help="the recorded arm's KL with a rest bucket (train.distill_tail)")
     ap.add_argument("--max-minutes", type=float, default=9.0)
+    ap.add_argument("--generate", action="store_true", help="also score identity, coherence, diversity and copy rate "
+                    "(with intervals) on the VAL prompts")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -102,6 +118,7 @@ def main(argv=None) -> int:
             link.symlink_to(Path(args.corpus_from).resolve() / "corpus")
     ex = packing.training_examples(cfg, work)
     val = ex["val"]
+    evalset = metrics.EvalSet.build(cfg, split="val") if args.generate else None
     subset_vocab = None
     t0 = time.time()
     arms = [(f"recorded-a{args.alpha:g}-T{args.temperature:g}{'-tail' if args.tail else ''}",
@@ -111,7 +128,7 @@ def main(argv=None) -> int:
         for arm, kw in arms:
             if any(r["arm"] == arm and r["seed"] == seed and r["budget"] == args.budget
                    and r.get("preset", "demo") == cfg.name and r.get("corpus", "seed") == str(args.corpus_from or "seed")
-                   for r in rows):
+                   and (not args.generate or "identity_normalised" in r) for r in rows):
                 continue
             if time.time() - t0 > args.max_minutes * 60:
                 print("stopping for this slice (rerun to continue)")
@@ -139,6 +156,10 @@ def main(argv=None) -> int:
                    "alpha": tc.distill_weight, "temperature": tc.distill_temperature, "tail": tc.distill_tail,
                    "corpus": str(args.corpus_from or "seed"), "train_examples": len(ex["train"]),
                    "targets": res["targets"]}
+            if evalset is not None:
+                gen = metrics.evaluate_checkpoint(res["dir"], evalset, cfg, seed=seed)
+                row.update({k: gen[k] for k in ["sample_seeds"] + [m + s for m in metrics.INTERVAL_METRICS
+                                                                    for s in ("", "_lo", "_hi", "_ci")] if k in gen})
             rows.append(row)
             with out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
