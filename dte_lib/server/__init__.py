@@ -87,9 +87,9 @@ def launch(models: dict[str, str | os.PathLike], *, host: str = "127.0.0.1", por
     ``engine.DEFAULT_MAX_BATCH``); ``prefix_cache=False`` recomputes every prompt in full; ``device`` is
     ``auto | cpu | cuda | mps`` (default auto); ``precision`` is the weights' dtype, ``auto | fp32 | bf16 | fp16``
     (default auto: bf16 where ``dte_lib.device`` finds it native and faster); ``weights="int8"`` stores the Linear
-    layers' weights as int8 (``dte_lib.server.int8``: for one user at a time on a CPU). ``own_session`` starts the server in
-    a new session, so a Ctrl-C typed at the caller's terminal (sent to its whole process group) stops the caller's
-    work, not the server (``dte chat``).
+    layers' weights as int8 (``dte_lib.server.int8``: for one user at a time on a CPU). ``own_session`` starts the
+    server in a new session, so a Ctrl-C typed at the caller's terminal (sent to its whole process group) stops the
+    caller's work, not the server (``dte chat``).
     """
     import httpx
     port = port or free_port(host if host not in ("0.0.0.0", "::") else "127.0.0.1")

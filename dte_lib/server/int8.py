@@ -6,12 +6,13 @@ as int8 with one scale per output row halves the bytes bf16 reads:
 
     W[o, i] ≈ s[o] · q[o, i],   s[o] = max_i |W[o, i]| / 127,   q[o, i] = round(W[o, i] / s[o]) ∈ [−127, 127]
 
-and ``y = s ⊙ (x · qᵀ)``: the activations ``x`` stay in the model's dtype (bf16 or fp32) and are never quantized —
-which is what broke the dynamic int8 tried before (+1.1 to +1.4 nats on SmolLM2-135M, benchmarks/RESULTS-server.md).
-Measured on the fine-tuned teacher (benchmarks/bench_quantize.py --variant weight-only): +0.002 nats on the VAL
-answers, a lone decode step 1.7x cheaper. PyTorch's kernel for it (``torch._weight_int8pack_mm``, CPU only) is a
-matrix-vector loop, so with many rows per step it is *slower* than a bf16 matmul (0.8x at 32 rows): the option is
-for a chat with one person, not for notebook 02's batched generation, and the server keeps bf16 by default.
+and ``y = s ⊙ (x · qᵀ)``: the activations ``x`` stay in the model's dtype (bf16 or fp32), never quantized —
+quantizing them is what broke the dynamic int8 tried before (+1.1 to +1.4 nats on SmolLM2-135M,
+benchmarks/RESULTS-server.md). Measured with ``benchmarks/bench_quantize.py --variant weight-only``: +0.002 nats on
+the VAL answers (base and fine-tuned teacher), a lone decode step ~1.6x cheaper. PyTorch's kernel for it
+(``torch._weight_int8pack_mm``, CPU only) works row by row, so with many rows per step it is *slower* than a bf16
+matmul (0.7x at 64 rows): the option is for a chat with one person, not for notebook 02's batched generation, and
+the server keeps its native weights by default.
 
 Every ``nn.Linear`` without a bias is replaced, the output head included (for a tied head the input embedding keeps
 its own bf16 copy). A model whose layers are not ``nn.Linear`` (the course's GPT-2 student uses transformers'
