@@ -27,8 +27,10 @@ def endless_dir(tmp_path_factory) -> Path:
     ex = data.load_corpus(ROOT / "data" / "seed_corpus.jsonl").examples[:40]
     tok = toklib.train_tokenizer([toklib.render(e.messages) for e in ex], 300)
     toklib.save(tok, d)
-    m = M.build(len(tok), 8192, 32, 1, 2, seed=0, eos_id=tok.eos_token_id)  # room for answers long enough to
-    # interrupt on a loaded machine (a 1,000-token answer of a model this small could end before the Ctrl-C landed)
+    # room for answers long enough to interrupt on a loaded machine: 8 layers make a token ~5.6 ms where one layer
+    # took 1.3, so a 4,000-token answer lasts ~22 s, not ~5 (under a full test run beside other work, a 1-layer
+    # model's answer could end before the Ctrl-C landed)
+    m = M.build(len(tok), 8192, 64, 8, 2, seed=0, eos_id=tok.eos_token_id)
     with torch.no_grad():
         m.transformer.ln_f.weight.zero_()
         m.transformer.ln_f.bias.zero_()
