@@ -224,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=None, help="sampling seed (each answer uses it)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads of the local server")
     ap.add_argument("--weights", default=None, choices=("native", "int8"),  # dte_lib.server.int8.CHOICES
-                    help="the local server's weights: int8 answers one person ~1.6x faster on a CPU "
+                    help="the local server's weights: int8 answers one person ~1.2x faster on a CPU "
                          "(dte_lib/server/int8.py)")
     args = ap.parse_args(argv)
     from . import modelcard

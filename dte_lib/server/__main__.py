@@ -37,7 +37,7 @@ def main(argv=None) -> int:
                     help="weights' dtype (auto: bf16 on a GPU that has it and on a CPU with native bf16 measured "
                          "faster, else fp32)")
     ap.add_argument("--weights", default="native", choices=WEIGHTS,
-                    help="int8: weight-only int8 Linear layers on the CPU — a lone request decodes ~1.6x faster, "
+                    help="int8: weight-only int8 Linear layers on the CPU — a lone request ~1.2x faster end to end, "
                          "a batch of 64 slower (dte_lib/server/int8.py); native: the precision's dtype")
     ap.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body accepted")
     ap.add_argument("--train-defaults", default=None, help="JSON of fine-tune knobs for jobs (max_steps, ...)")
