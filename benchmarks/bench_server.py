@@ -105,7 +105,8 @@ def served(path: Path, threads: int, max_batch: int, prefix_cache: bool, runs: l
             r = asyncio.run(burst(srv.base_url, srv.api_key, msgs[:conc], tokens, sampling))
             res[label] = r
             print(f"max_batch {max_batch} prefix_cache {prefix_cache} {precision} {weights} {label}: "
-                  f"{r['tok_s']:.1f} tok/s (wall {r['wall_s']:.1f} s, median latency {r['median_latency_s']:.1f} s)", flush=True)
+                  f"{r['tok_s']:.1f} tok/s (wall {r['wall_s']:.1f} s, median latency {r['median_latency_s']:.1f} s)",
+                  flush=True)
     return res
 
 
