@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .engine import DEFAULT_MAX_BATCH
-from .int8 import CHOICES as WEIGHTS
+from .int8 import CHOICES as WEIGHTS, check_device
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}  # hosts that may serve without an API key
 
@@ -66,9 +66,9 @@ def main(argv=None) -> int:
             ap.error(str(e))
     from ..device import resolve
     try:
-        if resolve(args.device).type != "cpu" and args.weights == "int8":
-            raise ValueError("--weights int8 is a CPU path (PyTorch's weight-only int8 kernel); on a GPU keep "
-                             "--weights native")
+        where = resolve(args.device).type
+        if args.weights == "int8":
+            check_device(where)
     except ValueError as e:
         print(f"dte serve: {e}", file=sys.stderr)
         return 2

@@ -25,6 +25,13 @@ import torch
 CHOICES = ("native", "int8")
 
 
+def check_device(device_type: str) -> None:
+    """A clear error where the kernel cannot run (it is CPU only)."""
+    if device_type != "cpu":
+        raise ValueError("int8 weights are a CPU path (PyTorch's weight-only int8 kernel); on a GPU keep --weights "
+                         "native")
+
+
 class Int8Linear(torch.nn.Module):
     """A bias-free linear layer holding int8 weights and one scale per output feature."""
 
@@ -49,9 +56,8 @@ class Int8Linear(torch.nn.Module):
 def quantize_weights(model: torch.nn.Module) -> int:
     """Replace the model's bias-free ``nn.Linear`` layers (output head included) by :class:`Int8Linear`, in place,
     after the model has its final dtype; returns how many were replaced. CPU only."""
-    if any(p.device.type != "cpu" for p in model.parameters()):
-        raise ValueError("int8 weights are a CPU path (PyTorch's weight-only int8 kernel); on a GPU keep --weights "
-                         "native")
+    for p in model.parameters():
+        check_device(p.device.type)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     targets = [(name, m) for name, m in model.named_modules()
                if isinstance(m, torch.nn.Linear) and m.bias is None and name]
