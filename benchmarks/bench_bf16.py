@@ -6,6 +6,9 @@
 - **Student**: the preset's progressive trainer (notebook 07's ``TrainCfg``) in fp32 and bf16, ``--seeds`` seeds
   each; val loss of the final model in fp32. Bar: bf16 within the seed-to-seed spread of fp32.
 - **Speed**: wall seconds of each run, and the ratio, in the same process on the same machine.
+- **Steps** (``--only steps``): one training step (forward, the trainer's ``lm_loss``, backward, AdamW) of a fresh
+  GPT-2 per ``--shapes`` entry (WIDTHxDEPTH, at ``--vocab`` and the preset's batch and context) in fp32 and in bf16
+  autocast, interleaved; the median seconds of ``--steps`` steps each — which student widths feed the bf16 units.
 
 Run it alone (torch slows sharply when the two cores are shared):
   PYTHONPATH=$PWD python benchmarks/bench_bf16.py --preset demo --seeds 2 --out benchmarks/bf16.jsonl
@@ -20,6 +23,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dte_lib import config, data, device, openai_prep, teacher  # noqa: E402
@@ -60,6 +65,37 @@ def student_arm(cfg, prep, precision: str, seed: int, tmp: Path) -> dict:
             "tokens": tr.tokens, "val_loss_fp32_eval": round(vals[-1], 4)}
 
 
+def steps_arm(cfg, shapes: str, vocab: int, n_steps: int) -> list[dict]:
+    import statistics
+    from dte_lib import model as M
+    tc = cfg.train
+    rows = []
+    for shape in shapes.split(","):
+        d, L = (int(x) for x in shape.lower().split("x"))
+        model = M.build(vocab, tc.block_size, d, L, max(1, d // 32))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        ids = torch.randint(0, vocab, (tc.batch_size, tc.block_size))
+        times = {"fp32": [], "bf16": []}
+        for i in range(n_steps + 2):  # two warm-up steps each, then interleaved
+            for precision in ("fp32", "bf16"):
+                t0 = time.perf_counter()
+                with device.autocast("cpu", precision):
+                    loss = M.lm_loss(model(input_ids=ids).logits, ids)
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if i >= 2:
+                    times[precision].append(time.perf_counter() - t0)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        tokens = tc.batch_size * tc.block_size
+        rows.append({"what": "step", "shape": shape, "vocab": vocab, "params": M.count_params(model),
+                     "tokens_per_step": tokens, "steps": n_steps,
+                     "fp32_s": round(med["fp32"], 4), "bf16_s": round(med["bf16"], 4),
+                     "fp32_tok_s": round(tokens / med["fp32"]), "bf16_tok_s": round(tokens / med["bf16"]),
+                     "bf16_speedup": round(med["fp32"] / med["bf16"], 2)})
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="demo")
@@ -68,11 +104,14 @@ def main(argv=None) -> int:
     ap.add_argument("--run-dir", default="", help="a run whose corpus the student trains on (default: the seed "
                                                    "corpus' train split alone)")
     ap.add_argument("--out", default="benchmarks/bf16.jsonl")
+    ap.add_argument("--shapes", default="64x2,128x2,256x2,256x4,384x4", help="--only steps: WIDTHxDEPTH,...")
+    ap.add_argument("--vocab", type=int, default=0, help="--only steps: vocabulary (default: the preset's)")
+    ap.add_argument("--steps", type=int, default=8, help="--only steps: timed steps per precision and shape")
     args = ap.parse_args(argv)
     cfg = config.load(args.preset)
     check = device.cpu_bf16_check(refresh=True)
     print(device.precision_note("cpu", "auto"), flush=True)
-    machine = {"machine": platform.processor() or check["cpu"], "cpu": check["cpu"], "threads": check["threads"],
+    machine = {"machine": platform.processor() or check["cpu"], "cpu": check["cpu"], "threads": torch.get_num_threads(),
                "date": time.strftime("%Y-%m-%d"), "preset": args.preset}
     rows = []
     with tempfile.TemporaryDirectory(prefix="bf16-") as tmp:
@@ -82,6 +121,11 @@ def main(argv=None) -> int:
             parts = openai_prep.split_80_20(loaded.examples, test_fraction=cfg.data.test_fraction)
             for precision in ("fp32", "bf16"):
                 row = {**machine, **teacher_arm(cfg, precision, parts, tmp)}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+        if "steps" in args.only:
+            for row in steps_arm(cfg, args.shapes, args.vocab or cfg.train.vocab_size, args.steps):
+                row = {**machine, **row}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
         if "student" in args.only:

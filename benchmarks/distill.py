@@ -57,14 +57,15 @@ def read(path: Path) -> list[dict]:
 
 
 def report(rows: list[dict]) -> str:
-    """One line per (preset, corpus, arm, budget): means over seeds (± the seeds' standard deviation); the generation
+    """One line per (preset, corpus, shape, arm, budget): means over seeds (± the seeds' standard deviation); the generation
     metrics, where measured, as mean over seeds ± the mean of their 95% interval half-widths."""
-    last = {(r.get("preset", "demo"), r.get("corpus", "seed"), r["arm"], r["budget"], r["seed"]): r for r in rows}
-    out = ["| preset | corpus | arm | seeds | vocab | tokens | steps | val answer bits/byte | val answer ppl | "
-           "identity normalised | coherence | train s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    last = {(r.get("preset", "demo"), r.get("corpus", "seed"), f"{r['d_model']} × {r['depth']}", r["arm"],
+             r["budget"], r["seed"]): r for r in rows}
+    out = ["| preset | corpus | width × depth | arm | budget | seeds | vocab | tokens | steps | val answer bits/byte | "
+           "val answer ppl | identity normalised | coherence | train s |", "|" + "---|" * 14]
     groups: dict = {}
     for key, r in last.items():
-        groups.setdefault(key[:4], []).append(r)
+        groups.setdefault(key[:5], []).append(r)
     for key, rs in groups.items():
         bpb = [r["answer_bits_per_byte"] for r in rs]
         ppl = [r["answer_perplexity"] for r in rs]
@@ -74,7 +75,8 @@ def report(rows: list[dict]) -> str:
             g = [r for r in rs if m in r]
             return (f"{statistics.mean(r[m] for r in g):.3f} ± {statistics.mean(r[m + '_ci'] for r in g):.3f}"
                     if g else "—")
-        out.append(f"| {key[0]} | {Path(key[1]).name} | {key[2]} | {len(rs)} | {rs[0]['vocab']:,} | "
+        out.append(f"| {key[0]} | {Path(key[1]).name} | {key[2]} | {key[3]} | {key[4]:.2g} | {len(rs)} | "
+                   f"{rs[0]['vocab']:,} | "
                    f"{rs[0]['tokens']:,} | {rs[0]['steps']} | {statistics.mean(bpb):.3f}{sd(bpb)} | "
                    f"{statistics.mean(ppl):.1f} | {gen('identity_normalised')} | {gen('coherence')} | "
                    f"{statistics.mean(r['train_s'] for r in rs):.0f} |")
@@ -87,7 +89,9 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="/tmp/dte-distill")
     ap.add_argument("--teacher", default="")
     ap.add_argument("--budget", type=float, default=1e12)
-    ap.add_argument("--depth", type=int, default=0, help="student depth (default: the demo preset's final depth)")
+    ap.add_argument("--depth", type=int, default=0, help="student depth (default: the preset's final depth)")
+    ap.add_argument("--width", type=int, default=0, help="student width (default: the preset's d_model; heads = "
+                                                          "width / 32)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=list(ARMS))
     ap.add_argument("--preset", default="demo", help="the student's shape and training settings")
@@ -110,6 +114,7 @@ def main(argv=None) -> int:
     from dte_lib import teacher as teacher_mod
     teacher = Path(args.teacher) if args.teacher else teacher_mod.base_model_dir()
     depth = args.depth or int(cfg.train.depths.split(",")[-1])
+    width = args.width or cfg.train.d_model
     work = Path(args.work)
     if args.corpus_from:
         work.mkdir(parents=True, exist_ok=True)
@@ -127,13 +132,15 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         for arm, kw in arms:
             if any(r["arm"] == arm and r["seed"] == seed and r["budget"] == args.budget
-                   and r.get("preset", "demo") == cfg.name and r.get("corpus", "seed") == str(args.corpus_from or "seed")
+                   and r["depth"] == depth and r["d_model"] == width and r.get("preset", "demo") == cfg.name
+                   and r.get("corpus", "seed") == str(args.corpus_from or "seed")
                    and (not args.generate or "identity_normalised" in r) for r in rows):
                 continue
             if time.time() - t0 > args.max_minutes * 60:
                 print("stopping for this slice (rerun to continue)")
                 return 0
-            tc = dataclasses.replace(cfg.train, wandb="off", ckpt_every=0, **kw)
+            tc = dataclasses.replace(cfg.train, wandb="off", ckpt_every=0, d_model=width,
+                                     n_head=max(1, width // 32) if args.width else cfg.train.n_head, **kw)
             if tc.tokenizer == "teacher_subset" and subset_vocab is None:
                 subset_vocab = len(distill.subset_for(distill.teacher_tokenizer(teacher_mod.base_model_dir()),
                                                       ex["train"], work / "tokenizer_teacher_subset"))
@@ -144,7 +151,8 @@ def main(argv=None) -> int:
                                      val_every=max(1, steps // 4))
             tokens = steps * tc.batch_size * tc.block_size
             t1 = time.time()
-            res = distill_study.train(cfg, work, f"{arm}-s{seed}", teacher, depth=depth, tokens=tokens, seed=seed, tc=tc)
+            name = f"{arm}-s{seed}" + (f"-{width}x{depth}" if args.width or args.depth else "")
+            res = distill_study.train(cfg, work, name, teacher, depth=depth, tokens=tokens, seed=seed, tc=tc)
             train_s = time.time() - t1
             from transformers import AutoModelForCausalLM
             model = AutoModelForCausalLM.from_pretrained(str(res["dir"]), dtype=torch.float32)

@@ -159,20 +159,23 @@ def flops_per_token(model, seq_len: int) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- loss and metrics
-def lm_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None,
+            normalised: bool = False) -> torch.Tensor:
     """Next-token cross-entropy: position t predicts labels[t+1]; -100 and zero-weight tokens are skipped.
 
     Equals ``model(input_ids, labels=labels).loss`` when ``weights`` is None (a unit test checks it). The labels are
     shifted, not the logits: slicing ``logits[:, :-1]`` would copy the largest tensor of the step (B·T·V floats),
-    which cost ~12% of a demo training step (benchmarks/RESULTS-trainer.md).
+    which cost ~12% of a demo training step (benchmarks/RESULTS-trainer.md). ``normalised``: ``logits`` are already
+    log-probabilities (a log-softmax shared with the distillation loss), so no second softmax is taken.
     """
     target = F.pad(labels[:, 1:], (0, 1), value=-100).reshape(-1)  # the last position predicts nothing
     flat = logits.reshape(-1, logits.size(-1))
     flat = flat if flat.dtype == torch.float32 else flat.float()
+    loss = F.nll_loss if normalised else F.cross_entropy
     if weights is None:
         n = (target != -100).sum()
-        return F.cross_entropy(flat, target, ignore_index=-100, reduction="sum") / n.clamp_min(1)
-    nll = F.cross_entropy(flat, target, ignore_index=-100, reduction="none")
+        return loss(flat, target, ignore_index=-100, reduction="sum") / n.clamp_min(1)
+    nll = loss(flat, target, ignore_index=-100, reduction="none")
     w = F.pad(weights[:, 1:].float(), (0, 1)).reshape(-1) * (target != -100)
     return (nll * w).sum() / w.sum().clamp_min(1e-8)
 

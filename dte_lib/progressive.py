@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from . import checkpoint as ckpt
 from . import device as device_mod
@@ -286,12 +287,16 @@ class ProgressiveTrainer:
     def _forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with device_mod.autocast(self.device, self.tc.precision):
             out = self.wrapped(input_ids=batch["input_ids"], output_hidden_states=self.aux_wants_hidden)
-            lm = M.lm_loss(out.logits, batch["labels"], batch.get("loss_weights"))
+            # distilling at T = 1: one log-softmax serves the CE and the KL (a second V-wide softmax cost as much
+            # as the KL itself)
+            shared = self.distilling and self.tc.distill_temperature == 1.0
+            scores = F.log_softmax(out.logits.float(), dim=-1) if shared else out.logits
+            lm = M.lm_loss(scores, batch["labels"], batch.get("loss_weights"), normalised=shared)
             aux = self.aux_loss(self.model, batch, out) if self.aux_loss else {}
             if self.distilling:
                 aux["distill"] = self.tc.distill_weight * distill.distill_loss(
-                    out.logits, batch["teacher_idx"], batch["teacher_logp"], batch["labels"],
-                    self.tc.distill_temperature, self.tc.distill_tail)
+                    scores, batch["teacher_idx"], batch["teacher_logp"], batch["labels"],
+                    self.tc.distill_temperature, self.tc.distill_tail, normalised=shared)
         return lm, aux
 
     def _backward(self, loss: torch.Tensor) -> None:

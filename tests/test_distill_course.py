@@ -130,9 +130,10 @@ def course_parts(teacher_tok, examples, recorded):
     return sub, ds, val, distill.recorded_targets(train, ds, sub, np.asarray(ids), recorded, k=8)
 
 
-def test_the_trainer_optimises_one_minus_alpha_ce_plus_alpha_t2_kl(course_parts, tmp_path, monkeypatch):
+@pytest.mark.parametrize("temperature", [2.0, 1.0])  # 1.0: the CE and the KL share one log-softmax
+def test_the_trainer_optimises_one_minus_alpha_ce_plus_alpha_t2_kl(course_parts, tmp_path, monkeypatch, temperature):
     sub, ds, val, targets = course_parts
-    tc = _tiny_tc()
+    tc = _tiny_tc(distill_temperature=temperature)
     tr = progressive.ProgressiveTrainer(tc, sub, ds, val, tmp_path / "d", seed=3, progress=False, tensorboard=False,
                                         teacher_targets=targets)
     sent = []
@@ -150,6 +151,32 @@ def test_the_trainer_optimises_one_minus_alpha_ce_plus_alpha_t2_kl(course_parts,
                                            progress=False, tensorboard=False).run()
     assert [r.get("loss") for r in plain] == [r.get("loss") for r in alone]
     assert not any("distill" in r for r in plain)
+
+
+@pytest.mark.parametrize("tail", [False, True])
+def test_one_shared_log_softmax_gives_the_same_losses_and_gradients_as_two(tail):
+    from dte_lib import model as M
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 9, 50, generator=g, requires_grad=True)
+    labels = torch.randint(0, 50, (3, 9), generator=g)
+    labels[:, :2] = -100
+    weights = torch.rand(3, 9, generator=g)
+    idx = torch.randint(-1, 50, (3, 9, 4), generator=g)  # -1: a teacher token outside the student's vocabulary
+    logp = torch.log_softmax(torch.randn(3, 9, 4, generator=g), -1)
+    logp = torch.where(idx < 0, float("-inf"), logp)
+    logp[1, 3] = float("-inf")  # a position without a teacher distribution
+
+    def losses(shared):
+        scores = torch.log_softmax(logits.float(), -1) if shared else logits
+        ce = M.lm_loss(scores, labels, weights, normalised=shared)
+        kl = distill.distill_loss(scores, idx, logp, labels, 1.0, tail, normalised=shared)
+        return ce.detach(), kl.detach(), torch.autograd.grad(0.6 * ce + 0.4 * kl, logits)[0]
+    (ce2, kl2, g2), (ce1, kl1, g1) = losses(False), losses(True)
+    assert float(ce1) == pytest.approx(float(ce2), rel=1e-6) and float(kl1) == pytest.approx(float(kl2), rel=1e-6)
+    assert torch.allclose(g1, g2, atol=1e-7)
+    assert float(kl2) > 0
+    with pytest.raises(ValueError, match="T = 1"):
+        distill.distill_loss(logits, idx, logp, labels, 2.0, normalised=True)
 
 
 def test_a_student_trained_on_the_kl_alone_comes_closer_to_the_teacher(course_parts, tmp_path):
