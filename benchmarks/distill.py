@@ -59,8 +59,9 @@ def read(path: Path) -> list[dict]:
 def report(rows: list[dict]) -> str:
     """One line per (preset, corpus, shape, arm, budget): means over seeds (± the seeds' standard deviation); the generation
     metrics, where measured, as mean over seeds ± the mean of their 95% interval half-widths."""
-    last = {(r.get("preset", "demo"), r.get("corpus", "seed"), f"{r['d_model']} × {r['depth']}", r["arm"],
-             r["budget"], r["seed"]): r for r in rows}
+    last = {(r.get("preset", "demo"), r.get("corpus", "seed"), f"{r['d_model']} × {r['depth']}",
+             r["arm"] + ("" if r.get("precision", "fp32") == "fp32" else f" ({r['precision']})"), r["budget"],
+             r["seed"]): r for r in rows}
     out = ["| preset | corpus | width × depth | arm | budget | seeds | vocab | tokens | steps | val answer bits/byte | "
            "val answer ppl | identity normalised | coherence | train s |", "|" + "---|" * 14]
     groups: dict = {}
@@ -99,6 +100,7 @@ def main(argv=None) -> int:
     ap.add_argument("--alpha", type=float, default=0.5, help="the recorded arm's α")
     ap.add_argument("--temperature", type=float, default=1.0, help="the recorded arm's T")
     ap.add_argument("--tail", action="store_true", help="the recorded arm's KL with a rest bucket (train.distill_tail)")
+    ap.add_argument("--precision", default="", help="the students' train.precision (default: the preset's)")
     ap.add_argument("--max-minutes", type=float, default=9.0)
     ap.add_argument("--generate", action="store_true", help="also score identity, coherence, diversity and copy rate "
                     "(with intervals) on the VAL prompts")
@@ -115,6 +117,7 @@ def main(argv=None) -> int:
     teacher = Path(args.teacher) if args.teacher else teacher_mod.base_model_dir()
     depth = args.depth or int(cfg.train.depths.split(",")[-1])
     width = args.width or cfg.train.d_model
+    precision = args.precision or cfg.train.precision
     work = Path(args.work)
     if args.corpus_from:
         work.mkdir(parents=True, exist_ok=True)
@@ -133,13 +136,14 @@ def main(argv=None) -> int:
         for arm, kw in arms:
             if any(r["arm"] == arm and r["seed"] == seed and r["budget"] == args.budget
                    and r["depth"] == depth and r["d_model"] == width and r.get("preset", "demo") == cfg.name
+                   and r.get("precision", "fp32") == precision
                    and r.get("corpus", "seed") == str(args.corpus_from or "seed")
                    and (not args.generate or "identity_normalised" in r) for r in rows):
                 continue
             if time.time() - t0 > args.max_minutes * 60:
                 print("stopping for this slice (rerun to continue)")
                 return 0
-            tc = dataclasses.replace(cfg.train, wandb="off", ckpt_every=0, d_model=width,
+            tc = dataclasses.replace(cfg.train, wandb="off", ckpt_every=0, d_model=width, precision=precision,
                                      n_head=max(1, width // 32) if args.width else cfg.train.n_head, **kw)
             if tc.tokenizer == "teacher_subset" and subset_vocab is None:
                 subset_vocab = len(distill.subset_for(distill.teacher_tokenizer(teacher_mod.base_model_dir()),
@@ -151,7 +155,8 @@ def main(argv=None) -> int:
                                      val_every=max(1, steps // 4))
             tokens = steps * tc.batch_size * tc.block_size
             t1 = time.time()
-            name = f"{arm}-s{seed}" + (f"-{width}x{depth}" if args.width or args.depth else "")
+            name = (f"{arm}-s{seed}" + (f"-{width}x{depth}" if args.width or args.depth else "")
+                    + (f"-{precision}" if args.precision else ""))
             res = distill_study.train(cfg, work, name, teacher, depth=depth, tokens=tokens, seed=seed, tc=tc)
             train_s = time.time() - t1
             from transformers import AutoModelForCausalLM
@@ -161,7 +166,7 @@ def main(argv=None) -> int:
                    "vocab": res["tokenizer_vocab"], "steps": steps, "tokens": tokens, "flops": res["flops"],
                    "answer_perplexity": lm.perplexity, "answer_bits_per_byte": lm.bits_per_byte,
                    "train_s": train_s, "teacher": str(teacher), "split": "val", "preset": cfg.name,
-                   "alpha": tc.distill_weight, "temperature": tc.distill_temperature, "tail": tc.distill_tail,
+                   "precision": precision, "alpha": tc.distill_weight, "temperature": tc.distill_temperature, "tail": tc.distill_tail,
                    "corpus": str(args.corpus_from or "seed"), "train_examples": len(ex["train"]),
                    "targets": res["targets"]}
             if evalset is not None:

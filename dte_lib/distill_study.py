@@ -41,7 +41,7 @@ def train(cfg: Any, run_dir: str | Path, out_name: str, teacher_dir: str | Path,
         train_ds = packing.tokenize(ex["train"], tok, tc.assistant_only, cache)
         val_ds = packing.tokenize(ex["val"], tok, False, cache)
     elif tc.tokenizer == "fitted":
-        prep = progressive.prepare(cfg, run_dir)
+        prep = progressive.prepare(replace(cfg, train=tc), run_dir)  # the arm's tokenizer, not the preset's
         tok, train_ds, val_ds = prep["tokenizer"], prep["train"], prep["val"]
     else:
         raise ValueError(f"train.tokenizer must be 'fitted', 'teacher' or 'teacher_subset', not {tc.tokenizer!r}")
