@@ -247,6 +247,25 @@ def vocab_report(texts: Sequence[str], tokenizers: dict[str, Any]) -> list[dict[
     return rows
 
 
+def compare_tokenizers(train: Sequence[Any], texts_from: Sequence[Any], run_tok: Any, vocab_size: int,
+                       d_model: int, teacher_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """The course BPE against the teacher subset (and the teacher's full tokenizer), each fitted on ``train`` and
+    measured on ``texts_from`` in its own rendering (course: role tokens; teacher: its chat template), with the tied
+    head's parameters at ``d_model``. ``run_tok``, the run's own tokenizer, stands for its kind; the other is built
+    here in memory (the course BPE at ``vocab_size``). Notebook 06 shows it; ``--vocab-report`` prints it."""
+    from . import teacher
+    ttok = teacher_tokenizer(teacher_dir or teacher.base_model_dir())
+    course = run_tok if toklib.is_course(run_tok) else toklib.train_from_examples(train, vocab_size)
+    sub = run_tok if not toklib.is_course(run_tok) else subset_tokenizer(
+        ttok, [toklib.render(e.messages, ttok) for e in train])[0]
+    rows = []
+    for name, tok in (("course BPE", course), ("teacher subset", sub), ("teacher (SmolLM2)", ttok)):
+        r = vocab_report([toklib.render(e.messages, tok) for e in texts_from], {name: tok})[0]
+        rows.append({**r, "head_params": head_cost(r["vocab"], d_model)["head_params"],
+                     "this run": tok is run_tok})
+    return rows
+
+
 # ============================================================================================ the cache
 def block_key(ids: np.ndarray | torch.Tensor) -> str:
     arr = ids.numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
@@ -418,17 +437,13 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{full['head_params'] / 1e6:.2f}M params, {full['head_flops_per_token'] / 1e6:.1f} MFLOPs/token")
     if args.vocab_report is not None:
         ex = data.load_corpus(args.vocab_report or cfg.path(cfg.data.corpus)).examples
-        ttok = teacher_tokenizer(teacher.base_model_dir())
-        sub, ids = subset_tokenizer(ttok, [toklib.render(e.messages, ttok) for e in ex])
         course = toklib.train_from_examples(ex, cfg.train.vocab_size)
         print(f"{len(ex)} conversations; each tokenizer on its own rendering (course: role tokens; teacher: its "
               f"chat template)")
         print("| tokenizer | vocabulary | tokens | bytes/token | head params at d_model |\n|---|---|---|---|---|")
-        for name, tok in (("course BPE", course), ("teacher", ttok), ("teacher subset", sub)):
-            texts = [toklib.render(e.messages, tok) for e in ex]
-            r = vocab_report(texts, {name: tok})[0]
-            print(f"| {name} | {r['vocab']:,} | {r['tokens']:,} | {r['bytes_per_token']:.2f} | "
-                  f"{head_cost(r['vocab'], d)['head_params'] / 1e6:.2f}M |")
+        for r in compare_tokenizers(ex, ex, course, cfg.train.vocab_size, d, teacher.base_model_dir()):
+            print(f"| {r['tokenizer']} | {r['vocab']:,} | {r['tokens']:,} | {r['bytes_per_token']:.2f} | "
+                  f"{r['head_params'] / 1e6:.2f}M |")
     return 0
 
 

@@ -201,8 +201,8 @@ def phase_story(cfg: Any, notebook: str) -> str:
     d08, d09 = _depths(e.depths_08), _depths(e.depths_09)
     why = {"demo": "the scaling study (benchmarks/RESULTS-scaling.md) found that on this corpus and budget 1 layer "
                    "beats 2 and 2 beats 4",
-           "long": "the scaling study rerun on the long corpus (benchmarks/RESULTS-scaling.md) picked width 128, "
-                   "1 → 2 layers",
+           "long": "a distilled student sized on the 10,377-example corpus (benchmarks/RESULTS-scaling.md): width "
+                   "128, 1 → 2 layers",
            "ci": "ci is a smoke test with tiny sizes"}.get(name, "the preset's schedule")
 
     def continues(target: list[int], roadmap: str, steps: int, what: str) -> str:
@@ -233,7 +233,9 @@ def phase_story(cfg: Any, notebook: str) -> str:
         "05_month2_infrastructure": f"roadmap: choose and budget the hardware (month 2) · this run ({name}): measures "
                                     "this machine and recomputes the roadmap's tables",
         "06_month3_progressive": f"roadmap: progressive-training foundations (month 3) · this run ({name}): "
-                                 f"tokenizer of {t.vocab_size:,} tokens, context {t.block_size}, a short run grown "
+                                 + (f"tokenizer of {t.vocab_size:,} tokens" if t.tokenizer == "fitted" else
+                                    "the teacher's tokens this corpus uses (train.tokenizer teacher_subset)")
+                                 + f", context {t.block_size}, a short run grown "
                                  f"{' → '.join(map(str, _depths(t.short_depths)))} layers",
         "07_month4_layers_1_4": f"roadmap: grow layers 1–4 (month 4) · this run ({name}): grows "
                                 f"{' → '.join(map(str, grown))} layers at width {t.d_model}, "

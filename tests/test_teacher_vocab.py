@@ -91,3 +91,21 @@ def test_teacher_topk_maps_into_the_student_vocabulary_and_outside_ids_are_count
     assert (distill.to_teacher(m["ids"][inside], np.asarray(ids)) == row["top_ids"][inside]).all()
     assert np.isneginf(m["logprobs"][~inside]).all() and 0 < m["outside_mass"] < len(entries)
     assert (distill.to_student(row["tokens"], np.asarray(ids)) >= 0).all()  # the sampled tokens are the corpus'
+
+
+def test_notebook_06s_comparison_marks_the_runs_tokenizer_and_measures_each_in_its_own_rendering(teacher_tok):
+    cfg = config.load("ci")
+    ex = data.load_corpus(cfg.path(cfg.data.corpus)).examples
+    train, val = ex[:60], ex[60:80]
+    course = toklib.train_from_examples(train, 512)
+    sub, _ = distill.subset_tokenizer(teacher_tok, [toklib.render(e.messages, teacher_tok) for e in train])
+    for run_tok, mine in ((course, "course BPE"), (sub, "teacher subset")):
+        rows = {r["tokenizer"]: r for r in distill.compare_tokenizers(train, val, run_tok, 512, 64)}
+        assert [n for n, r in rows.items() if r["this run"]] == [mine]
+        c, s, t = rows["course BPE"], rows["teacher subset"], rows["teacher (SmolLM2)"]
+        assert c["vocab"] == 512 and c["vocab"] < s["vocab"] < t["vocab"] == 49_152
+        assert s["tokens"] > t["tokens"]  # held-out words outside the subset fall back to smaller pieces
+        assert c["bytes"] != s["bytes"]  # each on its own rendering (role tokens vs the teacher's chat template)
+        assert s["head_params"] == s["vocab"] * 64
+    rows = {r["tokenizer"]: r for r in distill.compare_tokenizers(train, train, course, 512, 64)}
+    assert rows["teacher subset"]["tokens"] == rows["teacher (SmolLM2)"]["tokens"]  # its own corpus: the teacher's cut
