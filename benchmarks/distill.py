@@ -19,8 +19,9 @@ without it the preset's seed corpus alone (no recorded distributions: the ``reco
 sets the student's shape (demo by default; ``long`` for the verdict on the long corpus).
 Teacher (``teacher_tok``/``distill`` arms): ``--teacher DIR``, default the base SmolLM2-135M-Instruct.
 
-Run it: ``timeout 660 python benchmarks/distill.py --corpus-from outputs/runs/long --preset long --budget 1e13
---seeds 0 1 2`` (resumable JSONL; repeat until "done"), then ``python benchmarks/distill.py --report``.
+Run it (the verdict as recorded, fp32: ``long`` itself now trains in bf16 where the CPU has it):
+``timeout 660 python benchmarks/distill.py --corpus-from outputs/runs/long --preset long --budget 1e13 --seeds 0 1 2
+--precision fp32 --generate`` (resumable JSONL; repeat until "done"), then ``python benchmarks/distill.py --report``.
 """
 from __future__ import annotations
 

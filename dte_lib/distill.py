@@ -75,7 +75,7 @@ def distill_loss(student_logits: torch.Tensor, topk_idx: torch.Tensor, topk_logp
 
     ``normalised``: ``student_logits`` are already the student's log-probabilities at T = 1 — the trainer takes one
     log-softmax for this loss and the cross-entropy together (a V-wide softmax and its backward cost as much as the
-    KL itself: 1.1 → 0.6 s a step at 16 × 128 positions × 20,789 tokens, measured on the 2-core EPYC).
+    KL itself: 1.1 → 0.6 s for the two losses at 16 × 128 positions × 20,789 tokens, 2-core EPYC under load).
     """
     T = float(temperature)
     if normalised and T != 1.0:
