@@ -155,14 +155,20 @@ def main(argv=None) -> int:
                     "and no ladder (for `long`, the ladder row is notebook 11's one read of test)")
     ap.add_argument("--no-ladder", action="store_true", help="stop after the sampling sweep (the TEST split is "
                     "left for the course's own final report)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a dotted config override, repeatable (e.g. train.tokenizer=fitted: an earlier student)")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args(argv)
+    bad = [s for s in args.set if "=" not in s]
+    if bad:
+        ap.error(f"--set wants KEY=VALUE, got {bad[0]!r}")
+    overrides = dict(s.split("=", 1) for s in args.set)
     out = Path(args.out)
     rows = read(out)
     if args.report:
         print(report(rows))
         return 0
-    cfg = config.load(args.preset)
+    cfg = config.load(args.preset, overrides)
     config.seed_everything(cfg.seed, cfg.threads)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -196,7 +202,7 @@ def main(argv=None) -> int:
         row = {"part": "data", "n": n_eff, "train_tokens": hist[-1]["tokens"], "flops": hist[-1]["flops"],
                "answer_perplexity": lm.perplexity, "answer_bits_per_byte": lm.bits_per_byte, "train_s": train_s,
                "depths": cfg.train.depths, "d_model": cfg.train.d_model, "split": "val", "synthetic_in_corpus": n_syn,
-               "preset": cfg.name, "epochs": args.epochs or None}
+               "preset": cfg.name, "epochs": args.epochs or None, **({"overrides": overrides} if overrides else {})}
         rows.append(row)
         append(out, row)
     if args.data_only:

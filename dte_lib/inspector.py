@@ -179,10 +179,11 @@ FINAL_PROBES = Path("eval") / "final_probe_answers.jsonl"  # what report.md open
 
 
 def final_probe_answers(run_dir: str | Path, cfg: Any, student_dir: Any, evalset: metrics.EvalSet, *,
-                        n: int = 4, system: str | None = None, name: str = "final"):
+                        n: int = 4, system: str | None = None, name: str = "final", out: str | Path | None = None):
     """The final student's answers to the first ``n`` probes beside the teacher's and the reference, each scored
-    (:func:`score_answer`); written to ``<run>/eval/final_probe_answers.jsonl`` for ``report.md`` and returned as
-    a DataFrame ``probe | reference | teacher | <name>``. Sampling as :func:`probe_table`."""
+    (:func:`score_answer`); written to ``out`` (default ``<run>/eval/final_probe_answers.jsonl``, what ``report.md``
+    opens with) and returned as a DataFrame ``probe | reference | teacher | <name>``. Sampling as
+    :func:`probe_table`."""
     from .data import write_jsonl
     table = probe_table(run_dir, cfg, {name: student_dir}, evalset.probes, n=n, system=system)
     facts = {f["id"]: f for f in evalset.persona.get("facts", [])}
@@ -195,7 +196,7 @@ def final_probe_answers(run_dir: str | Path, cfg: Any, student_dir: Any, evalset
         row["scores"] = {who: score_answer(row[who], probe["reference"], kws, evalset)
                          for who in ("student", "teacher") if who in row}
         rows.append(row)
-    write_jsonl(Path(run_dir) / FINAL_PROBES, rows)
+    write_jsonl(Path(out) if out is not None else Path(run_dir) / FINAL_PROBES, rows)
     table = table.drop(columns=[c for c in table.columns if c.startswith("reference")])
     table.insert(1, "reference", [r["reference"] for r in rows])
     return table

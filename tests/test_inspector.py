@@ -119,3 +119,7 @@ def test_final_probe_answers_are_scored_and_kept_for_the_report(tmp_path):
         assert sc["identity"] == pytest.approx(1.0, abs=1e-4) and sc["copy_rate"] <= 1.0
         assert ("fact_recall" in sc) == bool(p.get("fact_id")) and sc.get("fact_recall", 1.0) == 1.0
     assert inspector.load_final_probe_answers(tmp_path / "elsewhere") == []
+    # out= writes elsewhere (benchmarks/read_probes.py: all 16 probes) and leaves the report's file as it was
+    inspector.final_probe_answers(tmp_path, cfg, lambda ps: [ref[q] for q in ps], es, n=5, out=tmp_path / "all.jsonl")
+    assert len((tmp_path / "all.jsonl").read_text().splitlines()) == 5
+    assert len(inspector.load_final_probe_answers(tmp_path)) == 3
