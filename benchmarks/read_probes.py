@@ -31,7 +31,7 @@ def main() -> None:
                                   system=es.persona["system_prompt"], name=rec["final_model"], out=args.out)
     facts = {f["id"]: f for f in es.persona.get("facts", [])}
     rows = [json.loads(line) for line in Path(args.out).read_text(encoding="utf-8").splitlines()]
-    print(f"| # | probe | fact | student recall | teacher recall | student | teacher |\n|---|---|---|---|---|---|---|")
+    print("| # | probe | fact | student recall | teacher recall | student | teacher |\n|---|---|---|---|---|---|---|")
     for i, (probe, row) in enumerate(zip(es.probes, rows), 1):
         fact = facts.get(probe.get("fact_id") or "", {})
         rc = {w: row["scores"][w].get("fact_recall") for w in ("student", "teacher") if w in row["scores"]}

@@ -115,7 +115,7 @@ EXPECT: dict[str, dict[str, dict[str, Range]]] = {
     "10_months7_9_identity": {
         "plain_perplexity": {"ci": (20, 2000), "demo": (145, 172), "long": (180, 235)},  # demo 158; long 206.6
         "mech_perplexity": {"ci": (20, 2000), "demo": (145, 175), "long": (185, 245)},  # demo 159; long 215.3
-        "ablation_runs": {"ci": (2, 50), "demo": (6, 6), "long": (12, 12)},  # demo: six arms, one seed; long: two
+        "ablation_runs": {"ci": (2, 50), "demo": (6, 6), "long": (12, 12)},  # demo: six arms, one seed; long: two seeds
     },
     "11_months10_12_refine": {
         "one_batch_identity_raw": {"ci": (0.5, 1.5), "demo": (0.9, 1.1)},  # demo 0.989 / 0.977 / 1.011
@@ -128,7 +128,7 @@ EXPECT: dict[str, dict[str, dict[str, Range]]] = {
         # f16 GGUF weights read back: demo 1e-4 to 1e-3; long 0.012 (2026-12-07, the distilled 3.07M student)
         "export_logit_max_diff": {"ci": (0.0, 0.01), "demo": (0.0, 0.01), "long": (0.0, 0.03)},
     },
-    "12_month13_scaling": {  # arithmetic at every preset; the torchrun check measured at ci and demo
+    "12_month13_scaling": {  # arithmetic at every preset; the torchrun check measured at ci, demo and long
         "params_1b": _same(1_017_302_272, 1_017_302_272), "width_for_1b_at_24_layers": _same(1792, 1792),
         "mem_gib_1b_ddp_b1": _same(19.0, 22.0), "mem_gib_1b_fsdp8_b1": _same(6.0, 8.5),
         "max_loss_rel_diff": _same(0.0, 1e-5),  # demo 1.4e-7, long 1.3e-7
