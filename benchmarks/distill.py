@@ -167,7 +167,8 @@ def main(argv=None) -> int:
                    "vocab": res["tokenizer_vocab"], "steps": steps, "tokens": tokens, "flops": res["flops"],
                    "answer_perplexity": lm.perplexity, "answer_bits_per_byte": lm.bits_per_byte,
                    "train_s": train_s, "teacher": str(teacher), "split": "val", "preset": cfg.name,
-                   "precision": precision, "alpha": tc.distill_weight, "temperature": tc.distill_temperature, "tail": tc.distill_tail,
+                   "precision": precision, "alpha": tc.distill_weight, "temperature": tc.distill_temperature,
+                   "tail": tc.distill_tail,
                    "corpus": str(args.corpus_from or "seed"), "train_examples": len(ex["train"]),
                    "targets": res["targets"]}
             if evalset is not None:

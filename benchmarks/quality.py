@@ -155,14 +155,11 @@ def main(argv=None) -> int:
                     "and no ladder (for `long`, the ladder row is notebook 11's one read of test)")
     ap.add_argument("--no-ladder", action="store_true", help="stop after the sampling sweep (the TEST split is "
                     "left for the course's own final report)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="a dotted config override, repeatable (e.g. train.tokenizer=fitted: an earlier student)")
+    ap.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                    help="override a preset field, repeatable (e.g. --set train.tokenizer fitted: an earlier student)")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args(argv)
-    bad = [s for s in args.set if "=" not in s]
-    if bad:
-        ap.error(f"--set wants KEY=VALUE, got {bad[0]!r}")
-    overrides = dict(s.split("=", 1) for s in args.set)
+    overrides = dict(args.set)
     out = Path(args.out)
     rows = read(out)
     if args.report:
